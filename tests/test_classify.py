@@ -1,0 +1,168 @@
+"""Every answer shape Zoho documents, folded into one Effect."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher.classify import classify, parse_retry_after
+from watcher.zoho_api import MASS_UPDATE, Effect
+
+NOW = 1_700_000_000.0
+
+
+def answer(status: int, body: object, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return classify(MASS_UPDATE, status, headers or {}, raw, NOW)
+
+
+def error(code: str, **details: object) -> dict[str, object]:
+    return {"code": code, "details": details, "message": "m", "status": "error"}
+
+
+def test_status_row_is_observed_with_counts() -> None:
+    row = {
+        "Status": "RUNNING",
+        "Failed_Count": 1,
+        "Updated_Count": 40,
+        "Not_Updated_Count": 2,
+        "Total_Count": 100,
+    }
+    result = answer(200, {"data": [row]})
+    assert result.effect is Effect.OBSERVED
+    assert result.observation is not None
+    assert result.observation.status == "RUNNING"
+    assert result.observation.counts == {
+        "failed_count": 1,
+        "updated_count": 40,
+        "not_updated_count": 2,
+        "total_count": 100,
+    }
+
+
+def test_counts_that_are_not_ints_are_unknown_not_guessed() -> None:
+    result = answer(
+        200, {"data": [{"Status": "COMPLETED", "Failed_Count": "3", "Total_Count": True}]}
+    )
+    assert result.observation is not None
+    assert result.observation.counts["failed_count"] is None
+    assert result.observation.counts["total_count"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (204, b""),
+        (404, error("NOT_FOUND")),
+        (400, error("INVALID_DATA", param_name="job_id")),
+    ],
+)
+def test_three_not_found_shapes(status: int, body: object) -> None:
+    assert answer(status, body).effect is Effect.NOT_FOUND
+
+
+def test_invalid_data_about_another_parameter_is_not_not_found() -> None:
+    assert answer(400, error("INVALID_DATA", param_name="module")).effect is Effect.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("MANDATORY_NOT_FOUND", 400),
+        ("INVALID_URL_PATTERN", 404),
+        ("OAUTH_SCOPE_MISMATCH", 401),
+        ("NO_PERMISSION", 403),
+        ("AUTHORIZATION_FAILED", 400),
+        ("INVALID_MODULE", 400),
+        ("INVALID_REQUEST_METHOD", 400),
+    ],
+)
+def test_documented_refusals_reject(code: str, status: int) -> None:
+    result = answer(status, error(code))
+    assert (result.effect, result.code, result.http_status) == (Effect.REJECTED, code, status)
+
+
+@pytest.mark.parametrize("code", ["INVALID_TOKEN", "AUTHENTICATION_FAILURE"])
+def test_token_refusals_are_auth(code: str) -> None:
+    assert answer(401, error(code)).effect is Effect.AUTH
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda e: (200, {"data": [e]}),
+        lambda e: (200, e),
+        lambda e: (400, e),
+        lambda e: (400, {"data": [e]}),
+    ],
+)
+def test_error_object_in_every_shape(shape) -> None:  # type: ignore[no-untyped-def]
+    status, body = shape(error("INVALID_MODULE"))
+    assert answer(status, body).effect is Effect.REJECTED
+
+
+def test_429_is_rate_limited_with_retry_after() -> None:
+    result = answer(429, error("TOO_MANY_REQUESTS"), {"Retry-After": "7"})
+    assert (result.effect, result.retry_after) == (Effect.RATE_LIMITED, 7.0)
+
+
+def test_429_without_a_body_is_still_rate_limited() -> None:
+    assert answer(429, b"slow down").effect is Effect.RATE_LIMITED
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (500, error("INTERNAL_ERROR"), "INTERNAL_ERROR"),
+        (503, b"<html>unavailable</html>", "http_503"),
+        (200, b'{"data": [{"Status": "RUN', "malformed_response"),
+        (200, b"", "malformed_response"),
+        (200, {"data": [{"Status": "EXPLODED"}]}, "unknown_status"),
+        (200, {"data": []}, "malformed_response"),
+        (200, [1, 2], "malformed_response"),
+        (404, b"not json", "http_404"),
+        (400, error("SOMETHING_NEW"), "SOMETHING_NEW"),
+    ],
+)
+def test_transient_answers(status: int, body: object, code: str) -> None:
+    result = answer(status, body)
+    assert (result.effect, result.code) == (Effect.TRANSIENT, code)
+
+
+def test_retry_after_as_http_date() -> None:
+    date = format_datetime(datetime.fromtimestamp(NOW + 30, UTC), usegmt=True)
+    assert parse_retry_after(date, NOW) == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize("value", [None, "", "soon", "-5", "nan", "inf"])
+def test_unusable_retry_after_is_ignored(value: str | None) -> None:
+    assert parse_retry_after(value, NOW) is None
+
+
+@given(
+    status=st.integers(100, 599),
+    body=st.binary(max_size=200)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["data", "code", "status", "Status", "details"]), inner
+            )
+        ),
+        max_leaves=10,
+    ).map(lambda doc: json.dumps(doc).encode()),
+    retry_after=st.none() | st.text(max_size=30),
+)
+def test_any_answer_classifies_without_raising(
+    status: int, body: bytes, retry_after: str | None
+) -> None:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    result = classify(MASS_UPDATE, status, headers, body, NOW)
+    assert isinstance(result.effect, Effect)
+    assert (result.observation is not None) == (result.effect is Effect.OBSERVED)

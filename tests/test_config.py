@@ -1,0 +1,898 @@
+"""Configuration loading: every rule, every refusal, and the line each problem points at."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher import config as config_module
+from watcher.config import (
+    DATA_CENTERS,
+    Config,
+    ConfigError,
+    JobSpec,
+    PollingSettings,
+    Secret,
+    load_config,
+    parse_config,
+)
+
+TOKEN = "1000.s3cr3t-access-token-value"
+REFRESH = "1000.s3cr3t-refresh-token-value"
+CLIENT_ID = "1000.CLIENTIDVALUE42"
+CLIENT_SECRET = "s3cr3t-client-secret-value"
+ENV = {
+    "ZOHO_ACCESS_TOKEN": TOKEN,
+    "ZOHO_REFRESH_TOKEN": REFRESH,
+    "ZOHO_CLIENT_ID": CLIENT_ID,
+    "ZOHO_CLIENT_SECRET": CLIENT_SECRET,
+}
+AUTH = "zoho:\n  auth:\n    access_token: ${ZOHO_ACCESS_TOKEN}\n"  # lines 1-3
+TRIO = (
+    "    refresh_token: ${ZOHO_REFRESH_TOKEN}\n"
+    "    client_id: ${ZOHO_CLIENT_ID}\n"
+    "    client_secret: ${ZOHO_CLIENT_SECRET}\n"
+)
+TOP_KEYS = ("zoho", "polling", "jobs")
+ZOHO_KEYS = ("data_center", "api_domain", "api_version", "auth")
+SECRET_KEYS = ("access_token", "refresh_token", "client_id", "client_secret")
+AUTH_KEYS = (*SECRET_KEYS, *(f"{name}_file" for name in SECRET_KEYS), "accounts_url")
+POLLING_KEYS = tuple(setting.name for setting in fields(PollingSettings))
+JOB_KEYS = ("module", "job_id")
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcher.example.yaml"
+
+
+def parse(text: str, env: Mapping[str, str] = ENV) -> Config:
+    return parse_config(text, "cfg.yaml", env)
+
+
+def problems(text: str, env: Mapping[str, str] = ENV) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env)
+    return info.value.problems
+
+
+def problem(text: str, env: Mapping[str, str] = ENV) -> str:
+    (only,) = problems(text, env)
+    return only
+
+
+def polling_problem(lines: str) -> str:
+    """The one problem of a valid config plus a `polling:` section (its keys start on line 5)."""
+    return problem(AUTH + "polling:\n" + lines)
+
+
+def job_problem(lines: str) -> str:
+    """The one problem of a valid config plus a `jobs:` section (its items start on line 5)."""
+    return problem(AUTH + "jobs:\n" + lines)
+
+
+# --- what a good file gives -----------------------------------------------------------------------
+
+
+def test_example_config_validates() -> None:
+    config = load_config(EXAMPLE, {"ZOHO_ACCESS_TOKEN": TOKEN})
+    assert config.zoho.auth.access_token == Secret(TOKEN)
+    assert config.zoho.api_domain == "https://www.zohoapis.com"
+    assert config.zoho.auth.accounts_url == "https://accounts.zoho.com"
+    assert config.polling == PollingSettings()
+    assert config.jobs == (JobSpec("Leads", "554023000000506003"),)
+
+
+def test_example_config_names_every_key() -> None:
+    text = EXAMPLE.read_text()
+    names = [*TOP_KEYS, *ZOHO_KEYS, *AUTH_KEYS, *POLLING_KEYS, *JOB_KEYS]
+    assert [name for name in names if f"{name}:" not in text] == []
+
+
+def test_minimal_config_gets_every_default() -> None:
+    config = parse(AUTH)
+    assert config.polling == PollingSettings()
+    assert config.jobs == ()
+    zoho = config.zoho
+    assert (zoho.api_domain, zoho.api_version, zoho.data_center) == (
+        "https://www.zohoapis.com",
+        "v2",
+        None,
+    )
+    assert not zoho.auth.refreshes
+    assert zoho.auth.accounts_url is None
+    assert zoho.auth.secrets() == (TOKEN,)
+
+
+def test_polling_values_are_read() -> None:
+    config = parse(
+        AUTH
+        + dedent(
+            """\
+            polling:
+              interval: 10
+              max_interval: 1h30m
+              rate_limit: "7"
+              rate_period: 250ms
+              max_concurrency: 2
+              backoff_initial: 1.5
+              backoff_max: 2m
+              request_timeout: 45s
+              not_found_attempts: 9
+            """
+        )
+    )
+    assert config.polling == PollingSettings(
+        interval=10.0,
+        max_interval=5400.0,
+        rate_limit=7,
+        rate_period=0.25,
+        max_concurrency=2,
+        backoff_initial=1.5,
+        backoff_max=120.0,
+        request_timeout=45.0,
+        not_found_attempts=9,
+    )
+    assert isinstance(config.polling.rate_limit, int)
+
+
+@pytest.mark.parametrize("section", ["polling:\n", "polling: ~\n", "jobs:\n", "jobs: []\n"])
+def test_empty_sections_mean_defaults(section: str) -> None:
+    config = parse(AUTH + section)
+    assert (config.polling, config.jobs) == (PollingSettings(), ())
+
+
+# --- document shape -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "null\n", "# just a comment\n", "---\n"])
+def test_empty_document_only_lacks_credentials(text: str) -> None:
+    assert ": zoho.auth: no credentials: give access_token, or" in problem(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("- zoho\n", "a list"), ("zoho\n", "a single value"), ("42\n", "a single value")],
+)
+def test_top_level_must_be_a_mapping(text: str, kind: str) -> None:
+    assert problem(text) == f"cfg.yaml:1: top level: expected a mapping, got {kind}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("zoho: 5\n", "cfg.yaml:1: zoho: expected a mapping, got a single value"),
+        ("zoho:\n  auth: token\n", "cfg.yaml:2: zoho.auth: expected a mapping, got a single value"),
+        (AUTH + "polling: [1]\n", "cfg.yaml:4: polling: expected a mapping, got a list"),
+        (AUTH + "jobs: {a: 1}\n", "cfg.yaml:4: jobs: expected a list of jobs, got a mapping"),
+        (
+            AUTH + "jobs:\n  - Leads\n",
+            "cfg.yaml:5: jobs[0]: expected a mapping, got a single value",
+        ),
+    ],
+)
+def test_sections_of_the_wrong_type_are_one_problem(text: str, expected: str) -> None:
+    assert problem(text) == expected
+
+
+# --- unknown and duplicate keys -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (AUTH + "jbos: []\n", "cfg.yaml:4: top level: unknown key 'jbos' (did you mean 'jobs'?)"),
+        (
+            AUTH + "colour: red\n",
+            "cfg.yaml:4: top level: unknown key 'colour' (expected one of: zoho, polling, jobs)",
+        ),
+        (
+            "zoho:\n  api_domian: x\n  auth:\n    access_token: t\n",
+            "cfg.yaml:2: zoho: unknown key 'api_domian' (did you mean 'api_domain'?)",
+        ),
+        (
+            AUTH + "    acounts_url: https://accounts.zoho.eu\n",
+            "cfg.yaml:4: zoho.auth: unknown key 'acounts_url' (did you mean 'accounts_url'?)",
+        ),
+        (
+            AUTH + "polling:\n  intervall: 5s\n",
+            "cfg.yaml:5: polling: unknown key 'intervall' (did you mean 'interval'?)",
+        ),
+        (
+            AUTH + "jobs:\n  - {module: Leads, job_id: '1', jobid: '2'}\n",
+            "cfg.yaml:5: jobs[0]: unknown key 'jobid' (did you mean 'job_id'?)",
+        ),
+    ],
+)
+def test_unknown_keys_are_refused_with_a_hint(text: str, expected: str) -> None:
+    assert problem(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            AUTH + "jobs: []\njobs: []\n",
+            "cfg.yaml:5: top level: duplicate key 'jobs' (first at line 4)",
+        ),
+        (
+            AUTH + "polling:\n  interval: 5s\n  interval: 6s\n",
+            "cfg.yaml:6: polling: duplicate key 'interval' (first at line 5)",
+        ),
+        (
+            AUTH + "    access_token: other-value\n",
+            "cfg.yaml:4: zoho.auth: duplicate key 'access_token' (first at line 3)",
+        ),
+        (
+            AUTH + "jobs:\n  - {module: A, job_id: '1', module: B}\n",
+            "cfg.yaml:5: jobs[0]: duplicate key 'module' (first at line 5)",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused(text: str, expected: str) -> None:
+    assert problem(text) == expected
+
+
+def test_keys_must_be_plain_names() -> None:
+    assert problem(AUTH + "? [a, b]\n: 1\n") == (
+        "cfg.yaml:4: top level: keys must be plain names, got a list"
+    )
+
+
+# --- counts and durations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yes", "expected a whole number, got 'yes'"),
+        ("true", "expected a whole number, got 'true'"),
+        ("1.5", "expected a whole number, got '1.5'"),
+        ("1e3", "expected a whole number, got '1e3'"),
+        ("-1", "expected a whole number, got '-1'"),
+        ("0x10", "expected a whole number, got '0x10'"),
+        ("1_000", "expected a whole number, got '1_000'"),
+        ("ten", "expected a whole number, got 'ten'"),
+        ("''", "expected a whole number, got ''"),
+        ("[1]", "expected a single value, got a list"),
+        ("0", "must be greater than zero"),
+        ("'0'", "must be greater than zero"),
+        ("1234567890123456789", "1234567890123456789 is too large"),
+    ],
+)
+@pytest.mark.parametrize("key", ["rate_limit", "max_concurrency", "not_found_attempts"])
+def test_counts_must_be_positive_whole_numbers(key: str, value: str, message: str) -> None:
+    assert polling_problem(f"  {key}: {value}\n") == f"cfg.yaml:5: polling.{key}: {message}"
+
+
+def test_counts_may_come_from_the_environment() -> None:
+    config = parse(AUTH + "polling:\n  rate_limit: ${RATE}\n", {**ENV, "RATE": "25"})
+    assert config.polling.rate_limit == 25
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10x", "not a duration: '10x' (use a number of seconds or 250ms, 10s, 5m, 1h)"),
+        ("yes", "not a duration: 'yes' (use a number of seconds or 250ms, 10s, 5m, 1h)"),
+        (".inf", "not a duration: '.inf' (use a number of seconds or 250ms, 10s, 5m, 1h)"),
+        ("-5s", "duration must not be negative: '-5s'"),
+        ("0", "must be greater than zero"),
+        ("0ms", "must be greater than zero"),
+        ("{a: 1}", "expected a single value, got a mapping"),
+    ],
+)
+@pytest.mark.parametrize(
+    "key",
+    [
+        "interval",
+        "max_interval",
+        "rate_period",
+        "backoff_initial",
+        "backoff_max",
+        "request_timeout",
+    ],
+)
+def test_durations_must_be_positive_durations(key: str, value: str, message: str) -> None:
+    assert polling_problem(f"  {key}: {value}\n") == f"cfg.yaml:5: polling.{key}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            "  interval: 1m\n  max_interval: 30s\n",
+            "cfg.yaml:6: polling.max_interval: 30s is less than polling.interval (1m)",
+        ),
+        (
+            "  interval: 10m\n",
+            "cfg.yaml:5: polling.max_interval: 5m is less than polling.interval (10m)",
+        ),
+        (
+            "  backoff_initial: 2s\n  backoff_max: 1500ms\n",
+            "cfg.yaml:6: polling.backoff_max: 1.5s is less than polling.backoff_initial (2s)",
+        ),
+    ],
+)
+def test_maximums_must_not_be_below_their_minimums(lines: str, expected: str) -> None:
+    assert polling_problem(lines) == expected
+
+
+def test_equal_minimum_and_maximum_are_fine() -> None:
+    polling = parse(AUTH + "polling:\n  interval: 1m\n  max_interval: 60\n").polling
+    assert polling.interval == polling.max_interval == 60.0
+
+
+def test_an_invalid_bound_is_not_also_compared() -> None:
+    assert polling_problem("  interval: 0\n  max_interval: 5s\n") == (
+        "cfg.yaml:5: polling.interval: must be greater than zero"
+    )
+
+
+# --- zoho settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data_center", sorted(DATA_CENTERS))
+def test_data_center_picks_both_servers(data_center: str) -> None:
+    zoho = parse(f"zoho:\n  data_center: {data_center}\n  auth:\n{TRIO}").zoho
+    accounts_url, api_domain = DATA_CENTERS[data_center]
+    assert (zoho.data_center, zoho.api_domain, zoho.auth.accounts_url) == (
+        data_center,
+        api_domain,
+        accounts_url,
+    )
+
+
+def test_fixed_token_mode_also_uses_the_data_center() -> None:
+    zoho = parse("zoho:\n  data_center: jp\n  auth:\n    access_token: t\n").zoho
+    assert (zoho.api_domain, zoho.auth.accounts_url) == (
+        "https://www.zohoapis.jp",
+        "https://accounts.zoho.jp",
+    )
+
+
+def test_data_center_table() -> None:
+    assert DATA_CENTERS["eu"] == ("https://accounts.zoho.eu", "https://www.zohoapis.eu")
+    assert DATA_CENTERS["ca"] == ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca")
+    assert sorted(DATA_CENTERS) == ["au", "ca", "cn", "eu", "in", "jp", "sa", "uk", "us"]
+
+
+def test_unknown_data_center_lists_the_valid_ones() -> None:
+    assert problem("zoho:\n  data_center: EU\n  auth:\n    access_token: t\n") == (
+        "cfg.yaml:2: zoho.data_center: unknown data centre 'EU'"
+        " (valid: us, eu, in, au, jp, ca, cn, sa, uk)"
+    )
+
+
+def test_api_domain_wins_over_the_data_center() -> None:
+    zoho = parse(
+        "zoho:\n  data_center: eu\n  api_domain: https://crm.example.com/\n  auth:\n" + TRIO
+    ).zoho
+    assert zoho.api_domain == "https://crm.example.com"
+    assert zoho.auth.accounts_url == "https://accounts.zoho.eu"
+
+
+def test_accounts_url_overrides_the_data_center() -> None:
+    text = f"zoho:\n  data_center: eu\n  auth:\n{TRIO}    accounts_url: http://127.0.0.1:9000/\n"
+    assert parse(text).zoho.auth.accounts_url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:8080",
+        "http://127.0.0.1",
+        "http://127.3.2.1:1/",
+        "http://[::1]:8080",
+        "https://www.zohoapis.com.au",
+        "https://crm.example.com:8443/",
+    ],
+)
+def test_urls_accepted(url: str) -> None:
+    assert parse(f"zoho:\n  api_domain: '{url}'\n  auth:\n{TRIO}").zoho.api_domain == url.rstrip(
+        "/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://www.zohoapis.com", "must use https (http is allowed only for localhost)"),
+        ("http://10.0.0.1", "must use https (http is allowed only for localhost)"),
+        ("http://localhost.example.com", "must use https (http is allowed only for localhost)"),
+        ("ftp://www.zohoapis.com", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("www.zohoapis.com", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("https://", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("https://exa mple.com", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("https://example.com:port", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("https://[::1", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("''", "expected an absolute URL such as https://www.zohoapis.com"),
+        ("https://user:pw@example.com", "must not contain a user name or password"),
+        ("https://example.com?x=1", "must not have a query or fragment"),
+        ("https://example.com/#top", "must not have a query or fragment"),
+        ("https://example.com/crm", "must not have a path (just scheme, host and port)"),
+    ],
+)
+@pytest.mark.parametrize(("key", "line"), [("api_domain", 2), ("accounts_url", 4)])
+def test_urls_refused(key: str, line: int, url: str, message: str) -> None:
+    if key == "api_domain":
+        text = f"zoho:\n  api_domain: {url}\n  auth:\n    access_token: t\n"
+    else:
+        text = f"{AUTH}    accounts_url: {url}\n"
+    path = "zoho.api_domain" if key == "api_domain" else "zoho.auth.accounts_url"
+    assert problem(text) == f"cfg.yaml:{line}: {path}: {message}"
+
+
+def test_api_version() -> None:
+    assert (
+        parse("zoho:\n  api_version: v8\n  auth:\n    access_token: t\n").zoho.api_version == "v8"
+    )
+    assert problem("zoho:\n  api_version: 2\n  auth:\n    access_token: t\n") == (
+        "cfg.yaml:2: zoho.api_version: '2' is not an API version such as v2"
+    )
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+def test_refresh_mode_without_data_center_leaves_the_api_domain_to_zoho() -> None:
+    zoho = parse("zoho:\n  auth:\n" + TRIO).zoho
+    auth = zoho.auth
+    assert zoho.api_domain is None
+    assert auth.refreshes
+    assert auth.accounts_url == "https://accounts.zoho.com"
+    assert auth.access_token is None
+    assert (auth.refresh_token, auth.client_id, auth.client_secret) == (
+        Secret(REFRESH),
+        Secret(CLIENT_ID),
+        Secret(CLIENT_SECRET),
+    )
+    assert sorted(auth.secrets()) == sorted((REFRESH, CLIENT_ID, CLIENT_SECRET))
+
+
+def test_both_modes_are_refused() -> None:
+    assert problem(AUTH + TRIO) == (
+        "cfg.yaml:3: zoho.auth: give either access_token or"
+        " refresh_token + client_id + client_secret, not both"
+    )
+
+
+def test_no_credentials_is_refused() -> None:
+    assert problem("zoho:\n  auth: {}\n") == (
+        "cfg.yaml:2: zoho.auth: no credentials: give access_token, or refresh_token + client_id"
+        " + client_secret (each may instead be read from a file with NAME_file)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kept", "missing"),
+    [
+        ("refresh_token", "client_id and client_secret"),
+        ("client_id", "refresh_token and client_secret"),
+        ("client_secret", "refresh_token and client_id"),
+    ],
+)
+def test_partial_trio_names_what_is_missing(kept: str, missing: str) -> None:
+    text = f"zoho:\n  auth:\n    {kept}: some-value\n"
+    assert problem(text) == f"cfg.yaml:3: zoho.auth: refresh mode also needs {missing}"
+
+
+def test_secret_file_is_read_without_its_trailing_newline(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(CLIENT_SECRET + "\n")
+    (tmp_path / "token").write_bytes(TOKEN.encode() + b"\r\n")
+    text = (
+        f"zoho:\n  auth:\n    refresh_token_file: {tmp_path / 'token'}\n"
+        f"    client_id: x\n    client_secret_file: {tmp_path / 'secret'}\n"
+    )
+    auth = parse(text).zoho.auth
+    assert auth.client_secret == Secret(CLIENT_SECRET)
+    assert auth.refresh_token == Secret(TOKEN)
+
+
+def test_secret_file_path_may_come_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(TOKEN)
+    text = "zoho:\n  auth:\n    access_token_file: ${DIR}/token\n"
+    assert parse(text, {"DIR": str(tmp_path)}).zoho.auth.access_token == Secret(TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the secret is empty"),
+        (b"\n", "the secret is empty"),
+        (TOKEN.encode() + b"\n\n", "the secret contains a line break or other control character"),
+        (b"one\ntwo", "the secret contains a line break or other control character"),
+        (b"\xff\xfe", "cannot read '{path}': not UTF-8 text (bad byte at offset 0)"),
+    ],
+)
+def test_bad_secret_file_contents(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    found = problem(f"zoho:\n  auth:\n    access_token_file: {path}\n")
+    assert found == f"cfg.yaml:3: zoho.auth.access_token_file: {message.format(path=path)}"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("missing", "No such file or directory"), ("", "Is a directory")]
+)
+def test_unreadable_secret_file_names_its_path(tmp_path: Path, name: str, reason: str) -> None:
+    path = tmp_path / name
+    assert problem(f"zoho:\n  auth:\n    access_token_file: {path}\n") == (
+        f"cfg.yaml:3: zoho.auth.access_token_file: cannot read {str(path)!r}: {reason}"
+    )
+
+
+def test_secret_and_secret_file_together_are_refused(tmp_path: Path) -> None:
+    text = f"{AUTH}    access_token_file: {tmp_path / 'token'}\n"
+    assert problem(text) == (
+        "cfg.yaml:4: zoho.auth.access_token_file: give access_token or access_token_file, not both"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("''", "the secret is empty"),
+        ("~", "no value given"),
+        ("", "no value given"),
+        ("[a, b]", "expected a single value, got a list"),
+        ('"a\\tb"', "the secret contains a line break or other control character"),
+    ],
+)
+def test_bad_inline_secrets(value: str, message: str) -> None:
+    assert problem(f"zoho:\n  auth:\n    access_token: {value}\n") == (
+        f"cfg.yaml:3: zoho.auth.access_token: {message}"
+    )
+
+
+def test_numeric_looking_secret_is_kept_as_written() -> None:
+    text = "zoho:\n  auth:\n    refresh_token: 0123\n    client_id: 1.50\n    client_secret: no\n"
+    auth = parse(text).zoho.auth
+    assert auth.secrets() == ("0123", "1.50", "no")
+
+
+# --- environment variables ------------------------------------------------------------------------
+
+
+def test_unset_variable_names_the_variable_and_key() -> None:
+    assert problem(AUTH, {}) == (
+        "cfg.yaml:3: zoho.auth.access_token: environment variable ZOHO_ACCESS_TOKEN is not set"
+    )
+
+
+def test_every_unset_variable_is_reported() -> None:
+    found = problems(AUTH + "polling:\n  interval: ${A}${B}\n", {})
+    assert [line.rsplit(": ", 1)[1] for line in found] == [
+        "environment variable ZOHO_ACCESS_TOKEN is not set",
+        "environment variable A is not set",
+        "environment variable B is not set",
+    ]
+
+
+def test_several_variables_and_escapes_in_one_value() -> None:
+    text = "zoho:\n  auth:\n    access_token: 'a${X}-${Y}$$b$c'\n"
+    token = parse(text, {"X": "1", "Y": "$2"}).zoho.auth.access_token
+    assert token == Secret("a1-$2$b$c")
+
+
+def test_variables_reach_durations_modules_and_job_ids() -> None:
+    text = AUTH + "polling:\n  interval: ${I}\njobs:\n  - {module: '${M}', job_id: '${J}'}\n"
+    config = parse(text, {**ENV, "I": "2m", "M": "Deals", "J": "0042"})
+    assert config.polling.interval == 120.0
+    assert config.jobs == (JobSpec("Deals", "0042"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("'${ZOHO_ACCESS_TOKEN'", "unterminated ${ (write $$ for a literal $)"),
+        ("'${}'", "invalid ${VAR} reference (write $$ for a literal $)"),
+        ("'${1X}'", "invalid ${VAR} reference (write $$ for a literal $)"),
+    ],
+)
+def test_malformed_references(value: str, message: str) -> None:
+    text = f"zoho:\n  auth:\n    access_token: {value}\n"
+    assert problem(text) == f"cfg.yaml:3: zoho.auth.access_token: {message}"
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+def test_jobs_are_deduplicated_in_first_seen_order() -> None:
+    config = parse(
+        AUTH
+        + dedent(
+            """\
+            jobs:
+              - {module: Leads, job_id: "2"}
+              - {module: Deals, job_id: "1"}
+              - {module: Leads, job_id: 2}
+              - {module: Leads, job_id: "1"}
+            """
+        )
+    )
+    assert config.jobs == (JobSpec("Leads", "2"), JobSpec("Deals", "1"), JobSpec("Leads", "1"))
+
+
+@pytest.mark.parametrize(
+    ("module", "job_id", "expected"),
+    [
+        ("No", "0123", JobSpec("No", "0123")),
+        ("Off", "0777", JobSpec("Off", "0777")),
+        ("Null", "554023000000506003", JobSpec("Null", "554023000000506003")),
+        ("True", "00", JobSpec("True", "00")),
+        ("Custom_Module2", "'42'", JobSpec("Custom_Module2", "42")),
+    ],
+)
+def test_yaml_1_1_traps_keep_the_text_as_written(
+    module: str, job_id: str, expected: JobSpec
+) -> None:
+    config = parse(AUTH + f"jobs:\n  - module: {module}\n    job_id: {job_id}\n")
+    assert config.jobs == (expected,)
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("1Leads", "'1Leads' is not a module API name"),
+        ("Le-ads", "'Le-ads' is not a module API name"),
+        ("'Le ads'", "'Le ads' is not a module API name"),
+        ("''", "'' is not a module API name"),
+        ("_Leads", "'_Leads' is not a module API name"),
+        ("Léads", "'Léads' is not a module API name"),
+        ("[Leads]", "expected a single value, got a list"),
+    ],
+)
+def test_bad_module_names(module: str, message: str) -> None:
+    assert job_problem(f"  - module: {module}\n    job_id: '1'\n").startswith(
+        f"cfg.yaml:5: jobs[0].module: {message}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("job_id", "text"),
+    [
+        ("12a", "12a"),
+        ("-1", "-1"),
+        ("1.0", "1.0"),
+        ("1e5", "1e5"),
+        ("0x1F", "0x1F"),
+        ("1_000", "1_000"),
+        ("''", ""),
+        ("' 1'", " 1"),
+        ("١٢", "١٢"),
+    ],
+)
+def test_job_ids_must_be_digits(job_id: str, text: str) -> None:
+    assert job_problem(f"  - module: Leads\n    job_id: {job_id}\n") == (
+        f"cfg.yaml:6: jobs[0].job_id: {text!r} is not a job id (digits only)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "missing"),
+    [("{module: Leads}", "job_id"), ("{job_id: '1'}", "module"), ("{}", "module and job_id")],
+)
+def test_jobs_need_module_and_job_id(item: str, missing: str) -> None:
+    assert job_problem(f"  - {item}\n") == f"cfg.yaml:5: jobs[0]: missing {missing}"
+
+
+def test_ten_thousand_jobs_load_quickly() -> None:
+    lines = "".join(f"  - module: Leads\n    job_id: {i % 5000:018d}\n" for i in range(10_000))
+    if yaml.__with_libyaml__:
+        assert config_module._LOADER is yaml.CSafeLoader
+    started = time.perf_counter()
+    config = parse(AUTH + "jobs:\n" + lines)
+    elapsed = time.perf_counter() - started
+    assert len(config.jobs) == 5000
+    assert config.jobs[1] == JobSpec("Leads", "000000000000000001")
+    assert elapsed < 5  # about 0.2 s with the C loader; quadratic work would take minutes
+
+
+# --- files and YAML errors ------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ENV)
+    assert info.value.problems == (f"{path}: config file not found",)
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, ENV)
+    assert info.value.problems == (f"{tmp_path}: cannot read config file: Is a directory",)
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(AUTH.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ENV)
+    assert info.value.problems == (
+        f"{path}: cannot read config file: not UTF-8 text (bad byte at offset {len(AUTH) + 5})",
+    )
+
+
+def test_file_problems_name_the_file_and_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("\ufeff" + AUTH + "polling:\n  interval: 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ENV)
+    assert info.value.problems == (f"{path}:5: polling.interval: must be greater than zero",)
+
+
+def test_environment_defaults_to_os_environ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(AUTH)
+    monkeypatch.setenv("ZOHO_ACCESS_TOKEN", TOKEN)
+    assert load_config(path).zoho.auth.access_token == Secret(TOKEN)
+
+
+@pytest.mark.parametrize("loader", [yaml.SafeLoader, config_module._LOADER])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("zoho: [1\n", "cfg.yaml:2:1"),
+        ("a: 1\n---\nb: 2\n", "cfg.yaml:2:1"),
+        ("zoho:\n\tauth: 1\n", "cfg.yaml:2:1"),
+        ("a: b: c\n", "cfg.yaml:1:5"),
+        ("a: *nothing\n", "cfg.yaml:1:4"),
+        ("a: \x00\n", "cfg.yaml"),
+        ("a: \ud800\n", "cfg.yaml"),
+    ],
+)
+def test_invalid_yaml_is_one_line_with_its_position(
+    monkeypatch: pytest.MonkeyPatch, loader: type[yaml.SafeLoader], text: str, where: str
+) -> None:
+    monkeypatch.setattr(config_module, "_LOADER", loader)
+    found = problem(text)
+    assert found.startswith(f"{where}: invalid YAML: ")
+    assert len(found.splitlines()) == 1
+
+
+def test_deep_nesting_is_invalid_yaml_with_either_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = "[" * 5000
+    assert "invalid YAML" in problem(deep)
+    monkeypatch.setattr(config_module, "_LOADER", yaml.SafeLoader)
+    assert problem(deep) == "cfg.yaml: invalid YAML: nested too deeply"
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+
+def test_all_problems_are_reported_in_file_order() -> None:
+    text = dedent(
+        """\
+        zoho:
+          api_version: two
+          auth:
+            access_token: ${ZOHO_ACCESS_TOKEN}
+            refresh_token: x
+        polling:
+          interval: soon
+        jobs:
+          - {module: 9, job_id: x}
+        """
+    )
+    error_lines = [found.split(":")[1] for found in problems(text)]
+    assert error_lines == ["2", "4", "7", "9", "9"]
+
+
+def test_config_error_text_is_its_problems_one_per_line() -> None:
+    error = ConfigError(("a.yaml:1: x: bad", "a.yaml:2: y: worse"))
+    assert str(error) == "a.yaml:1: x: bad\na.yaml:2: y: worse"
+    assert error.problems == ("a.yaml:1: x: bad", "a.yaml:2: y: worse")
+
+
+def test_secret_repr_and_str_hide_the_value() -> None:
+    secret = Secret(TOKEN)
+    assert repr(secret) == str(secret) == f"{secret}" == "Secret('***')"
+    assert secret.reveal() == TOKEN
+    config = parse("zoho:\n  auth:\n" + TRIO)
+    assert all(value not in repr(config) for value in (REFRESH, CLIENT_ID, CLIENT_SECRET))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"zoho:\n  auth:\n    access_token: [{TOKEN}]\n",
+        f"zoho:\n  auth:\n    access_token: {{{TOKEN}: 1}}\n",
+        f'zoho:\n  auth:\n    access_token: "{TOKEN}\\n"\n',
+        f"zoho:\n  auth:\n    access_token: {TOKEN}\n    refresh_token: {REFRESH}\n",
+        f"zoho:\n  auth:\n    refresh_token: {REFRESH}\n    refresh_token_file: /nonexistent\n",
+        f"zoho:\n  data_center: {TOKEN}\n  auth:\n    access_token: {TOKEN}\n",
+        f"{AUTH}polling:\n  rate_period: ${{ZOHO_ACCESS_TOKEN}}\n",
+        f"{AUTH}polling:\n  rate_limit: ${{ZOHO_ACCESS_TOKEN}}\n",
+        f"{AUTH}jobs:\n  - module: Leads\n    job_id: ${{ZOHO_ACCESS_TOKEN}}\n",
+    ],
+)
+def test_problems_never_show_a_secret(text: str) -> None:
+    message = "\n".join(problems(text))
+    assert TOKEN not in message
+    assert REFRESH not in message
+
+
+def test_short_secrets_are_not_masked_inside_ordinary_words() -> None:
+    text = "zoho:\n  auth:\n    access_token: t\npolling:\n  interval: 0\n"
+    assert problem(text) == "cfg.yaml:5: polling.interval: must be greater than zero"
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+
+def _outcome(text: str) -> None:
+    """parse_config either gives a Config or a ConfigError of one-line problems; nothing else."""
+    try:
+        result: Config | ConfigError = parse_config(text, "prop.yaml", ENV)
+    except ConfigError as error:
+        result = error
+    if isinstance(result, ConfigError):
+        assert result.problems
+        assert all(len(found.splitlines()) == 1 for found in result.problems)
+    else:
+        assert isinstance(result, Config)
+
+
+_KEYS = (*TOP_KEYS, *ZOHO_KEYS, *AUTH_KEYS, *POLLING_KEYS, *JOB_KEYS)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            *("${ZOHO_ACCESS_TOKEN}", "${UNSET}", "$$", "${", "10s", "0123", "No", "eu", "v2"),
+            *("Leads", "https://www.zohoapis.com", "http://localhost:1", TOKEN, "/no/such/file"),
+        ]
+    )
+)
+_ANY = st.recursive(
+    _SCALARS,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _section(keys: tuple[str, ...]) -> st.SearchStrategy[object]:
+    return st.dictionaries(st.sampled_from(keys), _ANY, max_size=len(keys)) | _ANY
+
+
+_SHAPED = st.fixed_dictionaries(
+    {},
+    optional={
+        "zoho": st.fixed_dictionaries(
+            {},
+            optional={
+                "auth": _section(AUTH_KEYS),
+                "data_center": _SCALARS,
+                "api_domain": _SCALARS,
+                "api_version": _SCALARS,
+            },
+        )
+        | _ANY,
+        "polling": _section(POLLING_KEYS),
+        "jobs": st.lists(_section(JOB_KEYS), max_size=3) | _ANY,
+    },
+)
+
+
+@given(st.text())
+def test_any_text_gives_a_config_or_a_config_error(text: str) -> None:
+    _outcome(text)
+
+
+@given(_SHAPED | _ANY)
+def test_any_mapping_shape_gives_a_config_or_a_config_error(document: object) -> None:
+    _outcome(yaml.safe_dump(document))

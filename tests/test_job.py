@@ -1,0 +1,160 @@
+"""The classification table, row by row, on a virtual clock."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher.classify import Answer, Observation
+from watcher.config import JobSpec, PollingSettings
+from watcher.job import Decision, JobState, apply_answer
+from watcher.zoho_api import MASS_UPDATE, Effect
+
+SETTINGS = PollingSettings(
+    interval=10.0, backoff_initial=1.0, backoff_max=60.0, not_found_attempts=3
+)
+COUNTS = {"failed_count": 0, "updated_count": 5, "not_updated_count": 0, "total_count": 10}
+
+
+def new_job() -> JobState:
+    return JobState(JobSpec("Leads", "1"), added_at=100.0)
+
+
+def seen(status: str, **counts: int) -> Answer:
+    return Answer(Effect.OBSERVED, 200, Observation(status, {**COUNTS, **counts}))
+
+
+def apply(job: JobState, answer: Answer, now: float = 110.0) -> Decision:
+    return apply_answer(job, answer, MASS_UPDATE, SETTINGS, now, random.Random(0))
+
+
+def names(decision: Decision) -> list[str]:
+    return [event.name for event in decision.events]
+
+
+def test_first_observation_is_a_transition_from_nothing() -> None:
+    decision = apply(new_job(), seen("RUNNING"))
+    assert names(decision) == ["job.status_changed"]
+    assert decision.events[0].fields["previous_status"] is None
+    assert decision.events[0].fields["updated_count"] == 5
+    assert decision.next_poll_in == SETTINGS.interval
+
+
+def test_a_repeated_status_emits_nothing() -> None:
+    job = new_job()
+    apply(job, seen("RUNNING"))
+    decision = apply(job, seen("RUNNING", updated_count=8))
+    assert decision.events == ()
+    assert job.counts["updated_count"] == 8
+
+
+def test_completed_ends_the_job_with_counts_and_duration() -> None:
+    job = new_job()
+    apply(job, seen("RUNNING"))
+    decision = apply(job, seen("COMPLETED", updated_count=10), now=160.0)
+    assert names(decision) == ["job.status_changed", "job.finished"]
+    finished = decision.events[1]
+    assert finished.level == "info"
+    assert finished.fields["outcome"] == "completed"
+    assert finished.fields["polls"] == 2
+    assert finished.fields["duration_s"] == 60.0
+    assert decision.next_poll_in is None
+
+
+def test_completed_with_failures_is_a_warning_and_failed_an_error() -> None:
+    warned = apply(new_job(), seen("COMPLETED", failed_count=2)).events[-1]
+    failed = apply(new_job(), seen("FAILED")).events[-1]
+    assert (warned.level, warned.fields["outcome"]) == ("warning", "completed")
+    assert (failed.level, failed.fields["outcome"]) == ("error", "failed")
+
+
+def test_not_found_finishes_after_the_configured_consecutive_answers() -> None:
+    job = new_job()
+    gone = Answer(Effect.NOT_FOUND, 204, code="NO_CONTENT")
+    first, second = apply(job, gone), apply(job, gone)
+    assert names(first) == names(second) == ["job.poll_failed"]
+    assert first.next_poll_in is not None
+    assert second.next_poll_in is not None
+    assert second.next_poll_in > first.next_poll_in * 0.8 * 1.5  # it backs off between them
+    third = apply(job, gone)
+    assert third.next_poll_in is None
+    assert third.events[-1].fields["outcome"] == "not_found"
+
+
+def test_a_status_row_resets_the_not_found_streak() -> None:
+    job = new_job()
+    gone = Answer(Effect.NOT_FOUND, 204, code="NO_CONTENT")
+    apply(job, gone)
+    apply(job, gone)
+    apply(job, seen("SCHEDULED"))
+    assert apply(job, gone).next_poll_in is not None
+
+
+def test_rejection_ends_the_job_with_zoho_code() -> None:
+    decision = apply(new_job(), Answer(Effect.REJECTED, 400, code="INVALID_MODULE"))
+    assert decision.next_poll_in is None
+    assert decision.events[-1].fields["outcome"] == "rejected"
+    assert decision.events[-1].fields["error"] == "INVALID_MODULE"
+
+
+def test_auth_failure_is_fatal() -> None:
+    decision = apply(new_job(), Answer(Effect.AUTH, 401, code="INVALID_TOKEN"))
+    assert decision.fatal
+    assert names(decision) == ["auth.failed"]
+
+
+def test_rate_limit_pauses_everybody_for_retry_after() -> None:
+    decision = apply(new_job(), Answer(Effect.RATE_LIMITED, 429, code="X", retry_after=7.0))
+    assert decision.pause_all_for == decision.next_poll_in == 7.0
+
+
+def test_rate_limit_without_retry_after_uses_the_job_backoff() -> None:
+    decision = apply(new_job(), Answer(Effect.RATE_LIMITED, 429, code="X"))
+    assert decision.pause_all_for == decision.next_poll_in
+    assert decision.next_poll_in is not None
+    assert 0.8 <= decision.next_poll_in <= 1.0
+
+
+def test_retry_after_is_capped_at_backoff_max() -> None:
+    decision = apply(new_job(), Answer(Effect.RATE_LIMITED, 429, retry_after=86_400.0))
+    assert decision.next_poll_in == SETTINGS.backoff_max
+
+
+def test_transient_failures_back_off_and_a_success_resets() -> None:
+    job = new_job()
+    failure = Answer(Effect.TRANSIENT, 503, code="http_503")
+    delays = [apply(job, failure).next_poll_in for _ in range(4)]
+    assert delays == sorted(delays)
+    event = apply(job, failure).events[0]
+    assert event.fields["attempt"] == 5
+    assert event.fields["http_status"] == 503
+    apply(job, seen("RUNNING"))
+    assert job.failures == 0
+    assert apply(job, failure).events[0].fields["attempt"] == 1
+
+
+statuses = st.sampled_from(["SCHEDULED", "RUNNING", "COMPLETED", "FAILED"])
+
+
+@given(st.lists(statuses, min_size=1, max_size=30))
+def test_exactly_one_event_per_real_transition(sequence: list[str]) -> None:
+    job = new_job()
+    emitted: list[tuple[object, object]] = []
+    for status in sequence:
+        decision = apply(job, seen(status))
+        emitted += [
+            (e.fields["previous_status"], e.fields["status"])
+            for e in decision.events
+            if e.name == "job.status_changed"
+        ]
+        if decision.next_poll_in is None:
+            break
+    observed = sequence[: job.polls]
+    expected = [
+        (before, after)
+        for before, after in zip([None, *observed], observed, strict=False)
+        if before != after
+    ]
+    assert emitted == expected

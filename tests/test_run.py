@@ -1,0 +1,292 @@
+"""End to end: the real CLI against the simulator, one test per row of the classification table."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ACCESS_TOKEN, WatcherProcess, write_config
+from watcher.simulator import Simulator
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
+JOB = ("Leads", "554023000000506003")
+
+
+async def watch(
+    tmp_path: Path, sim: Simulator, jobs: list[tuple[str, str]], *extra: str, **polling: object
+) -> WatcherProcess:
+    config = write_config(tmp_path / "watcher.yaml", sim.url, jobs, **polling)
+    return await WatcherProcess.start("run", "--config", str(config), *extra)
+
+
+async def watch_to_end(
+    tmp_path: Path, sim: Simulator, jobs: list[tuple[str, str]], **polling: object
+) -> tuple[int, WatcherProcess]:
+    watcher = await watch(tmp_path, sim, jobs, "--exit-when-done", **polling)
+    return await watcher.finish(), watcher
+
+
+def finished(watcher: WatcherProcess, job_id: str) -> dict[str, object]:
+    (event,) = [e for e in watcher.named("job.finished") if e["job_id"] == job_id]
+    return event
+
+
+async def test_progress_to_completed_emits_each_transition_once(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(
+        *JOB,
+        [
+            "SCHEDULED",
+            "SCHEDULED",
+            "RUNNING:10,0,0,100",
+            "RUNNING:50,0,0,100",
+            "COMPLETED:100,0,0,100",
+        ],
+    )
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 0
+    changes = [(e["previous_status"], e["status"]) for e in watcher.named("job.status_changed")]
+    assert changes == [(None, "SCHEDULED"), ("SCHEDULED", "RUNNING"), ("RUNNING", "COMPLETED")]
+    done = finished(watcher, JOB[1])
+    assert (done["outcome"], done["status"], done["polls"]) == ("completed", "COMPLETED", 5)
+    assert done["updated_count"] == 100
+    assert len(sim.requests_for(*JOB)) == 5  # nothing after the terminal status
+    assert [e["event"] for e in watcher.events][:2] == ["watcher.started", "job.added"]
+    assert watcher.events[-1]["event"] == "watcher.stopped"
+
+
+async def test_every_line_is_json_with_event_level_and_utc_timestamp(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["RUNNING", "COMPLETED"])
+    _, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert watcher.not_json == []
+    for event in watcher.events:
+        assert isinstance(event["event"], str)
+        assert event["level"] in {"debug", "info", "warning", "error"}
+        assert ISO_UTC.match(event["timestamp"]), event["timestamp"]
+    assert all(isinstance(e["job_id"], str) for e in watcher.events if "job_id" in e)
+
+
+async def test_failed_job_exits_1(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["RUNNING", "FAILED:3,7,0,10"])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 1
+    done = finished(watcher, JOB[1])
+    assert (done["outcome"], done["level"], done["failed_count"]) == ("failed", "error", 7)
+
+
+async def test_completed_with_failures_is_logged_as_warning(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["COMPLETED:95,5,0,100"])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 0
+    assert finished(watcher, JOB[1])["level"] == "warning"
+
+
+@pytest.mark.parametrize("shape", ["notfound204", "notfound404", "notfound400"])
+async def test_not_found_after_three_consecutive_answers(
+    tmp_path: Path, sim: Simulator, shape: str
+) -> None:
+    sim.add_job(*JOB, [shape])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 1
+    assert finished(watcher, JOB[1])["outcome"] == "not_found"
+    assert len(sim.requests_for(*JOB)) == 3
+    failures = watcher.named("job.poll_failed")
+    assert [e["attempt"] for e in failures] == [1, 2]
+    polls = sim.requests_for(*JOB)
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(polls)]
+    assert gaps[1] > gaps[0]  # backing off between not-found answers
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "INVALID_MODULE",
+        "MANDATORY_NOT_FOUND",
+        "INVALID_URL_PATTERN",
+        "NO_PERMISSION",
+        "AUTHORIZATION_FAILED",
+        "OAUTH_SCOPE_MISMATCH",
+        "INVALID_REQUEST_METHOD",
+    ],
+)
+async def test_documented_refusals_end_the_job_as_rejected(
+    tmp_path: Path, sim: Simulator, code: str
+) -> None:
+    sim.add_job(*JOB, [code, "COMPLETED"])
+    exit_code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert exit_code == 1
+    done = finished(watcher, JOB[1])
+    assert (done["outcome"], done["error"]) == ("rejected", code)
+    assert len(sim.requests_for(*JOB)) == 1
+
+
+@pytest.mark.parametrize("shape", ["data200:INVALID_MODULE", "top200:INVALID_MODULE"])
+async def test_error_objects_with_http_200_are_understood(
+    tmp_path: Path, sim: Simulator, shape: str
+) -> None:
+    sim.add_job(*JOB, [shape])
+    _, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert finished(watcher, JOB[1])["outcome"] == "rejected"
+
+
+@pytest.mark.parametrize("answer", ["INVALID_TOKEN", "AUTHENTICATION_FAILURE"])
+async def test_refused_fixed_token_stops_with_exit_3(
+    tmp_path: Path, sim: Simulator, answer: str
+) -> None:
+    sim.add_job(*JOB, [answer])
+    other = ("Deals", "42")
+    sim.add_job(*other, ["RUNNING"])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB, other])
+    assert code == 3
+    assert watcher.named("auth.failed")[0]["level"] == "error"
+    assert watcher.events[-1]["event"] == "watcher.stopped"
+
+
+async def test_a_token_zoho_does_not_know_is_an_auth_failure(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["RUNNING"])
+    sim.revoke_tokens()
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 3
+    assert watcher.named("auth.failed")[0]["error"] == "INVALID_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("500", "INTERNAL_ERROR"),
+        ("503", "http_503"),
+        ("malformed", "malformed_response"),
+        ("badstatus", "unknown_status"),
+        ("reset", "connection_error"),
+        ("hang", "timeout"),
+    ],
+)
+async def test_transient_faults_back_off_and_recover(
+    tmp_path: Path, sim: Simulator, fault: str, error: str
+) -> None:
+    sim.add_job(*JOB, [fault, fault, "COMPLETED"])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB], request_timeout="300ms")
+    assert code == 0
+    failures = watcher.named("job.poll_failed")
+    # aiohttp itself retries a GET once when a reused keep-alive connection turns out closed
+    # (RFC 9112 9.3.1), so a reset may cost the job fewer failures than the script holds.
+    expected = [(1, error)] if fault == "reset" else [(1, error), (2, error)]
+    assert [(e["attempt"], e["error"]) for e in failures][: len(expected)] == expected
+    assert all(e["level"] == "warning" and e["retry_in_s"] > 0 for e in failures)
+    assert finished(watcher, JOB[1])["outcome"] == "completed"
+
+
+async def test_retry_after_is_honoured_and_pauses_every_job(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["RUNNING", "429:1", "COMPLETED"])
+    others = [("Deals", str(n)) for n in range(1, 4)]
+    for other in others:
+        sim.add_job(*other, ["RUNNING"] * 12 + ["COMPLETED"])
+    code, watcher = await watch_to_end(
+        tmp_path, sim, [JOB, *others], interval="50ms", backoff_max="2s"
+    )
+    assert code == 0
+    limited = next(r for r in sim.requests if r.http_status == 429)
+    # Requests already on the wire when the 429 was sent may still land just after it.
+    during = [r for r in sim.requests if limited.done + 0.1 < r.at < limited.done + 0.95]
+    assert during == []
+    assert any(r.at >= limited.done + 0.95 for r in sim.requests), "polling resumed"
+    failed = watcher.named("job.poll_failed")[0]
+    assert (failed["http_status"], failed["retry_in_s"]) == (429, 1.0)
+
+
+async def test_429_without_retry_after_backs_off_and_pauses(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["RUNNING", "429", "COMPLETED"])
+    other = ("Deals", "7")
+    sim.add_job(*other, ["RUNNING"] * 12 + ["COMPLETED"])
+    code, watcher = await watch_to_end(
+        tmp_path, sim, [JOB, other], interval="50ms", backoff_initial="500ms", backoff_max="1s"
+    )
+    assert code == 0
+    limited = next(r for r in sim.requests if r.http_status == 429)
+    retry_in = watcher.named("job.poll_failed")[0]["retry_in_s"]
+    assert 0.4 <= retry_in <= 0.5
+    during = [r for r in sim.requests if limited.done + 0.1 < r.at < limited.done + retry_in * 0.95]
+    assert during == []
+
+
+async def test_requests_stay_within_rate_limit_and_concurrency(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    jobs = [("Leads", str(n)) for n in range(30)]
+    for job in jobs:
+        sim.add_job(*job, ["slow:0.05:RUNNING", "slow:0.05:RUNNING", "slow:0.05:COMPLETED"])
+    code, _ = await watch_to_end(
+        tmp_path, sim, jobs, rate_limit=20, rate_period="500ms", max_concurrency=3
+    )
+    assert code == 0
+    assert sim.max_in_flight <= 3
+    arrivals = sorted(r.at for r in sim.requests)
+    assert len(arrivals) == 90
+    # Any window a little shorter than the period holds at most rate_limit arrivals (the margin
+    # absorbs loopback jitter between the client's clock and the server's).
+    assert max(sum(1 for t in arrivals if s <= t < s + 0.45) for s in arrivals) <= 20
+
+
+async def test_duplicate_pairs_are_tracked_once(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["COMPLETED"])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB, JOB])
+    assert code == 0
+    assert len(watcher.named("job.added")) == 1
+    assert len(sim.requests_for(*JOB)) == 1
+
+
+async def test_daemon_keeps_running_after_jobs_end_and_stops_on_sigterm(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    await watcher.wait_event("job.finished")
+    assert watcher.process.returncode is None
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+    assert watcher.named("watcher.stopped")[0]["reason"] == "signal"
+
+
+async def test_sigterm_with_requests_hanging_exits_0_within_5s(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    jobs = [("Leads", str(n)) for n in range(4)]
+    for job in jobs:
+        sim.add_job(*job, ["hang"])
+    watcher = await watch(tmp_path, sim, jobs, request_timeout="10m", max_concurrency=4)
+    await sim.wait_for(lambda s: len(s.requests) == 4)
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+    assert watcher.events[-1]["event"] == "watcher.stopped"
+
+
+async def test_log_level_filters_and_console_format_renders_for_people(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["500", "COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB], "--exit-when-done", "--log-level", "warning")
+    assert await watcher.finish() == 0
+    assert {e["level"] for e in watcher.events} == {"warning"}
+    console = await watch(
+        tmp_path, sim, [("Deals", "9")], "--exit-when-done", "--log-format", "console"
+    )
+    assert await console.finish() == 1
+    assert console.events == []
+    assert any("job.finished" in line for line in console.not_json)
+
+
+async def test_the_token_never_reaches_the_output(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["500", "INVALID_TOKEN"])
+    watcher = await watch(tmp_path, sim, [JOB], "--exit-when-done", "--log-level", "debug")
+    assert await watcher.finish() == 3
+    printed = "".join(watcher.lines) + watcher.stderr
+    assert ACCESS_TOKEN not in printed
+    assert "Zoho-oauthtoken" not in printed

@@ -1,0 +1,82 @@
+"""The due-time queue: earliest first, ties oldest first, rescheduling and cancelling."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher.scheduler import DueQueue, Scheduler
+
+
+def drain(queue: DueQueue[str]) -> list[str]:
+    order = []
+    while queue.next_due() is not None:
+        order.append(queue.pop())
+    return order
+
+
+def test_earliest_due_first_and_ties_in_scheduling_order() -> None:
+    queue: DueQueue[str] = DueQueue()
+    for key, due in [("c", 5.0), ("a", 1.0), ("b", 5.0), ("d", 0.5)]:
+        queue.schedule(key, due)
+    assert drain(queue) == ["d", "a", "c", "b"]
+
+
+def test_rescheduling_replaces_the_old_time() -> None:
+    queue: DueQueue[str] = DueQueue()
+    queue.schedule("a", 1.0)
+    queue.schedule("b", 2.0)
+    queue.schedule("a", 3.0)
+    assert len(queue) == 2
+    assert drain(queue) == ["b", "a"]
+
+
+def test_cancelled_keys_never_come_out() -> None:
+    queue: DueQueue[str] = DueQueue()
+    queue.schedule("a", 1.0)
+    queue.schedule("b", 2.0)
+    queue.cancel("a")
+    assert "a" not in queue
+    assert drain(queue) == ["b"]
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 100)), max_size=60))
+def test_drains_in_due_order_with_each_key_once(plan: list[tuple[int, float]]) -> None:
+    queue: DueQueue[int] = DueQueue()
+    latest: dict[int, float] = {}
+    for key, due in plan:
+        queue.schedule(key, due)
+        latest[key] = due
+    order = drain(queue)
+    assert sorted(order) == sorted(latest)
+    dues = [latest[key] for key in order]
+    assert dues == sorted(dues)
+
+
+async def test_scheduler_serves_due_keys_with_bounded_workers() -> None:
+    loop = asyncio.get_running_loop()
+    served: list[str] = []
+    running = 0
+    peak = 0
+    all_served = asyncio.Event()
+
+    async def poll(key: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        served.append(key)
+        running -= 1
+        if len(served) == 6:
+            all_served.set()
+
+    scheduler: Scheduler[str] = Scheduler(poll, workers=2, clock=loop.time)
+    for index, key in enumerate("abcdef"):
+        scheduler.schedule(key, 0.001 * index)
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.wait_for(all_served.wait(), 5)
+    task.cancel()
+    assert sorted(served) == list("abcdef")
+    assert peak <= 2

@@ -1,0 +1,133 @@
+"""Turn one HTTP answer from Zoho into an `Answer`: pure, so every shape can be tested directly.
+
+Zoho reports the same thing in several shapes (an error object at top level or inside `data[]`,
+with HTTP 200 or a 4xx; "not found" in three different ways depending on the API version). This
+module folds all of them into one `Effect` so the rest of the watcher never looks at a body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from watcher.zoho_api import (
+    ERROR_EFFECTS,
+    INVALID_DATA,
+    RETRY_AFTER,
+    Effect,
+    JobKind,
+    effect_of_http_status,
+)
+
+Counts = Mapping[str, int | None]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A status row as Zoho reported it, with counts under the watcher's own names."""
+
+    status: str
+    counts: Counts
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one poll told us. `code` is Zoho's error code or a short name for what went wrong."""
+
+    effect: Effect
+    http_status: int | None
+    observation: Observation | None = None
+    code: str | None = None
+    retry_after: float | None = None
+
+
+def classify(
+    kind: JobKind, http_status: int, headers: Mapping[str, str], body: bytes, now: float
+) -> Answer:
+    """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After."""
+    retry_after = parse_retry_after(headers.get(RETRY_AFTER), now)
+    if http_status == 204:
+        return Answer(Effect.NOT_FOUND, http_status, code="NO_CONTENT", retry_after=retry_after)
+    ok = 200 <= http_status < 300
+    document = _parse_json(body)
+    row = _first_row(document)
+    error = next((part for part in (row, document) if _is_error(part)), None)
+    if error is not None:
+        return _error_answer(kind, http_status, error, retry_after)
+    if not ok or not isinstance(document, dict):
+        code = "malformed_response" if ok else f"http_{http_status}"
+        effect = effect_of_http_status(http_status)
+        return Answer(effect, http_status, code=code, retry_after=retry_after)
+    return _status_answer(kind, http_status, row)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(text).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        return max(0.0, seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _first_row(document: object) -> object:
+    data = document.get("data") if isinstance(document, dict) else None
+    if isinstance(data, list) and data:
+        return data[0]
+    return None
+
+
+def _is_error(value: object) -> bool:
+    return isinstance(value, dict) and (value.get("status") == "error" or "code" in value)
+
+
+def _error_answer(
+    kind: JobKind, http_status: int, error: object, retry_after: float | None
+) -> Answer:
+    assert isinstance(error, dict)
+    code = error.get("code")
+    code = code if isinstance(code, str) and code else f"http_{http_status}"
+    effect = ERROR_EFFECTS.get(code)
+    if code == INVALID_DATA and _names_param(error.get("details"), kind.id_param):
+        effect = Effect.NOT_FOUND
+    if effect is None:
+        effect = effect_of_http_status(http_status)
+    return Answer(effect, http_status, code=code, retry_after=retry_after)
+
+
+def _names_param(details: object, param: str) -> bool:
+    return isinstance(details, dict) and details.get("param_name") == param
+
+
+def _status_answer(kind: JobKind, http_status: int, row: object) -> Answer:
+    if not isinstance(row, dict):
+        return Answer(Effect.TRANSIENT, http_status, code="malformed_response")
+    status = row.get(kind.status_field)
+    if not isinstance(status, str) or status not in kind.statuses:
+        return Answer(Effect.TRANSIENT, http_status, code="unknown_status")
+    counts = {ours: _count(row.get(theirs)) for ours, theirs in kind.counts.items()}
+    return Answer(Effect.OBSERVED, http_status, observation=Observation(status, counts))
+
+
+def _count(value: object) -> int | None:
+    """Counts are ints; anything else (missing, bool, text) is reported as unknown, not guessed."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

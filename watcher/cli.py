@@ -1,0 +1,79 @@
+"""Command line: `run`, `check-config`, `demo`. Bad input ends in one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from watcher.config import Config, ConfigError, load_config
+from watcher.events import FORMATS, LEVELS, EventLog
+from watcher.service import EXIT_CONFIG, EXIT_OK, Watcher, serve
+
+PROG = "zoho-job-watcher"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "demo":
+        from watcher.demo import run_demo  # the simulator is only imported when asked for
+
+        return asyncio.run(run_demo(_event_log(args)))
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _config_failed(exc)
+    log = _event_log(args, config.zoho.auth.secrets())
+    watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
+    return asyncio.run(serve(watcher))
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config: Config = load_config(path)
+    except ConfigError as exc:
+        return _config_failed(exc)
+    print(f"{path}: OK, {len(config.jobs)} job(s)")
+    return EXIT_OK
+
+
+def _config_failed(exc: ConfigError) -> int:
+    for problem in exc.problems:
+        print(f"{PROG}: config error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _event_log(args: argparse.Namespace, secrets: Sequence[str] = ()) -> EventLog:
+    fmt = args.log_format or ("console" if sys.stdout.isatty() else "json")
+    return EventLog(sys.stdout, fmt, args.log_level, secrets)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Watch Zoho CRM asynchronous jobs until they end."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="watch the jobs named in a config file")
+    run.add_argument("--config", type=Path, required=True, help="YAML config file")
+    run.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit once no job is left: 0 if all completed, 1 otherwise",
+    )
+    _add_log_options(run)
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, required=True, help="YAML config file")
+    demo = commands.add_parser("demo", help="watch a few jobs on a built-in Zoho simulator")
+    _add_log_options(demo)
+    return parser
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=FORMATS, help="json lines (default unless stdout is a terminal)"
+    )
+    parser.add_argument("--log-level", choices=LEVELS, default="info", help="default: info")

@@ -1,0 +1,82 @@
+"""One status request to Zoho: URL, auth header, the shared gate, and classification.
+
+Every failure a request can meet comes back as an `Answer` — nothing here raises for Zoho's or the
+network's sake — so the job logic has a single input to reason about.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+import aiohttp
+
+from watcher.auth import TokenSource
+from watcher.classify import Answer, classify
+from watcher.config import JobSpec
+from watcher.ratelimit import RequestGate
+from watcher.zoho_api import AUTH_HEADER, AUTH_SCHEME, Effect, JobKind
+
+
+class ZohoClient:
+    """Polls the status of Zoho jobs of one kind through the shared `RequestGate`."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        gate: RequestGate,
+        tokens: TokenSource,
+        api_domain: str,
+        api_version: str,
+        kind: JobKind,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._gate = gate
+        self._tokens = tokens
+        self._api_domain = api_domain
+        self._api_version = api_version
+        self._kind = kind
+        self._wall_clock = wall_clock
+
+    def url(self, spec: JobSpec) -> str:
+        """The status URL; module and id can only ever fill their own path segment or value."""
+        path = self._kind.path.format(
+            version=quote(self._api_version, safe=""), module=quote(spec.module, safe="")
+        )
+        return f"{self._api_domain}{path}?{self._kind.id_param}={quote(spec.job_id, safe='')}"
+
+    async def poll(self, spec: JobSpec) -> Answer:
+        """Ask for the job's status once; after a refused token, once more with a fresh one."""
+        token = await self._tokens.token()
+        answer = await self._request(spec, token)
+        if answer.effect is Effect.AUTH and await self._tokens.rejected(token):
+            answer = await self._request(spec, await self._tokens.token())
+        return answer
+
+    async def _request(self, spec: JobSpec, token: str) -> Answer:
+        headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
+        async with self._gate:
+            try:
+                async with self._session.get(
+                    self.url(spec), headers=headers, allow_redirects=False
+                ) as response:
+                    body = await response.read()
+                    status, response_headers = response.status, response.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                return Answer(Effect.TRANSIENT, None, code=failure_kind(exc))
+        return classify(self._kind, status, response_headers, body, self._wall_clock())
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A short, secret-free name for what went wrong on the wire (never the exception text)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "truncated_response"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "connection_error"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "bad_response"
+    return "client_error"

@@ -1,0 +1,158 @@
+"""A tracked job and what each answer does to it: pure logic, no I/O, time passed in.
+
+`apply_answer` is the whole of the classification table of the design: given the job, the answer
+to one poll and the settings, it updates the job and returns a `Decision` — the events to emit,
+when to poll next (or never), whether every request must pause, whether the watcher must stop.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from watcher.backoff import backoff_delay
+from watcher.classify import Answer, Counts, Observation
+from watcher.config import JobSpec, PollingSettings
+from watcher.zoho_api import Effect, JobKind
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the event stream, before rendering."""
+
+    name: str
+    level: str
+    fields: dict[str, object]
+
+
+@dataclass
+class JobState:
+    """What the watcher knows about one job. `added_at` is on the scheduler's monotonic clock."""
+
+    spec: JobSpec
+    added_at: float
+    status: str | None = None
+    counts: Counts = field(default_factory=dict)
+    polls: int = 0
+    failures: int = 0  # consecutive polls without a status row, for backoff
+    not_found: int = 0  # consecutive "not found" answers
+    outcome: str | None = None
+
+    def fields(self) -> dict[str, object]:
+        return {"module": self.spec.module, "job_id": self.spec.job_id}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the scheduler must do after a poll. `next_poll_in` is None once the job has ended."""
+
+    events: tuple[Event, ...]
+    next_poll_in: float | None
+    pause_all_for: float | None = None
+    fatal: bool = False
+
+
+def apply_answer(
+    job: JobState,
+    answer: Answer,
+    kind: JobKind,
+    settings: PollingSettings,
+    now: float,
+    rng: random.Random,
+) -> Decision:
+    """Update `job` with the answer to one poll and decide what happens next."""
+    job.polls += 1
+    if answer.effect is Effect.OBSERVED:
+        assert answer.observation is not None
+        return _observed(job, answer.observation, kind, settings, now)
+    if answer.effect is Effect.NOT_FOUND:
+        job.not_found += 1
+        if job.not_found >= settings.not_found_attempts:
+            return _finish(job, "not_found", now, error=answer.code)
+    if answer.effect is Effect.REJECTED:
+        return _finish(job, "rejected", now, error=answer.code)
+    if answer.effect is Effect.AUTH:
+        event = Event("auth.failed", "error", {**job.fields(), "error": answer.code})
+        return Decision((event,), next_poll_in=None, fatal=True)
+    return _retry_later(job, answer, settings, rng)
+
+
+def _observed(
+    job: JobState, observation: Observation, kind: JobKind, settings: PollingSettings, now: float
+) -> Decision:
+    job.failures = 0
+    job.not_found = 0
+    events: list[Event] = []
+    if observation.status != job.status:
+        events.append(status_changed(job, observation))
+    job.status = observation.status
+    job.counts = observation.counts
+    outcome = kind.terminal.get(observation.status)
+    if outcome is None:
+        return Decision(tuple(events), next_poll_in=settings.interval)
+    return _finish(job, outcome, now, events)
+
+
+def status_changed(job: JobState, observation: Observation) -> Event:
+    """The transition event from the job's last recorded status to `observation`."""
+    fields = {
+        **job.fields(),
+        "previous_status": job.status,
+        "status": observation.status,
+        **observation.counts,
+    }
+    return Event("job.status_changed", "info", fields)
+
+
+def _finish(
+    job: JobState,
+    outcome: str,
+    now: float,
+    events: list[Event] | None = None,
+    error: str | None = None,
+) -> Decision:
+    job.outcome = outcome
+    fields: dict[str, object] = {
+        **job.fields(),
+        "outcome": outcome,
+        "status": job.status,
+        **job.counts,
+        "polls": job.polls,
+        "duration_s": round(now - job.added_at, 3),
+    }
+    if error is not None:
+        fields["error"] = error
+    finished = Event("job.finished", _finished_level(job), fields)
+    return Decision((*(events or ()), finished), next_poll_in=None)
+
+
+def _finished_level(job: JobState) -> str:
+    """Anything but a clean completion is worth a human's attention."""
+    if job.outcome != "completed":
+        return "error"
+    failed = job.counts.get("failed_count")
+    return "warning" if failed else "info"
+
+
+def _retry_later(
+    job: JobState, answer: Answer, settings: PollingSettings, rng: random.Random
+) -> Decision:
+    """Transient trouble, rate limiting or a not-yet-conclusive not-found: back off and retry.
+
+    A Retry-After is honoured but capped at `backoff_max`, so one odd header cannot park the
+    watcher for days.
+    """
+    job.failures += 1
+    delay = backoff_delay(job.failures, settings.backoff_initial, settings.backoff_max, rng)
+    if answer.retry_after is not None:
+        delay = min(answer.retry_after, settings.backoff_max)
+    fields: dict[str, object] = {
+        **job.fields(),
+        "error": answer.code,
+        "http_status": answer.http_status,
+        "attempt": job.failures,
+        "retry_in_s": round(delay, 3),
+    }
+    event = Event("job.poll_failed", "warning", fields)
+    pause = delay if answer.effect is Effect.RATE_LIMITED else None
+    return Decision((event,), next_poll_in=delay, pause_all_for=pause)

@@ -1,0 +1,61 @@
+"""The one gate every request to Zoho passes: in-flight cap, org-wide pause, request rate.
+
+Zoho's limits are per organisation, so they are enforced here once for all jobs. The rate itself
+comes from asyncio-throttle; it is wrapped so the rest of the watcher does not depend on it (its
+waiters poll every 10 ms, which is why only a bounded set of workers ever waits here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+
+from asyncio_throttle.throttler import Throttler
+
+
+class RequestGate:
+    """`async with gate:` around each request to Zoho.
+
+    The order matters: take an in-flight slot first, then wait out any pause, then take a rate
+    token. Taking the rate token first would let requests that queued for a slot leave together,
+    bunched above the rate.
+    """
+
+    def __init__(
+        self,
+        rate_limit: int,
+        rate_period: float,
+        max_concurrency: int,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._throttler = Throttler(rate_limit=rate_limit, period=rate_period)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._clock = clock or asyncio.get_running_loop().time
+        self._resume_at = 0.0
+        self.waited_s = 0.0  # total time spent waiting here, for metrics
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request not yet sent for `seconds` (Zoho said the whole org is too busy)."""
+        self._resume_at = max(self._resume_at, self._clock() + seconds)
+
+    async def __aenter__(self) -> None:
+        started = self._clock()
+        await self._slots.acquire()
+        try:
+            # A loop, not one sleep: another 429 may push the pause further while we wait.
+            while (remaining := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(remaining)
+            await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._slots.release()
+            raise
+        self.waited_s += self._clock() - started
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._slots.release()

@@ -1,0 +1,110 @@
+"""When each job is polled: a due-time queue served by a bounded set of workers.
+
+Waiting jobs cost nothing: they are entries in a heap, not sleeping coroutines, so ten thousand of
+them add no timers and no wake-ups. Only `workers` coroutines ever wait on the rate limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class DueQueue(Generic[K]):
+    """Keys ordered by due time, earliest first; equal times in the order they were scheduled.
+
+    Rescheduling or cancelling a key leaves its old heap entry behind; such stale entries are
+    recognised by their sequence number and skipped when they reach the top.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, K]] = []
+        self._current: dict[K, int] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._current
+
+    def schedule(self, key: K, due: float) -> None:
+        seq = next(self._seq)
+        self._current[key] = seq
+        heapq.heappush(self._heap, (due, seq, key))
+
+    def cancel(self, key: K) -> None:
+        self._current.pop(key, None)
+
+    def next_due(self) -> float | None:
+        """The earliest due time, or None when nothing is scheduled."""
+        while self._heap:
+            due, seq, key = self._heap[0]
+            if self._current.get(key) == seq:
+                return due
+            heapq.heappop(self._heap)
+        return None
+
+    def pop(self) -> K:
+        """Remove and return the earliest key; call only after `next_due` returned a time."""
+        _, _, key = heapq.heappop(self._heap)
+        del self._current[key]
+        return key
+
+
+class Scheduler(Generic[K]):
+    """Calls `poll(key)` for each key when it falls due, at most `workers` at a time."""
+
+    def __init__(
+        self,
+        poll: Callable[[K], Awaitable[None]],
+        workers: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._poll = poll
+        self._workers = workers
+        self._clock = clock
+        self._queue: DueQueue[K] = DueQueue()
+        self._wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._queue
+
+    def schedule(self, key: K, delay: float) -> None:
+        """Poll `key` after `delay` seconds, replacing any earlier plan for it."""
+        self._queue.schedule(key, self._clock() + delay)
+        self._wake.set()
+
+    def cancel(self, key: K) -> None:
+        self._queue.cancel(key)
+
+    async def run(self) -> None:
+        """Serve due keys until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self._workers):
+                group.create_task(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._next_due()
+            await self._poll(key)
+
+    async def _next_due(self) -> K:
+        while True:
+            due = self._queue.next_due()
+            now = self._clock()
+            if due is not None and due <= now:
+                return self._queue.pop()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if due is None else due - now):
+                    await self._wake.wait()

@@ -1,0 +1,508 @@
+"""A loopback-only stand-in for Zoho's mass-update status endpoint and its OAuth token endpoint.
+
+The watcher must cope with every way Zoho answers (progress, throttling, three shapes of "not
+found", error objects with HTTP 200, dead connections), and none of that can be provoked on the
+real service at will. Here each job answers from a script of steps, any request can be hijacked
+with `inject`, and every request is recorded, so tests assert on what the watcher actually sent:
+how often, how concurrently, with which token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import ipaddress
+import json
+import math
+import re
+import secrets
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, TypeVar
+
+from aiohttp import web
+from yarl import URL
+
+_STATUSES = ("SCHEDULED", "RUNNING", "COMPLETED", "FAILED")
+_OUTCOMES = ("COMPLETED", "FAILED")
+# Zoho's documented error codes for this endpoint, with the HTTP status each comes with.
+_ERROR_STATUS = {
+    "MANDATORY_NOT_FOUND": 400,
+    "INVALID_URL_PATTERN": 404,
+    "OAUTH_SCOPE_MISMATCH": 401,
+    "NO_PERMISSION": 403,
+    "AUTHORIZATION_FAILED": 400,
+    "INVALID_MODULE": 400,
+    "INVALID_REQUEST_METHOD": 400,
+    "INTERNAL_ERROR": 500,
+    "INVALID_TOKEN": 401,
+    "AUTHENTICATION_FAILURE": 401,
+    "TOO_MANY_REQUESTS": 429,
+}
+_TOKEN_ERRORS: Mapping[str, dict[str, str]] = {
+    "invalid_code": {"error": "invalid_code"},
+    "invalid_client": {"error": "invalid_client"},
+    "invalid_client_secret": {"error": "invalid_client_secret"},
+    "unsupported_grant_type": {"error": "unsupported_grant_type"},
+    "throttled": {
+        "error": "Access Denied",
+        "error_description": "You have made too many requests continuously. "
+        "Please try again after some time.",
+    },
+}
+_API_PATH = re.compile(r"/crm/v[2-8]/([^/]+)/actions/mass_update")
+_COUNTS = re.compile(r"([0-9]+),([0-9]+),([0-9]+),([0-9]+)")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One API call. Recorded on arrival with `done=math.inf`, replaced once it is over."""
+
+    at: float
+    done: float
+    module: str | None
+    job_id: str | None
+    answer: str
+    http_status: int | None
+    in_flight: int
+    token_ok: bool
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One call to the token endpoint; `answer` is "ok", an error key, or "gone" (client left)."""
+
+    at: float
+    answer: str
+
+
+_Record = TypeVar("_Record", RequestRecord, TokenRecord)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A parsed script step: a canned HTTP answer, possibly late, or no answer at all."""
+
+    text: str
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = "application/json"
+    retry_after: str | None = None
+    delay: float = 0.0
+    action: Literal["answer", "hang", "reset"] = "answer"
+
+
+def _json_step(text: str, status: int, document: object) -> _Step:
+    return _Step(text, status, json.dumps(document).encode())
+
+
+def _error(
+    code: str, details: dict[str, str] | None = None, message: str = ""
+) -> dict[str, object]:
+    return {
+        "code": code,
+        "details": details or {},
+        "message": message or code.lower().replace("_", " "),
+        "status": "error",
+    }
+
+
+def _status_step(text: str, status: str, counts: Sequence[int]) -> _Step:
+    updated, failed, not_updated, total = counts
+    row = {
+        "Status": status,
+        "Failed_Count": failed,
+        "Updated_Count": updated,
+        "Not_Updated_Count": not_updated,
+        "Total_Count": total,
+    }
+    return _json_step(text, 200, {"data": [row]})
+
+
+def _plain_step(code: int) -> _Step:
+    return _Step(str(code), code, http.HTTPStatus(code).phrase.encode(), "text/plain")
+
+
+_FIXED: dict[str, _Step] = {
+    **{s: _status_step(s, s, (100 if s == "COMPLETED" else 0, 0, 0, 100)) for s in _STATUSES},
+    **{code: _json_step(code, status, _error(code)) for code, status in _ERROR_STATUS.items()},
+    "429": _json_step("429", 429, _error("TOO_MANY_REQUESTS")),
+    "500": _json_step("500", 500, _error("INTERNAL_ERROR")),
+    **{str(code): _plain_step(code) for code in (502, 503, 504)},
+    "hang": _Step("hang", action="hang"),
+    "reset": _Step("reset", action="reset"),
+    "malformed": _Step("malformed", 200, b'{"data":[{"Status":"RUNN'),
+    "badstatus": _status_step("badstatus", "EXPLODED", (0, 0, 0, 100)),
+    "nodata": _json_step("nodata", 200, {"data": []}),
+    "notfound204": _Step("notfound204", 204, content_type=None),
+    "notfound404": _json_step("notfound404", 404, _error("NOT_FOUND", message="Empty response")),
+    "notfound400": _json_step(
+        "notfound400",
+        400,
+        _error("INVALID_DATA", {"param_name": "job_id"}, "the id given seems to be invalid"),
+    ),
+}
+
+
+def _parse_step(text: str) -> _Step:
+    """Fail fast: a typo in a script would otherwise surface as a puzzling watcher failure."""
+    step = _FIXED.get(text) or _parse_parametrised(text)
+    if step is None:
+        raise ValueError(f"unparseable script step: {text!r}")
+    return step
+
+
+def _parse_parametrised(text: str) -> _Step | None:
+    head, _, arg = text.partition(":")
+    if head in _STATUSES and (counts := _COUNTS.fullmatch(arg)):
+        return _status_step(text, head, [int(n) for n in counts.groups()])
+    if head == "429" and _DIGITS.fullmatch(arg):
+        return replace(_FIXED["429"], text=text, retry_after=arg)
+    if head in ("data200", "top200") and arg in _ERROR_STATUS:
+        error = _error(arg)
+        return _json_step(text, 200, {"data": [error]} if head == "data200" else error)
+    if head == "slow":
+        seconds, _, inner = arg.partition(":")
+        delay = _seconds(seconds)
+        if delay is not None:
+            step = _parse_step(inner)
+            return replace(step, text=text, delay=delay + step.delay)
+    return None
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _json_number(value: float) -> float | int:
+    """Zoho sends whole seconds as integers; keep that shape, but let tests use tiny lifetimes."""
+    return int(value) if float(value).is_integer() else value
+
+
+class _ScriptedJob:
+    def __init__(self, steps: Iterable[_Step]) -> None:
+        self._steps = deque(steps)
+        if not self._steps:
+            raise ValueError("a job script needs at least one step")
+
+    def next_step(self, now: float) -> _Step:
+        """One step per poll; the last one repeats forever."""
+        return self._steps.popleft() if len(self._steps) > 1 else self._steps[0]
+
+
+@dataclass
+class _TimedJob:
+    duration: float
+    total: int
+    scheduled_for: float
+    outcome: str
+    failed: int
+    first_poll: float | None = None
+
+    def next_step(self, now: float) -> _Step:
+        """Progress follows the clock from the first poll, like a real job the watcher found."""
+        if self.first_poll is None:
+            self.first_poll = now
+        running_for = now - self.first_poll - self.scheduled_for
+        done = self.total - self.failed
+        if running_for < 0:
+            return _parse_step(f"SCHEDULED:0,0,0,{self.total}")
+        if running_for < self.duration:
+            return _parse_step(
+                f"RUNNING:{int(done * running_for / self.duration)},0,0,{self.total}"
+            )
+        return _parse_step(f"{self.outcome}:{done},{self.failed},0,{self.total}")
+
+
+@dataclass
+class _Grant:
+    """An access token the simulator accepts, until a deadline or a number of uses."""
+
+    expires_at: float
+    uses_left: int | None
+
+    def use(self, now: float) -> bool:
+        if now >= self.expires_at or self.uses_left == 0:
+            return False
+        if self.uses_left is not None:
+            self.uses_left -= 1
+        return True
+
+
+class Simulator:
+    """Zoho, as far as the watcher can tell; start it with `async with Simulator() as sim`.
+
+    Configured `tokens` never expire (only `revoke_tokens` ends them); tokens issued by the token
+    endpoint live `token_lifetime` seconds or `token_max_uses` API calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: Iterable[str] = ("sim-token",),
+        refresh_token: str = "sim-refresh",
+        client_id: str = "sim-client",
+        client_secret: str = "sim-secret",
+        token_lifetime: float = 3600.0,
+        token_max_uses: int | None = None,
+        legacy_expiry: bool = False,
+        unknown_job: str = "notfound204",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if not _is_loopback(host):
+            raise ValueError(f"the simulator only binds loopback addresses, not {host!r}")
+        self._host = host
+        self._port = port
+        self._credentials = (refresh_token, client_id, client_secret)
+        self._token_lifetime = token_lifetime
+        self._token_max_uses = token_max_uses
+        self._legacy_expiry = legacy_expiry
+        self._unknown_job = _parse_step(unknown_job)
+        self._grants = {token: _Grant(math.inf, None) for token in tokens}
+        self._jobs: dict[tuple[str, str], _ScriptedJob | _TimedJob] = {}
+        self._injected: deque[_Step] = deque()
+        self._token_script: deque[str] = deque()
+        self._in_flight = 0
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        self.requests: list[RequestRecord] = []
+        self.token_requests: list[TokenRecord] = []
+        self.max_in_flight = 0
+
+    def add_job(self, module: str, job_id: str, script: Sequence[str]) -> None:
+        self._jobs[module, job_id] = _ScriptedJob(_parse_step(step) for step in script)
+
+    def add_timed_job(
+        self,
+        module: str,
+        job_id: str,
+        *,
+        duration: float,
+        total: int = 100,
+        scheduled_for: float = 0.0,
+        outcome: str = "COMPLETED",
+        failed: int = 0,
+    ) -> None:
+        if outcome not in _OUTCOMES:
+            raise ValueError(f"outcome must be one of {_OUTCOMES}, not {outcome!r}")
+        if not (duration >= 0 and scheduled_for >= 0 and 0 <= failed <= total):
+            raise ValueError("need duration >= 0, scheduled_for >= 0 and 0 <= failed <= total")
+        self._jobs[module, job_id] = _TimedJob(duration, total, scheduled_for, outcome, failed)
+
+    def inject(self, steps: Sequence[str]) -> None:
+        """Answer the next API requests with `steps`, whatever job they ask about."""
+        self._injected.extend([_parse_step(step) for step in steps])  # all or nothing
+
+    def script_tokens(self, steps: Sequence[str]) -> None:
+        """Answer the next token requests with `steps`; "ok" and "slow:S" still check the form."""
+        for step in steps:
+            if step != "ok" and step not in _TOKEN_ERRORS and not _is_slow_token_step(step):
+                raise ValueError(f"unparseable token step: {step!r}")
+        self._token_script.extend(steps)
+
+    def revoke_tokens(self) -> None:
+        self._grants.clear()
+
+    def requests_for(self, module: str, job_id: str) -> list[RequestRecord]:
+        return [r for r in self.requests if (r.module, r.job_id) == (module, job_id)]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[Simulator], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109 - part of the agreed API, like the harness's
+    ) -> None:
+        """Wait until `predicate(self)` holds; it is re-checked on every arrival and answer."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self):
+                    await self._changed.wait()
+        except TimeoutError:
+            recent = [r.answer for r in self.requests[-5:]]
+            raise TimeoutError(
+                f"simulator: {getattr(predicate, '__qualname__', 'condition')} still false after "
+                f"{timeout} s; {len(self.requests)} API requests (last answers {recent}), "
+                f"{len(self.token_requests)} token requests"
+            ) from None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/oauth/v2/token", self._token_endpoint)
+        app.router.add_route("*", "/{path:.*}", self._api_endpoint)
+        # Without handler_cancellation a hanging handler would never learn that the client left.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        port = self._runner.addresses[0][1]
+        self.url = str(URL.build(scheme="http", host=self._host, port=port))
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _api_endpoint(self, request: web.Request) -> web.StreamResponse:
+        at = self._now()
+        self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        token_refusal = self._token_refusal(request.headers.get("Authorization"), at)
+        module, job_id, refusal = _route(request)
+        step = token_refusal or refusal or self._next_step(module, job_id, at)
+        token_ok = token_refusal is None
+        record = RequestRecord(
+            at, math.inf, module, job_id, step.text, None, self._in_flight, token_ok
+        )
+        index = len(self.requests)
+        self._publish(self.requests, record)
+        status = None
+        try:
+            response = await _perform(request, step)
+            status = response.status
+            return response
+        finally:
+            self._in_flight -= 1
+            self.requests[index] = replace(record, done=self._now(), http_status=status)
+            self._notify()
+
+    def _token_refusal(self, header: str | None, now: float) -> _Step | None:
+        """Checked before any script: a refused token must not use up a step meant for later."""
+        if header is None:
+            return _FIXED["AUTHENTICATION_FAILURE"]
+        scheme, _, token = header.partition(" ")
+        grant = self._grants.get(token) if scheme == "Zoho-oauthtoken" else None
+        return None if grant is not None and grant.use(now) else _FIXED["INVALID_TOKEN"]
+
+    def _next_step(self, module: str | None, job_id: str | None, now: float) -> _Step:
+        if self._injected:
+            return self._injected.popleft()
+        job = self._jobs.get((module or "", job_id or ""))
+        return job.next_step(now) if job is not None else self._unknown_job
+
+    async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
+        at = self._now()
+        answer = "gone"
+        try:
+            step = self._token_script.popleft() if self._token_script else "ok"
+            if _is_slow_token_step(step):
+                await asyncio.sleep(float(step.removeprefix("slow:")))
+                step = "ok"
+            if step == "ok":
+                step = self._credential_error(await request.post()) or "ok"
+            body = self._issue_token() if step == "ok" else _TOKEN_ERRORS[step]
+            response = await _send(request, web.json_response(body))
+            answer = step
+            return response
+        finally:
+            self._publish(self.token_requests, TokenRecord(at, answer))
+
+    def _credential_error(self, form: Mapping[str, object]) -> str | None:
+        refresh_token, client_id, client_secret = self._credentials
+        if form.get("client_id") != client_id:
+            return "invalid_client"
+        if form.get("client_secret") != client_secret:
+            return "invalid_client_secret"
+        if form.get("grant_type") != "refresh_token":
+            return "unsupported_grant_type"
+        if form.get("refresh_token") != refresh_token:
+            return "invalid_code"
+        return None
+
+    def _issue_token(self) -> dict[str, object]:
+        token = secrets.token_urlsafe(24)
+        self._grants[token] = _Grant(self._now() + self._token_lifetime, self._token_max_uses)
+        lifetime = _json_number(self._token_lifetime)
+        expiry: dict[str, object] = (
+            {"expires_in_sec": lifetime, "expires_in": _json_number(self._token_lifetime * 1000)}
+            if self._legacy_expiry
+            else {"expires_in": lifetime}
+        )
+        return {"access_token": token, **expiry, "api_domain": self.url, "token_type": "Bearer"}
+
+    def _publish(self, records: list[_Record], record: _Record) -> None:
+        records.append(record)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every `wait_for`: they wait on the old event, later ones on a fresh one."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+
+def _is_loopback(host: str) -> bool:
+    """Only IP literals: a name like "localhost" may resolve to several (or odd) addresses."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_slow_token_step(step: str) -> bool:
+    return step.startswith("slow:") and _seconds(step.removeprefix("slow:")) is not None
+
+
+def _route(request: web.Request) -> tuple[str | None, str | None, _Step | None]:
+    """(module, job_id, Zoho's refusal if the request is not a well-formed status call)."""
+    match = _API_PATH.fullmatch(request.path)
+    if match is None:
+        return None, None, _FIXED["INVALID_URL_PATTERN"]
+    module, job_id = match[1], request.query.get("job_id") or None
+    if request.method != "GET":
+        return module, job_id, _FIXED["INVALID_REQUEST_METHOD"]
+    if job_id is None:
+        return module, None, _FIXED["MANDATORY_NOT_FOUND"]
+    return module, job_id, None
+
+
+async def _perform(request: web.Request, step: _Step) -> web.StreamResponse:
+    if step.delay:
+        await asyncio.sleep(step.delay)
+    if step.action != "answer":
+        if step.action == "reset":
+            _reset(request)
+        await asyncio.Event().wait()  # never set: only the client leaving or stop() ends this
+    headers = {"Retry-After": step.retry_after} if step.retry_after else None
+    body = step.body or None
+    response = web.Response(
+        status=step.status, body=body, content_type=step.content_type, headers=headers
+    )
+    return await _send(request, response)
+
+
+async def _send(request: web.Request, response: web.Response) -> web.Response:
+    """Write the answer before returning, so a record's `done` means "the client has it"."""
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def _reset(request: web.Request) -> None:
+    """Close with a TCP RST (linger 0), the way a dropped connection looks to the client."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -1,0 +1,97 @@
+"""Everything Zoho-specific, as data: endpoints, answer shapes, status names, error codes.
+
+The rest of the watcher speaks in `Effect`s and outcomes. Supporting another Zoho asynchronous job
+(mass delete, mass convert, ...) means adding a `JobKind` row here, not a new code path.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class Effect(enum.Enum):
+    """What an answer from Zoho means for the job that was polled."""
+
+    OBSERVED = "observed"  # a status row: record it
+    NOT_FOUND = "not_found"  # Zoho does not know the job (yet?)
+    REJECTED = "rejected"  # Zoho refuses the request for good: stop tracking
+    AUTH = "auth"  # the access token is not (or no longer) accepted
+    RATE_LIMITED = "rate_limited"  # the org's limit is hit: everybody waits
+    TRANSIENT = "transient"  # try again later with backoff
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of Zoho asynchronous job and how its status answer reads.
+
+    `terminal` maps a final status to the outcome the watcher reports; `counts` maps the names the
+    watcher uses in its events to Zoho's field names.
+    """
+
+    name: str
+    path: str  # formatted with version and module, each already quoted as a path segment
+    id_param: str
+    status_field: str
+    statuses: frozenset[str]
+    terminal: Mapping[str, str]
+    counts: Mapping[str, str]
+
+
+MASS_UPDATE = JobKind(
+    name="mass_update",
+    path="/crm/{version}/{module}/actions/mass_update",
+    id_param="job_id",
+    status_field="Status",
+    statuses=frozenset({"SCHEDULED", "RUNNING", "COMPLETED", "FAILED"}),
+    terminal={"COMPLETED": "completed", "FAILED": "failed"},
+    counts={
+        "failed_count": "Failed_Count",
+        "updated_count": "Updated_Count",
+        "not_updated_count": "Not_Updated_Count",
+        "total_count": "Total_Count",
+    },
+)
+
+JOB_KINDS: Mapping[str, JobKind] = {MASS_UPDATE.name: MASS_UPDATE}
+
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Zoho-oauthtoken"
+
+# Documented error codes and what each means to us. A code not listed here falls back to its HTTP
+# status (see `effect_of_http_status`): an undocumented 4xx is retried with backoff rather than
+# abandoning a job the user cares about.
+ERROR_EFFECTS: Mapping[str, Effect] = {
+    "INVALID_MODULE": Effect.REJECTED,
+    "MANDATORY_NOT_FOUND": Effect.REJECTED,
+    "INVALID_URL_PATTERN": Effect.REJECTED,
+    "NO_PERMISSION": Effect.REJECTED,
+    "AUTHORIZATION_FAILED": Effect.REJECTED,
+    "OAUTH_SCOPE_MISMATCH": Effect.REJECTED,
+    "INVALID_REQUEST_METHOD": Effect.REJECTED,
+    "INVALID_TOKEN": Effect.AUTH,
+    "AUTHENTICATION_FAILURE": Effect.AUTH,
+    "TOO_MANY_REQUESTS": Effect.RATE_LIMITED,
+    "INTERNAL_ERROR": Effect.TRANSIENT,
+    "NOT_FOUND": Effect.NOT_FOUND,
+}
+
+# 400 INVALID_DATA is "not found" only when it names the job id parameter.
+INVALID_DATA = "INVALID_DATA"
+
+# The header Zoho documents nowhere but that any HTTP server may send with 429 or 503.
+RETRY_AFTER = "Retry-After"
+
+
+def effect_of_http_status(status: int) -> Effect:
+    """The fallback meaning of an HTTP status when the body names no code we know.
+
+    Anything unrecognised is transient: retrying with backoff costs a few calls, while giving up
+    would abandon a job the user is waiting on.
+    """
+    if status == 429:
+        return Effect.RATE_LIMITED
+    if status == 401:
+        return Effect.AUTH
+    return Effect.TRANSIENT
