@@ -60,7 +60,12 @@ _DIGITS = re.compile(r"[0-9]+")
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One API call. Recorded on arrival with `done=math.inf`, replaced once it is over."""
+    """One API call, timed with `loop.time()`.
+
+    It is listed on arrival (so tests can wait for requests that hang) with `done=math.inf` and
+    `http_status=None`, then replaced when it is over; `http_status` stays None if no answer went
+    out (reset, hang, client gone). `in_flight` counts API requests, this one included.
+    """
 
     at: float
     done: float
@@ -352,6 +357,8 @@ class Simulator:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+            # cleanup() cancels hanging handlers without waiting: let their records settle too.
+            await self.wait_for(lambda s: s._in_flight == 0, timeout=1.0)
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -361,6 +368,7 @@ class Simulator:
         await self.stop()
 
     async def _api_endpoint(self, request: web.Request) -> web.StreamResponse:
+        """Every path lands here, so a wrong URL gets Zoho's refusal rather than aiohttp's 404."""
         at = self._now()
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)

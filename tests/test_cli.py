@@ -1,0 +1,120 @@
+"""The command line itself: bad input ends in clear lines and exit 2, and the demo works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.harness import WatcherProcess, run_cli
+
+GOOD = """
+zoho:
+  api_domain: http://127.0.0.1:9
+  auth: {access_token: "${ZOHO_ACCESS_TOKEN}"}
+jobs:
+  - {module: Leads, job_id: "1"}
+"""
+
+BAD = {
+    "unknown key": ("polling: {intervall: 10s}", "polling: unknown key 'intervall'"),
+    "bad duration": ("polling: {interval: 10 parsecs}", "polling.interval"),
+    "non-positive": ("polling: {rate_limit: 0}", "polling.rate_limit"),
+    "wrong type": ("polling: {max_concurrency: many}", "polling.max_concurrency"),
+    "bad module": ("jobs: [{module: 'Le ads', job_id: '1'}]", "jobs[0].module"),
+    "non-digit id": ("jobs: [{module: Leads, job_id: 12ab}]", "jobs[0].job_id"),
+    "unset variable": ("zoho: {auth: {access_token: '${NOT_SET_ANYWHERE}'}}", "NOT_SET_ANYWHERE"),
+    "invalid yaml": ("jobs: [", "invalid YAML"),
+    "http to a remote host": ("zoho: {api_domain: 'http://example.com'}", "zoho.api_domain"),
+}
+
+
+def config_with(tmp_path: Path, override: str) -> Path:
+    """The good config with one top-level section replaced by `override`."""
+    import yaml
+
+    document = yaml.safe_load(GOOD)
+    try:
+        replacement = yaml.safe_load(override)
+    except yaml.YAMLError:
+        path = tmp_path / "broken.yaml"
+        path.write_text(override)
+        return path
+    for key, value in replacement.items():
+        if key == "zoho":
+            document["zoho"]["auth"].update(value.get("auth", {}))
+            document["zoho"].update({k: v for k, v in value.items() if k != "auth"})
+        else:
+            document[key] = value
+    path = tmp_path / "watcher.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("command", ["run", "check-config"])
+async def test_bad_config_is_one_line_per_problem_and_exit_2(
+    tmp_path: Path, case: str, command: str
+) -> None:
+    override, expected = BAD[case]
+    path = config_with(tmp_path, override)
+    code, stdout, stderr = await run_cli(command, "--config", str(path))
+    assert code == 2
+    assert stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert expected in lines[0]
+    assert "Traceback" not in stderr
+
+
+async def test_missing_config_file(tmp_path: Path) -> None:
+    code, _, stderr = await run_cli("run", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 2
+    assert "nope.yaml" in stderr
+    assert "not found" in stderr
+
+
+async def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.yaml"
+    path.write_text(GOOD + "polling: {interval: x, rate_limit: -1, typo: 1}\n")
+    code, _, stderr = await run_cli("check-config", "--config", str(path))
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 3
+
+
+async def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.yaml"
+    path.write_text(GOOD)
+    code, stdout, stderr = await run_cli("check-config", "--config", str(path))
+    assert (code, stderr) == (0, "")
+    assert "1 job" in stdout
+
+
+async def test_the_shipped_example_config_validates() -> None:
+    example = Path(__file__).parent.parent / "config" / "watcher.example.yaml"
+    code, _, stderr = await run_cli("check-config", "--config", str(example))
+    assert (code, stderr) == (0, "")
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["frobnicate"], ["run", "--config"]])
+async def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
+    code, _, stderr = await run_cli(*args)
+    assert code == 2
+    assert "usage:" in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_demo_shows_every_path_and_exits_0_within_30s() -> None:
+    demo = await WatcherProcess.start("demo")
+    assert await demo.finish(timeout=30) == 0
+    outcomes = {e["module"]: e["outcome"] for e in demo.named("job.finished")}
+    assert outcomes == {
+        "Leads": "completed",
+        "Deals": "failed",
+        "Contacts": "completed",
+        "Accounts": "completed",
+        "Quotes": "not_found",
+    }
+    assert any(e["http_status"] == 429 for e in demo.named("job.poll_failed"))
+    assert demo.events[-1]["event"] == "watcher.stopped"
+    assert demo.not_json == []
