@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from tests.harness import PRINTED, SECRETS
+from tests.harness import ACCESS_TOKEN, PRINTED, SECRETS
 from watcher.simulator import Simulator
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(tokens=("sim-token",)) as simulator:
-        yield simulator
+async def sim_factory() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
+    """Start simulators with any options; every token they issue joins the secrets to check."""
+    started: list[Simulator] = []
+
+    async def start(**options: Any) -> Simulator:
+        simulator = Simulator(**{"tokens": (ACCESS_TOKEN,), **options})
+        await simulator.start()
+        started.append(simulator)
+        return simulator
+
+    yield start
+    for simulator in started:
+        SECRETS.update(simulator.issued_tokens)
+        await simulator.stop()
+
+
+@pytest.fixture
+async def sim(sim_factory: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    return await sim_factory()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

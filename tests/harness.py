@@ -17,11 +17,32 @@ from typing import Any
 import yaml
 
 ACCESS_TOKEN = "sim-token"
-# Every secret any test hands to the watcher; none may appear in anything printed.
-SECRETS: set[str] = {ACCESS_TOKEN}
+REFRESH_TOKEN = "sim-refresh"
+CLIENT_ID = "sim-client"
+CLIENT_SECRET = "sim-secret"
+CREDENTIALS_ENV = {
+    "ZOHO_ACCESS_TOKEN": ACCESS_TOKEN,
+    "ZOHO_REFRESH_TOKEN": REFRESH_TOKEN,
+    "ZOHO_CLIENT_ID": CLIENT_ID,
+    "ZOHO_CLIENT_SECRET": CLIENT_SECRET,
+}
+# Every secret any test hands to the watcher (and every token a simulator issues, added as they
+# are made); none may appear in anything printed.
+SECRETS: set[str] = {ACCESS_TOKEN, REFRESH_TOKEN, CLIENT_SECRET}
 PRINTED: list[str] = []
 
 Event = dict[str, Any]
+
+
+def refresh_auth(accounts_url: str, **extra: str) -> dict[str, str]:
+    """The refresh-token trio, from the environment, refreshing at `accounts_url`."""
+    return {
+        "refresh_token": "${ZOHO_REFRESH_TOKEN}",
+        "client_id": "${ZOHO_CLIENT_ID}",
+        "client_secret": "${ZOHO_CLIENT_SECRET}",
+        "accounts_url": accounts_url,
+        **extra,
+    }
 
 
 def write_config(
@@ -29,9 +50,13 @@ def write_config(
     url: str,
     jobs: Sequence[tuple[str, str]],
     auth: Mapping[str, str] | None = None,
+    api_domain: str | None = "",
     **polling: object,
 ) -> Path:
-    """A config file for the simulator at `url`; polling defaults are fast but realistic."""
+    """A config file for the simulator at `url`; polling defaults are fast but realistic.
+
+    `api_domain` defaults to `url`; None leaves it out (the token answer then names it).
+    """
     settings: dict[str, object] = {
         "interval": "100ms",
         "max_interval": "1s",
@@ -43,8 +68,11 @@ def write_config(
         "request_timeout": "2s",
     }
     settings.update(polling)
+    zoho: dict[str, object] = {"auth": dict(auth or {"access_token": "${ZOHO_ACCESS_TOKEN}"})}
+    if api_domain is not None:
+        zoho["api_domain"] = api_domain or url
     document = {
-        "zoho": {"api_domain": url, "auth": dict(auth or {"access_token": "${ZOHO_ACCESS_TOKEN}"})},
+        "zoho": zoho,
         "polling": settings,
         "jobs": [{"module": module, "job_id": job_id} for module, job_id in jobs],
     }
@@ -67,7 +95,7 @@ class WatcherProcess:
 
     @classmethod
     async def start(cls, *args: str, env: Mapping[str, str] | None = None) -> WatcherProcess:
-        environment = {**os.environ, "ZOHO_ACCESS_TOKEN": ACCESS_TOKEN, **(env or {})}
+        environment = {**os.environ, **CREDENTIALS_ENV, **(env or {})}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

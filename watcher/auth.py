@@ -1,14 +1,48 @@
-"""Where the access token for each request comes from."""
+"""Where the access token for each request comes from, and how it is kept valid for months.
+
+Zoho access tokens live an hour, and Zoho allows only ten per refresh token per ten minutes before
+blocking the client for up to half an hour. So a refresh is a scarce, shared thing: exactly one is
+ever in flight, every request that needs a token waits for that one, and a refresh that fails for
+a reason that can heal backs off for minutes instead of trying again at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from watcher.config import Secret
+import aiohttp
+
+from watcher.backoff import backoff_delay
+from watcher.classify import failure_kind
+from watcher.config import AuthSettings, Secret
+from watcher.job import Event
+from watcher.zoho_api import OAUTH_PERMANENT_ERRORS, OAUTH_TOKEN_PATH
+
+# Refresh this long before expiry, but never more than a tenth of a token's life ahead.
+REFRESH_AHEAD_S = 300.0
+DEFAULT_LIFETIME_S = 3600.0
+
+
+class AuthFailed(Exception):
+    """Zoho refused the credentials in a way waiting cannot heal. Carries only Zoho's code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class TokenSource(Protocol):
-    """Gives the token to send and hears when Zoho refused one."""
+    """Gives the token to send and hears when Zoho refused one.
+
+    `api_domain` is the API domain the token issuer named, if it named one.
+    """
+
+    api_domain: str | None
 
     async def token(self) -> str: ...
 
@@ -22,9 +56,163 @@ class FixedToken:
 
     def __init__(self, secret: Secret) -> None:
         self._secret = secret
+        self.api_domain: str | None = None
 
     async def token(self) -> str:
         return self._secret.reveal()
 
     async def rejected(self, token: str) -> bool:
         return False
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A token answer: the token, seconds it lives, and the API domain Zoho named (if any)."""
+
+    access_token: str
+    expires_in: float
+    api_domain: str | None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A token answer that gave no token. `permanent` refusals end the watcher."""
+
+    code: str
+    permanent: bool
+
+
+def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
+    """Pure reading of Zoho's token answer, in all the shapes its servers send.
+
+    Errors usually come with HTTP 200 and an `error` key; older servers send `expires_in_sec` and
+    give `expires_in` in milliseconds.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        return _unusable(http_status)
+    error = document.get("error")
+    if error is not None:
+        code = error if isinstance(error, str) else "unknown_error"
+        return Refusal(code, code in OAUTH_PERMANENT_ERRORS)
+    token = document.get("access_token")
+    if http_status != 200 or not isinstance(token, str) or not token:
+        return _unusable(http_status)
+    domain = document.get("api_domain")
+    return Grant(token, _lifetime(document), domain if isinstance(domain, str) else None)
+
+
+def _unusable(http_status: int) -> Refusal:
+    """An answer we cannot read: worth another try later, like any transient failure."""
+    return Refusal("malformed_response" if http_status == 200 else f"http_{http_status}", False)
+
+
+def _lifetime(document: dict[str, object]) -> float:
+    for key in ("expires_in_sec", "expires_in"):
+        value = document.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return DEFAULT_LIFETIME_S
+
+
+class RefreshingToken:
+    """Access tokens from the refresh-token flow, one refresh at a time.
+
+    `emit` receives the `auth.*` events; `on_token` hears every new token (so output can be
+    scrubbed of it) before anybody uses it.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        auth: AuthSettings,
+        emit: Callable[[Event], None],
+        on_token: Callable[[str], None],
+        rng: random.Random,
+    ) -> None:
+        assert auth.refresh_token is not None
+        assert auth.client_id is not None
+        assert auth.client_secret is not None
+        assert auth.accounts_url is not None
+        self._session = session
+        self._settings = auth
+        self._form = {
+            "grant_type": "refresh_token",
+            "refresh_token": auth.refresh_token.reveal(),
+            "client_id": auth.client_id.reveal(),
+            "client_secret": auth.client_secret.reveal(),
+        }
+        self._url = f"{auth.accounts_url}{OAUTH_TOKEN_PATH}"
+        self._emit = emit
+        self._on_token = on_token
+        self._rng = rng
+        self._clock = asyncio.get_running_loop().time
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._refreshing: asyncio.Future[None] | None = None
+        self.api_domain: str | None = None
+
+    async def token(self) -> str:
+        if self._token is None:
+            await self._refresh("startup")
+        elif self._clock() >= self._refresh_at:
+            await self._refresh("expiry")
+        assert self._token is not None
+        return self._token
+
+    async def rejected(self, token: str) -> bool:
+        if token == self._token:
+            await self._refresh("rejected")
+        return self._token != token
+
+    async def _refresh(self, reason: str) -> None:
+        """Join the refresh in flight, or start one. A waiter that is cancelled (shutdown) does
+        not cancel the refresh the others are waiting for."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._refresh_until_granted(reason))
+            self._refreshing.add_done_callback(self._refreshed)
+        await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, future: asyncio.Future[None]) -> None:
+        self._refreshing = None
+        if not future.cancelled():
+            future.exception()  # retrieved here so a failure nobody awaits is not logged as lost
+
+    async def _refresh_until_granted(self, reason: str) -> None:
+        attempt = 0
+        while True:
+            answer = await self._ask()
+            if isinstance(answer, Grant):
+                self._accept(answer, reason)
+                return
+            if answer.permanent:
+                raise AuthFailed(answer.code)
+            attempt += 1
+            delay = backoff_delay(
+                attempt,
+                self._settings.refresh_backoff_initial,
+                self._settings.refresh_backoff_max,
+                self._rng,
+            )
+            fields = {"error": answer.code, "attempt": attempt, "retry_in_s": round(delay, 3)}
+            self._emit(Event("auth.refresh_failed", "warning", fields))
+            await asyncio.sleep(delay)
+
+    async def _ask(self) -> Grant | Refusal:
+        try:
+            async with self._session.post(self._url, data=self._form) as response:
+                return read_token_answer(response.status, await response.read())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return Refusal(failure_kind(exc), False)
+
+    def _accept(self, grant: Grant, reason: str) -> None:
+        self._on_token(grant.access_token)
+        self._token = grant.access_token
+        ahead = min(REFRESH_AHEAD_S, grant.expires_in / 10)
+        self._refresh_at = self._clock() + grant.expires_in - ahead
+        self.api_domain = grant.api_domain or self.api_domain
+        fields = {"expires_in_s": round(grant.expires_in, 3), "reason": reason}
+        self._emit(Event("auth.token_refreshed", "info", fields))

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+import aiohttp
+
 from watcher.zoho_api import (
     ERROR_EFFECTS,
     INVALID_DATA,
@@ -131,3 +133,16 @@ def _status_answer(kind: JobKind, http_status: int, row: object) -> Answer:
 def _count(value: object) -> int | None:
     """Counts are ints; anything else (missing, bool, text) is reported as unknown, not guessed."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A short, secret-free name for what went wrong on the wire (never the exception text)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "truncated_response"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "connection_error"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "bad_response"
+    return "client_error"

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import aiohttp
 
 from watcher.auth import TokenSource
-from watcher.classify import Answer, classify
+from watcher.classify import Answer, classify, failure_kind
 from watcher.config import JobSpec
 from watcher.ratelimit import RequestGate
 from watcher.zoho_api import AUTH_HEADER, AUTH_SCHEME, Effect, JobKind
@@ -68,15 +68,3 @@ class ZohoClient:
                 return Answer(Effect.TRANSIENT, None, code=failure_kind(exc))
         return classify(self._kind, status, response_headers, body, self._wall_clock())
 
-
-def failure_kind(exc: BaseException) -> str:
-    """A short, secret-free name for what went wrong on the wire (never the exception text)."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "truncated_response"
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return "connection_error"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "bad_response"
-    return "client_error"

@@ -93,6 +93,8 @@ class AuthSettings:
     client_id: Secret | None
     client_secret: Secret | None
     accounts_url: str | None
+    refresh_backoff_initial: float = 30.0
+    refresh_backoff_max: float = 600.0
 
     @property
     def refreshes(self) -> bool:
@@ -244,7 +246,7 @@ def _auth(reader: _Reader, node: Node, data_center: str | None) -> AuthSettings 
     refreshes = "access_token" not in given
     if accounts_url is None and (data_center or refreshes):
         accounts_url = DATA_CENTERS[data_center or _DEFAULT_DATA_CENTER][0]
-    return AuthSettings(**secrets, accounts_url=accounts_url)
+    return AuthSettings(**secrets, accounts_url=accounts_url)  # type: ignore[arg-type]
 
 
 def _mode_problem(given: set[str]) -> str | None:

@@ -14,7 +14,7 @@ from collections import Counter
 
 import aiohttp
 
-from watcher.auth import FixedToken, TokenSource
+from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.config import Config, JobSpec
@@ -22,7 +22,7 @@ from watcher.events import EventLog
 from watcher.job import JobState, apply_answer
 from watcher.ratelimit import RequestGate
 from watcher.scheduler import Scheduler
-from watcher.zoho_api import MASS_UPDATE, Effect, JobKind
+from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, Effect, JobKind
 
 EXIT_OK = 0
 EXIT_JOB_NOT_COMPLETED = 1
@@ -53,61 +53,76 @@ class Watcher:
         self._finished = asyncio.Event()
         self._exit_code = EXIT_OK
         self._reason = "signal"
+        # Built by _watch once a token is in hand; only _watch's own tasks use them.
+        self._gate: RequestGate
+        self._client: ZohoClient
+        self._scheduler: Scheduler[JobSpec]
 
     def stop(self) -> None:
         """Stop taking new work; `run` cancels what is in flight and returns 0."""
         self._end("signal", EXIT_OK)
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        polling = self._config.polling
-        gate = RequestGate(polling.rate_limit, polling.rate_period, polling.max_concurrency)
-        timeout = aiohttp.ClientTimeout(total=polling.request_timeout)
+        timeout = aiohttp.ClientTimeout(total=self._config.polling.request_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            client = self._client(session, gate)
-            scheduler: Scheduler[JobSpec] = Scheduler(
-                lambda spec: self._poll(spec, client, gate, scheduler),
-                workers=polling.max_concurrency,
-                clock=loop.time,
-            )
             self._started()
-            for spec in self._config.jobs:
-                self._add(spec, scheduler, loop.time())
-            self._check_done()
-            serving = asyncio.create_task(scheduler.run())
+            watching = asyncio.create_task(self._watch(session))
             ending = asyncio.create_task(self._finished.wait())
-            await asyncio.wait({serving, ending}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (serving, ending):
+            await asyncio.wait({watching, ending}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (watching, ending):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._stopped()
         return self._exit_code
 
-    def _client(self, session: aiohttp.ClientSession, gate: RequestGate) -> ZohoClient:
-        zoho = self._config.zoho
-        assert zoho.auth.access_token is not None
-        assert zoho.api_domain is not None
-        tokens: TokenSource = FixedToken(zoho.auth.access_token)
-        return ZohoClient(session, gate, tokens, zoho.api_domain, zoho.api_version, self._kind)
+    async def _watch(self, session: aiohttp.ClientSession) -> None:
+        """Get a token before the first poll, then serve the jobs until the run ends."""
+        tokens = self._token_source(session)
+        try:
+            await tokens.token()
+        except AuthFailed as exc:
+            self._auth_failed(exc.code)
+            return
+        zoho, polling = self._config.zoho, self._config.polling
+        api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
+        self._gate = RequestGate(polling.rate_limit, polling.rate_period, polling.max_concurrency)
+        self._client = ZohoClient(
+            session, self._gate, tokens, api_domain, zoho.api_version, self._kind
+        )
+        loop = asyncio.get_running_loop()
+        self._scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
+        for spec in self._config.jobs:
+            self._add(spec, loop.time())
+        self._check_done()
+        await self._scheduler.run()
 
-    def _add(self, spec: JobSpec, scheduler: Scheduler[JobSpec], now: float) -> None:
+    def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
+        auth = self._config.zoho.auth
+        if auth.access_token is not None:
+            return FixedToken(auth.access_token)
+        return RefreshingToken(
+            session,
+            auth,
+            self._log.emit,
+            lambda token: self._log.add_secrets([token]),
+            self._rng,
+        )
+
+    def _add(self, spec: JobSpec, now: float) -> None:
         self._jobs[spec] = JobState(spec, added_at=now)
         self._log.log("info", "job.added", module=spec.module, job_id=spec.job_id)
-        scheduler.schedule(spec, 0.0)
+        self._scheduler.schedule(spec, 0.0)
 
-    async def _poll(
-        self,
-        spec: JobSpec,
-        client: ZohoClient,
-        gate: RequestGate,
-        scheduler: Scheduler[JobSpec],
-    ) -> None:
+    async def _poll(self, spec: JobSpec) -> None:
         job = self._jobs.get(spec)
         if job is None or job.outcome is not None:
             return
         try:
-            answer = await client.poll(spec)
+            answer = await self._client.poll(spec)
+        except AuthFailed as exc:
+            self._auth_failed(exc.code)
+            return
         except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
             answer = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
         now = asyncio.get_running_loop().time()
@@ -115,14 +130,20 @@ class Watcher:
         for event in decision.events:
             self._log.emit(event)
         if decision.pause_all_for is not None:
-            gate.pause(decision.pause_all_for)
+            self._gate.pause(decision.pause_all_for)
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif decision.next_poll_in is not None:
-            scheduler.schedule(spec, decision.next_poll_in)
+            self._scheduler.schedule(spec, decision.next_poll_in)
         else:
-            self._outcomes[job.outcome or "unfinished"] += 1
+            self._outcomes[str(job.outcome)] += 1
             self._check_done()
+
+    def _auth_failed(self, code: str) -> None:
+        """Credentials Zoho will never accept: say so once and end the run with exit code 3."""
+        if not self._finished.is_set():
+            self._log.log("error", "auth.failed", error=code)
+        self._end("auth_failed", EXIT_AUTH)
 
     def _check_done(self) -> None:
         if self._exit_when_done and self._outcomes.total() == len(self._jobs):

@@ -82,6 +82,7 @@ class TokenRecord:
     """One call to the token endpoint; `answer` is "ok", an error key, or "gone" (client left)."""
 
     at: float
+    done: float
     answer: str
 
 
@@ -282,6 +283,7 @@ class Simulator:
         self.url = ""
         self.requests: list[RequestRecord] = []
         self.token_requests: list[TokenRecord] = []
+        self.issued_tokens: list[str] = []  # so tests can check none of them was ever printed
         self.max_in_flight = 0
 
     def add_job(self, module: str, job_id: str, script: Sequence[str]) -> None:
@@ -420,7 +422,7 @@ class Simulator:
             answer = step
             return response
         finally:
-            self._publish(self.token_requests, TokenRecord(at, answer))
+            self._publish(self.token_requests, TokenRecord(at, self._now(), answer))
 
     def _credential_error(self, form: Mapping[str, object]) -> str | None:
         refresh_token, client_id, client_secret = self._credentials
@@ -436,6 +438,7 @@ class Simulator:
 
     def _issue_token(self) -> dict[str, object]:
         token = secrets.token_urlsafe(24)
+        self.issued_tokens.append(token)
         self._grants[token] = _Grant(self._now() + self._token_lifetime, self._token_max_uses)
         lifetime = _json_number(self._token_lifetime)
         expiry: dict[str, object] = (

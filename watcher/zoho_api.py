@@ -56,6 +56,9 @@ MASS_UPDATE = JobKind(
 
 JOB_KINDS: Mapping[str, JobKind] = {MASS_UPDATE.name: MASS_UPDATE}
 
+# Where requests go when neither the config nor Zoho's token answer names an API domain.
+DEFAULT_API_DOMAIN = "https://www.zohoapis.com"
+
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "Zoho-oauthtoken"
 
@@ -95,3 +98,9 @@ def effect_of_http_status(status: int) -> Effect:
     if status == 401:
         return Effect.AUTH
     return Effect.TRANSIENT
+
+# OAuth: the refresh-token grant at the accounts server of the org's data centre.
+OAUTH_TOKEN_PATH = "/oauth/v2/token"
+# Token errors that waiting cannot heal: the refresh token was revoked, or the client is wrong.
+# Anything else (notably the throttle answer "Access Denied") is retried after a backoff.
+OAUTH_PERMANENT_ERRORS = frozenset({"invalid_code", "invalid_client", "invalid_client_secret"})

@@ -1,0 +1,261 @@
+"""OAuth through the CLI and the simulator: refresh at start, on expiry, on 401, one at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    CLIENT_SECRET,
+    SECRETS,
+    WatcherProcess,
+    refresh_auth,
+    write_config,
+)
+from watcher.auth import Grant, Refusal, read_token_answer
+from watcher.config import parse_config
+from watcher.simulator import Simulator
+
+JOB = ("Leads", "554023000000506003")
+SimFactory = Callable[..., Awaitable[Simulator]]
+
+
+async def watch(
+    tmp_path: Path,
+    sim: Simulator,
+    jobs: list[tuple[str, str]],
+    *extra: str,
+    auth: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    **polling: object,
+) -> WatcherProcess:
+    config = write_config(
+        tmp_path / "watcher.yaml",
+        sim.url,
+        jobs,
+        auth=auth or refresh_auth(sim.url),
+        **polling,
+    )
+    return await WatcherProcess.start(
+        "run", "--config", str(config), "--exit-when-done", *extra, env=env
+    )
+
+
+def refreshes(watcher: WatcherProcess) -> list[str]:
+    return [str(e["reason"]) for e in watcher.named("auth.token_refreshed")]
+
+
+async def test_a_token_is_fetched_before_the_first_poll(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["RUNNING", "COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    assert refreshes(watcher) == ["startup"]
+    names = [e["event"] for e in watcher.events]
+    assert names.index("auth.token_refreshed") < names.index("job.status_changed")
+    assert watcher.named("auth.token_refreshed")[0]["expires_in_s"] == 3600
+    assert [r.answer for r in sim.token_requests] == ["ok"]
+    assert all(r.token_ok for r in sim.requests)
+
+
+async def test_refreshes_ahead_of_expiry(tmp_path: Path, sim_factory: SimFactory) -> None:
+    sim = await sim_factory(token_lifetime=1.0)
+    sim.add_job(*JOB, ["RUNNING"] * 25 + ["COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    assert refreshes(watcher)[0] == "startup"
+    assert "expiry" in refreshes(watcher)
+    assert all(r.token_ok for r in sim.requests), "never sent an expired token"
+
+
+@pytest.mark.parametrize("code", ["INVALID_TOKEN", "AUTHENTICATION_FAILURE"])
+async def test_a_refused_token_is_refreshed_and_the_request_retried(
+    tmp_path: Path, sim: Simulator, code: str
+) -> None:
+    sim.add_job(*JOB, ["RUNNING", code, "COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    assert refreshes(watcher) == ["startup", "rejected"]
+    assert watcher.named("job.poll_failed") == []
+    assert [r.answer for r in sim.requests_for(*JOB)] == ["RUNNING", code, "COMPLETED"]
+
+
+async def test_a_token_used_up_is_refreshed(tmp_path: Path, sim_factory: SimFactory) -> None:
+    sim = await sim_factory(token_max_uses=3)
+    sim.add_job(*JOB, ["RUNNING"] * 6 + ["COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    assert refreshes(watcher) == ["startup", "rejected", "rejected"]
+
+
+async def test_twenty_concurrent_401s_cause_one_refresh(tmp_path: Path, sim: Simulator) -> None:
+    jobs = [("Deals", str(n)) for n in range(20)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING"] * 3 + ["COMPLETED"])
+    sim.script_tokens(["ok", "slow:0.5"])  # the second refresh takes a while: all 401s meet it
+    watcher = await watch(tmp_path, sim, jobs, max_concurrency=20, rate_limit=200)
+    await sim.wait_for(lambda s: len(s.requests) >= 20)
+    sim.revoke_tokens()
+    assert await watcher.finish() == 0
+    refused = [r for r in sim.requests if not r.token_ok]
+    assert len(refused) == 20
+    assert all(r.at < sim.token_requests[1].done for r in refused), "all waited for one refresh"
+    assert refreshes(watcher) == ["startup", "rejected"]
+    assert len(sim.token_requests) == 2
+
+
+@pytest.mark.parametrize("when", ["startup", "running"])
+async def test_a_throttled_refresh_backs_off_and_jobs_finish_afterwards(
+    tmp_path: Path, sim: Simulator, when: str
+) -> None:
+    jobs = [JOB, ("Deals", "9")]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING", "RUNNING", "COMPLETED"])
+    throttled = ["throttled", "throttled", "ok"]
+    sim.script_tokens(throttled if when == "startup" else ["ok", *throttled])
+    watcher = await watch(tmp_path, sim, jobs)
+    if when == "running":
+        await sim.wait_for(lambda s: len(s.requests) >= 2)
+        sim.revoke_tokens()
+    assert await watcher.finish() == 0
+    failures = watcher.named("auth.refresh_failed")
+    assert [e["attempt"] for e in failures] == [1, 2]
+    assert all(e["level"] == "warning" and e["error"] == "Access Denied" for e in failures)
+    assert failures[1]["retry_in_s"] > failures[0]["retry_in_s"]
+    gap = sim.token_requests[-1].at - sim.token_requests[-2].at
+    assert gap >= failures[1]["retry_in_s"] * 0.9  # waited, no tight loop
+    assert watcher.named("job.poll_failed") == []  # waiting for a token is no job failure
+    assert {e["outcome"] for e in watcher.named("job.finished")} == {"completed"}
+
+
+@pytest.mark.parametrize("code", ["invalid_code", "invalid_client", "invalid_client_secret"])
+@pytest.mark.parametrize("when", ["startup", "running"])
+async def test_permanent_refresh_errors_exit_3(
+    tmp_path: Path, sim: Simulator, code: str, when: str
+) -> None:
+    sim.add_job(*JOB, ["RUNNING"])
+    sim.script_tokens([code] if when == "startup" else ["ok", code])
+    watcher = await watch(tmp_path, sim, [JOB])
+    if when == "running":
+        await sim.wait_for(lambda s: len(s.requests) >= 1)
+        sim.revoke_tokens()
+    assert await watcher.finish() == 3
+    (failed,) = watcher.named("auth.failed")
+    assert (failed["error"], failed["level"]) == (code, "error")
+    assert watcher.events[-1]["event"] == "watcher.stopped"
+
+
+async def test_a_revoked_refresh_token_is_invalid_code(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["RUNNING"])
+    watcher = await watch(tmp_path, sim, [JOB], env={"ZOHO_REFRESH_TOKEN": "revoked-refresh"})
+    assert await watcher.finish() == 3
+    assert watcher.named("auth.failed")[0]["error"] == "invalid_code"
+    assert sim.requests == []
+
+
+async def test_secrets_from_files(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["COMPLETED"])
+    secret_file = tmp_path / "client_secret"
+    secret_file.write_text(CLIENT_SECRET + "\n")
+    auth = refresh_auth(sim.url)
+    del auth["client_secret"]
+    auth["client_secret_file"] = str(secret_file)
+    watcher = await watch(tmp_path, sim, [JOB], auth=auth)
+    assert await watcher.finish() == 0
+    assert [r.answer for r in sim.token_requests] == ["ok"]
+
+
+async def test_api_domain_comes_from_the_token_answer(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["COMPLETED"])
+    config = write_config(
+        tmp_path / "watcher.yaml", sim.url, [JOB], auth=refresh_auth(sim.url), api_domain=None
+    )
+    watcher = await WatcherProcess.start("run", "--config", str(config), "--exit-when-done")
+    assert await watcher.finish() == 0
+    assert len(sim.requests_for(*JOB)) == 1
+
+
+async def test_legacy_expiry_fields_are_read_in_seconds(
+    tmp_path: Path, sim_factory: SimFactory
+) -> None:
+    sim = await sim_factory(legacy_expiry=True, token_lifetime=1800.0)
+    sim.add_job(*JOB, ["COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    assert watcher.named("auth.token_refreshed")[0]["expires_in_s"] == 1800
+
+
+async def test_sigterm_while_waiting_for_a_refresh_exits_0_promptly(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["RUNNING"])
+    sim.script_tokens(["slow:60"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    await watcher.wait_event("watcher.started")
+    await sim.wait_for(lambda s: True)
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+
+
+async def test_no_secret_in_output_at_debug_level(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*JOB, ["INVALID_TOKEN", "500", "COMPLETED"])
+    sim.script_tokens(["ok", "throttled", "ok"])
+    watcher = await watch(tmp_path, sim, [JOB], "--log-level", "debug")
+    assert await watcher.finish() == 0
+    printed = "".join(watcher.lines) + watcher.stderr
+    for secret in {*SECRETS, *sim.issued_tokens}:
+        assert secret not in printed
+
+
+@pytest.mark.parametrize(
+    ("data_center", "accounts", "api"),
+    [
+        ("us", "https://accounts.zoho.com", "https://www.zohoapis.com"),
+        ("eu", "https://accounts.zoho.eu", "https://www.zohoapis.eu"),
+        ("in", "https://accounts.zoho.in", "https://www.zohoapis.in"),
+        ("au", "https://accounts.zoho.com.au", "https://www.zohoapis.com.au"),
+        ("jp", "https://accounts.zoho.jp", "https://www.zohoapis.jp"),
+        ("ca", "https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
+        ("cn", "https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
+        ("sa", "https://accounts.zoho.sa", "https://www.zohoapis.sa"),
+        ("uk", "https://accounts.zoho.uk", "https://www.zohoapis.uk"),
+    ],
+)
+def test_data_center_mapping(data_center: str, accounts: str, api: str) -> None:
+    text = (
+        f"zoho:\n  data_center: {data_center}\n  auth:\n"
+        "    refresh_token: r\n    client_id: c\n    client_secret: s\n"
+    )
+    zoho = parse_config(text, "test", {}).zoho
+    assert (zoho.auth.accounts_url, zoho.api_domain) == (accounts, api)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            200,
+            b'{"access_token": "t", "expires_in": 3600, "api_domain": "https://x"}',
+            Grant("t", 3600.0, "https://x"),
+        ),
+        (
+            200,
+            b'{"access_token": "t", "expires_in_sec": 3600, "expires_in": 3600000}',
+            Grant("t", 3600.0, None),
+        ),
+        (200, b'{"error": "invalid_code"}', Refusal("invalid_code", True)),
+        (200, b'{"error": "invalid_client"}', Refusal("invalid_client", True)),
+        (200, b'{"error": "invalid_client_secret"}', Refusal("invalid_client_secret", True)),
+        (
+            200,
+            b'{"error": "Access Denied", "error_description": "too many"}',
+            Refusal("Access Denied", False),
+        ),
+        (502, b"<html>bad gateway</html>", Refusal("http_502", False)),
+        (200, b"{not json", Refusal("malformed_response", False)),
+        (200, b'{"token_type": "Bearer"}', Refusal("malformed_response", False)),
+    ],
+)
+def test_token_answers(status: int, body: bytes, expected: Grant | Refusal) -> None:
+    assert read_token_answer(status, body) == expected
