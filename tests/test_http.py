@@ -1,0 +1,289 @@
+"""The HTTP endpoint and the metrics it serves, against a real server on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import prometheus_client
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from watcher.http import Health, HttpServer
+from watcher.metrics import JOB_STATUSES, Metrics
+
+SECRET = "tok-must-never-echo"
+HEALTHY = Health(True, "ok")
+
+
+@dataclass
+class Fake:
+    """What the watcher would hand the server: its metrics, its health, its job list."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = HEALTHY
+    jobs: list[dict[str, object]] = field(default_factory=list)
+
+    def server(self, port: int = 0) -> HttpServer:
+        return HttpServer("127.0.0.1", port, self.metrics, lambda: self.health, lambda: self.jobs)
+
+
+Start = Callable[[Fake], Awaitable[str]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Starts servers on free ports (their base URL); stops whatever is left at the end."""
+    servers: list[HttpServer] = []
+
+    async def starter(fake: Fake) -> str:
+        server = fake.server()
+        await server.start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
+
+    yield starter
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> tuple[set[str], Samples]:
+    """(family names with their type, every sample by name and labels), as Prometheus reads it."""
+    families = list(text_string_to_metric_families(text))
+    kinds = {f"{family.name}:{family.type}" for family in families}
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in families
+        for sample in family.samples
+    }
+    return kinds, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[name, frozenset(labels.items())]
+
+
+async def scrape(client: aiohttp.ClientSession, url: str) -> Samples:
+    async with client.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return parse(await response.text())[1]
+
+
+async def test_healthz_follows_the_health_callable_on_every_request(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    fake = Fake()
+    url = await start(fake)
+    async with client.get(f"{url}/healthz") as response:
+        assert (response.status, await response.json()) == (200, {"status": "ok"})
+    fake.health = Health(False, "scheduler_stuck")
+    async with client.get(f"{url}/healthz") as response:
+        unhealthy = {"status": "unhealthy", "reason": "scheduler_stuck"}
+        assert (response.status, await response.json()) == (503, unhealthy)
+
+
+async def test_head_answers_like_get_without_a_body(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    fake = Fake(health=Health(False, "auth_failed"))
+    url = await start(fake)
+    for path in ("/healthz", "/metrics", "/jobs"):
+        async with client.head(f"{url}{path}") as response:
+            get_status = 503 if path == "/healthz" else 200
+            assert response.status == get_status, path
+            assert await response.read() == b""
+
+
+async def test_metrics_page_shows_every_family_with_the_values_recorded(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    fake = Fake()
+    metrics = fake.metrics
+    metrics.set_job_counts({"RUNNING": 3, "COMPLETED": 2, "unknown": 1})
+    metrics.poll_done("observed", 0.02)
+    metrics.poll_done("observed", 3.0)
+    metrics.poll_done("rate_limited", None)
+    metrics.rate_limit_waited(1.5)
+    metrics.rate_limit_waited(0.25)
+    metrics.token_refreshed("ok")
+    metrics.token_refreshed("failed")
+    metrics.token_refreshed("failed")
+    metrics.config_reloaded("invalid")
+    metrics.credits_remaining(4200)
+    url = await start(fake)
+    async with client.get(f"{url}/metrics") as response:
+        kinds, samples = parse(await response.text())
+
+    assert kinds >= {
+        "zoho_watcher_jobs:gauge",
+        "zoho_watcher_polls:counter",
+        "zoho_watcher_request_duration_seconds:histogram",
+        "zoho_watcher_rate_limit_wait_seconds:counter",
+        "zoho_watcher_token_refreshes:counter",
+        "zoho_watcher_config_reloads:counter",
+        "zoho_watcher_api_credits_remaining:gauge",
+    }
+    jobs = {s: value(samples, "zoho_watcher_jobs", status=s) for s in JOB_STATUSES}
+    assert jobs == {s: {"RUNNING": 3, "COMPLETED": 2, "unknown": 1}.get(s, 0) for s in JOB_STATUSES}
+    assert value(samples, "zoho_watcher_polls_total", result="observed") == 2
+    assert value(samples, "zoho_watcher_polls_total", result="rate_limited") == 1
+    assert value(samples, "zoho_watcher_polls_total", result="auth") == 0
+    histogram = "zoho_watcher_request_duration_seconds"
+    assert value(samples, f"{histogram}_count") == 2  # the poll that sent nothing is not timed
+    assert value(samples, f"{histogram}_sum") == pytest.approx(3.02)
+    assert value(samples, f"{histogram}_bucket", le="0.005") == 0
+    assert value(samples, f"{histogram}_bucket", le="0.025") == 1
+    assert value(samples, f"{histogram}_bucket", le="5.0") == 2
+    assert value(samples, f"{histogram}_bucket", le="30.0") == 2
+    assert value(samples, "zoho_watcher_rate_limit_wait_seconds_total") == 1.75
+    assert value(samples, "zoho_watcher_token_refreshes_total", result="ok") == 1
+    assert value(samples, "zoho_watcher_token_refreshes_total", result="failed") == 2
+    assert value(samples, "zoho_watcher_config_reloads_total", result="invalid") == 1
+    assert value(samples, "zoho_watcher_config_reloads_total", result="ok") == 0
+    assert value(samples, "zoho_watcher_api_credits_remaining") == 4200
+
+
+async def test_every_known_series_exists_before_anything_happens(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    samples = await scrape(client, await start(Fake()))
+    for status in JOB_STATUSES:
+        assert value(samples, "zoho_watcher_jobs", status=status) == 0
+    for result in ("observed", "not_found", "rejected", "auth", "rate_limited", "transient"):
+        assert value(samples, "zoho_watcher_polls_total", result=result) == 0
+    for result in ("ok", "failed"):
+        assert value(samples, "zoho_watcher_token_refreshes_total", result=result) == 0
+    for result in ("ok", "invalid"):
+        assert value(samples, "zoho_watcher_config_reloads_total", result=result) == 0
+    # Unknown, not "none left": a 0 here would fire any low-credits alert at startup.
+    assert math.isnan(value(samples, "zoho_watcher_api_credits_remaining"))
+
+
+async def test_job_counts_replace_the_previous_ones(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    fake = Fake()
+    url = await start(fake)
+    fake.metrics.set_job_counts({"RUNNING": 2, "EXPLODED": 1})
+    fake.metrics.set_job_counts({"COMPLETED": 3})
+    samples = await scrape(client, url)
+    assert value(samples, "zoho_watcher_jobs", status="COMPLETED") == 3
+    assert value(samples, "zoho_watcher_jobs", status="RUNNING") == 0
+    assert value(samples, "zoho_watcher_jobs", status="EXPLODED") == 0  # kept, not left stale
+
+
+async def test_jobs_page_is_the_json_of_the_jobs_callable(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    fake = Fake()
+    url = await start(fake)
+    async with client.get(f"{url}/jobs") as response:
+        assert (response.status, await response.json()) == (200, [])
+    fake.jobs = [
+        {"module": "Leads", "job_id": "554023000000506003", "status": "RUNNING", "polls": 4},
+        {"module": "Deals", "job_id": "554023000000506011", "status": None, "polls": 0},
+    ]
+    async with client.get(f"{url}/jobs") as response:
+        assert response.content_type == "application/json"
+        assert await response.json() == fake.jobs
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz/", "/metricsx", "/jobs/554023000000506003"])
+async def test_unknown_paths_are_not_found(
+    start: Start, client: aiohttp.ClientSession, path: str
+) -> None:
+    url = await start(Fake())
+    async with client.get(f"{url}{path}") as response:
+        assert response.status == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+async def test_only_get_and_head_are_allowed(
+    start: Start, client: aiohttp.ClientSession, method: str
+) -> None:
+    url = await start(Fake())
+    async with client.request(method, f"{url}/jobs") as response:
+        assert response.status == 405
+        assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
+async def test_no_answer_echoes_request_headers(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    url = await start(Fake(health=Health(False, "auth_failed")))
+    headers = {"Authorization": f"Zoho-oauthtoken {SECRET}", "X-Probe": SECRET}
+    for method, path in [("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/jobs"),
+                         ("GET", "/nowhere"), ("POST", "/jobs")]:  # fmt: skip
+        async with client.request(method, f"{url}{path}", headers=headers) as response:
+            body = await response.text()
+            assert SECRET not in body + str(response.headers), (method, path)
+
+
+async def test_a_port_in_use_raises_oserror_and_leaves_the_other_server_serving(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    fake = Fake()
+    url = await start(fake)
+    taken = int(url.rsplit(":", 1)[1])
+    with pytest.raises(OSError):  # noqa: PT011 - the errno differs by platform
+        await fake.server(taken).start()
+    async with client.get(f"{url}/healthz") as response:
+        assert response.status == 200
+
+
+async def test_stop_is_prompt_with_an_idle_keep_alive_client() -> None:
+    server = Fake().server()
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: watcher\r\n\r\n")
+    answer = await reader.readuntil(b'{"status": "ok"}')
+    assert b"Connection: close" not in answer  # the connection really is kept alive
+    async with asyncio.timeout(1):
+        await server.stop()
+        assert await reader.read() == b""  # and the server closed it
+    writer.close()
+    with pytest.raises(OSError):  # noqa: PT011 - connection refused: nothing listens any more
+        await asyncio.open_connection("127.0.0.1", server.port)
+
+
+async def test_stop_is_prompt_with_a_client_stuck_mid_request() -> None:
+    server = Fake().server()
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    # The answer comes at once, but the connection stays busy waiting for the promised body.
+    writer.write(b"GET /jobs HTTP/1.1\r\nHost: watcher\r\nContent-Length: 100\r\n\r\n{")
+    await reader.readuntil(b"[]")
+    async with asyncio.timeout(1):
+        await server.stop()
+    writer.close()
+
+
+async def test_two_metrics_objects_count_separately(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    first, second = Fake(), Fake()
+    first.metrics.poll_done("observed", 0.1)
+    first.metrics.credits_remaining(10)
+    second.metrics.poll_done("transient", None)
+    first_samples = await scrape(client, await start(first))
+    second_samples = await scrape(client, await start(second))
+    assert value(first_samples, "zoho_watcher_polls_total", result="observed") == 1
+    assert value(first_samples, "zoho_watcher_polls_total", result="transient") == 0
+    assert value(second_samples, "zoho_watcher_polls_total", result="observed") == 0
+    assert value(second_samples, "zoho_watcher_polls_total", result="transient") == 1
+    assert math.isnan(value(second_samples, "zoho_watcher_api_credits_remaining"))
+    global_names = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+    assert "zoho_watcher" not in global_names

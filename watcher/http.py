@@ -1,0 +1,81 @@
+"""A small read-only HTTP endpoint: health for orchestrators, metrics for Prometheus, job list.
+
+The server only ever shows what its callables return; it holds no configuration, so no route can
+reveal a config value, a token or a request header. It binds where it is told (127.0.0.1 by
+default in the configuration): exposing it further is the user's explicit choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from watcher.metrics import Metrics
+
+# How long stop() lets a request in progress finish; every route answers at once, so this only
+# bounds a stuck client. Idle keep-alive connections are closed without waiting.
+_SHUTDOWN_TIMEOUT = 0.25
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the watcher is doing its job; `reason` is a fixed word, never a secret."""
+
+    ok: bool
+    reason: str
+
+
+class HttpServer:
+    """Serves GET (and HEAD) /healthz, /metrics and /jobs between `start` and `stop`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: Callable[[], Health],
+        jobs: Callable[[], list[dict[str, object]]],
+    ) -> None:
+        self._host = host
+        self.port = port
+        self._metrics = metrics
+        self._health = health
+        self._jobs = jobs
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind and serve; an address in use raises OSError, with nothing left running."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/jobs", self._jobs_page)
+        # No access log: stdout is the JSON event stream, and nothing else may write to it.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        health = self._health()
+        if health.ok:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unhealthy", "reason": health.reason}, status=503)
+
+    async def _metrics_page(self, _: web.Request) -> web.Response:
+        body, content_type = self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _jobs_page(self, _: web.Request) -> web.Response:
+        return web.json_response(self._jobs())

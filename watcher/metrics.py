@@ -1,0 +1,114 @@
+"""The watcher's Prometheus metrics, rendered by prometheus-client.
+
+Each `Metrics` owns its registry rather than using the library's global one: tests and the demo run
+several watchers in one process, and global collectors would clash (duplicate names) or mix their
+numbers. Every label value the watcher knows of is created up front, so a series reads 0 from the
+first scrape instead of appearing only once something happens (which breaks `rate()` and alerts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+JOB_STATUSES = ("SCHEDULED", "RUNNING", "COMPLETED", "FAILED", "unknown", "not_found", "rejected")
+POLL_RESULTS = ("observed", "not_found", "rejected", "auth", "rate_limited", "transient")
+TOKEN_RESULTS = ("ok", "failed")
+RELOAD_RESULTS = ("ok", "invalid")
+# From a fast loopback answer (5 ms) to the longest request timeout worth having (30 s).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """What the watcher has done so far, as counters and gauges; `render` is the scrape body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._jobs = Gauge(
+            "zoho_watcher_jobs",
+            "Tracked jobs by the last status seen",
+            ["status"],
+            registry=self.registry,
+        )
+        self._polls = Counter(
+            "zoho_watcher_polls_total",
+            "Status polls by how they were classified",
+            ["result"],
+            registry=self.registry,
+        )
+        self._request_seconds = Histogram(
+            "zoho_watcher_request_duration_seconds",
+            "Time from sending a status request to having its answer",
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self._rate_limit_wait = Counter(
+            "zoho_watcher_rate_limit_wait_seconds_total",
+            "Time requests spent waiting for the shared rate limit, concurrency cap or pause",
+            registry=self.registry,
+        )
+        self._token_refreshes = Counter(
+            "zoho_watcher_token_refreshes_total",
+            "Access token refreshes by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self._config_reloads = Counter(
+            "zoho_watcher_config_reloads_total",
+            "Configuration reloads by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self._credits = Gauge(
+            "zoho_watcher_api_credits_remaining",
+            "API credits Zoho last reported as remaining (NaN until it has reported any)",
+            registry=self.registry,
+        )
+        # NaN, not 0: "no credits left" is an alarm, and nothing is known before the first answer.
+        self._credits.set(math.nan)
+        self._job_statuses = dict.fromkeys(JOB_STATUSES)
+        self.set_job_counts({})
+        for collector, values in (
+            (self._polls, POLL_RESULTS),
+            (self._token_refreshes, TOKEN_RESULTS),
+            (self._config_reloads, RELOAD_RESULTS),
+        ):
+            for value in values:
+                collector.labels(value)
+
+    def set_job_counts(self, counts: Mapping[str, int]) -> None:
+        """Replace all job counts: a status no job has any more must read 0, not its old count."""
+        self._job_statuses.update(dict.fromkeys(counts))
+        for status in self._job_statuses:
+            self._jobs.labels(status=status).set(counts.get(status, 0))
+
+    def poll_done(self, result: str, seconds: float | None) -> None:
+        """Count one poll; `seconds` is None when no request went out (e.g. no token to send)."""
+        self._polls.labels(result=result).inc()
+        if seconds is not None:
+            self._request_seconds.observe(seconds)
+
+    def rate_limit_waited(self, seconds: float) -> None:
+        self._rate_limit_wait.inc(seconds)
+
+    def token_refreshed(self, result: str) -> None:
+        self._token_refreshes.labels(result=result).inc()
+
+    def config_reloaded(self, result: str) -> None:
+        self._config_reloads.labels(result=result).inc()
+
+    def credits_remaining(self, value: int) -> None:
+        self._credits.set(value)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition format; `generate_latest` writes version 0.0.4 of it, so say so."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
