@@ -1,0 +1,61 @@
+"""Notice edits to the config file and the jobs directory while the watcher runs.
+
+Content is compared, not modification times: Kubernetes ConfigMaps swap symlinks, editors write
+through temporary files, and a file can change twice within a timestamp's resolution. The checks
+read files, so they are meant to run in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from watcher.config import Config, ConfigError, jobs_files, load_all
+
+
+class ConfigWatcher:
+    """Gives the new Config each time the files' content changes and validates.
+
+    A file being written while we read it does not parse; reporting that would cry wolf. So a
+    broken state is only reported once it is seen twice in a row, unchanged (or at once when the
+    user asked for the reload with SIGHUP). Valid content is taken at once.
+    """
+
+    def __init__(self, path: Path, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self._path = path
+        self._env = env
+        self._jobs_dir = config.jobs_dir
+        self._loaded = self._fingerprint()
+        self._broken: bytes | None = None
+
+    def check(self, *, report_now: bool = False) -> Config | None:
+        """The new Config if the files changed and validate; None if unchanged or not yet settled.
+
+        Raises ConfigError for content that does not validate and has settled.
+        """
+        fingerprint = self._fingerprint()
+        if fingerprint == self._loaded and not report_now:
+            return None
+        try:
+            config = load_all(self._path, self._env)
+        except ConfigError:
+            settled = report_now or fingerprint == self._broken
+            self._broken = fingerprint
+            if settled:
+                self._loaded = fingerprint  # reported once; wait for the next edit
+                raise
+            return None
+        self._loaded, self._broken, self._jobs_dir = fingerprint, None, config.jobs_dir
+        return config
+
+    def _fingerprint(self) -> bytes:
+        digest = hashlib.sha256()
+        for path in (self._path, *jobs_files(self._jobs_dir)):
+            digest.update(str(path).encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError as exc:
+                digest.update(f"unreadable: {exc.errno}".encode())
+            digest.update(b"\0")
+        return digest.digest()
