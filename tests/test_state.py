@@ -1,0 +1,299 @@
+"""The state store: saves survive close, crash and SIGKILL; bad files are refused, untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import random
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from watcher.state import JobRecord, StateError, StateStore, StoredToken
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = StoredToken("1000.secret-access-token.abc", expires_at=1_700_003_600.0, api_domain="x")
+
+
+def job(job_id: str = "554023000000506003", **changes: object) -> JobRecord:
+    record = JobRecord(
+        module="Leads",
+        job_id=job_id,
+        status="RUNNING",
+        counts={"failed_count": 0, "updated_count": 10, "not_updated_count": None},
+        emitted_status="RUNNING",
+        outcome=None,
+        polls=3,
+        first_seen=1_700_000_000.25,
+        last_seen=1_700_000_030.5,
+        finished_at=None,
+        removed_at=None,
+    )
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+def finished(job_id: str, finished_at: float, removed_at: float | None) -> JobRecord:
+    return job(job_id, outcome="completed", finished_at=finished_at, removed_at=removed_at)
+
+
+def stored(path: Path, job_id: str) -> tuple[object, ...] | None:
+    """The row as another process would read it now, bypassing the store."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        row: tuple[object, ...] | None = other.execute(
+            "SELECT status, polls FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
+    return row
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    """A permissive umask, so that a file SQLite created itself would not come out 0600."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+async def test_jobs_and_token_survive_close_and_reopen(path: Path) -> None:
+    store = await StateStore.open(path)
+    assert (store.jobs, store.token) == ({}, None)
+    records = [
+        job("1"),
+        job("2", status=None, counts={}, emitted_status=None, polls=0, last_seen=None),
+        dataclasses.replace(finished("3", 1_700_000_100.0, 1_700_000_200.0), module="Deals"),
+    ]
+    for record in records:
+        store.save(record)
+    await store.save_token(TOKEN)
+    expected = {(r.module, r.job_id): r for r in records}
+    assert (store.jobs, store.token) == (expected, TOKEN)
+    await store.close()
+
+    again = await StateStore.open(path)
+    assert (again.jobs, again.token) == (expected, TOKEN)
+    await again.close()
+
+
+async def test_the_last_save_of_a_job_wins(path: Path) -> None:
+    store = await StateStore.open(path)
+    for polls in (1, 2, 3):
+        store.save(job(polls=polls))
+    await store.close()
+    again = await StateStore.open(path)
+    assert [r.polls for r in again.jobs.values()] == [3]
+    await again.close()
+
+
+async def test_a_durable_save_is_visible_to_another_connection_when_it_returns(
+    path: Path,
+) -> None:
+    store = await StateStore.open(path)
+    await store.save_durably(job(status="QUEUED", polls=1))
+    assert stored(path, job().job_id) == ("QUEUED", 1)
+    await store.close()
+
+
+async def test_a_durable_save_is_not_overtaken_by_an_earlier_lazy_one(path: Path) -> None:
+    store = await StateStore.open(path)
+    store.save(job(status="RUNNING", polls=4))
+    await store.save_durably(job(status="COMPLETED", polls=5))
+    assert stored(path, job().job_id) == ("COMPLETED", 5)
+    await store.close()
+    assert stored(path, job().job_id) == ("COMPLETED", 5)
+
+
+async def test_concurrent_durable_saves_share_commits(path: Path) -> None:
+    store = await StateStore.open(path)
+    saves = 1000
+    await asyncio.gather(*(store.save_durably(job(str(n))) for n in range(saves)))
+    assert 1 <= store.commits <= saves // 10
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT count(*) FROM jobs").fetchone() == (saves,)
+    await store.close()
+
+
+async def test_ten_thousand_lazy_saves_are_committed_together(path: Path) -> None:
+    store = await StateStore.open(path)
+    for n in range(10_000):
+        store.save(job(str(n), polls=n))
+    await store.close()
+    again = await StateStore.open(path)
+    assert len(again.jobs) == 10_000
+    assert again.jobs[("Leads", "9999")].polls == 9999
+    await again.close()
+
+
+async def test_prune_forgets_only_jobs_finished_before_the_cutoff_and_out_of_the_config(
+    path: Path,
+) -> None:
+    cutoff = 1_700_001_000.0
+    store = await StateStore.open(path)
+    records = [
+        finished("old-removed", cutoff - 1, removed_at=cutoff + 5),  # the only one to go
+        finished("at-cutoff-removed", cutoff, removed_at=cutoff),
+        finished("new-removed", cutoff + 1, removed_at=cutoff + 5),
+        finished("old-configured", cutoff - 1, removed_at=None),
+        job("running-removed", removed_at=cutoff - 1),
+    ]
+    for record in records:
+        store.save(record)
+    assert await store.prune(cutoff) == 1
+    kept = {r.job_id for r in records[1:]}
+    assert {job_id for _, job_id in store.jobs} == kept
+    await store.close()
+    again = await StateStore.open(path)
+    assert {job_id for _, job_id in again.jobs} == kept
+    await again.close()
+
+
+@pytest.mark.usefixtures("umask")
+async def test_the_file_is_private_and_its_directory_created(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "state.db"
+    store = await StateStore.open(path)
+    await store.save_durably(job())
+    await store.save_token(TOKEN)
+    for name in ("state.db", "state.db-wal"):
+        assert (path.parent / name).stat().st_mode & 0o777 == 0o600, name
+    await store.close()
+
+
+def random_bytes(path: Path) -> None:
+    path.write_bytes(random.Random(4).randbytes(8192))
+
+
+def truncated(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (n INTEGER, pad TEXT)")
+        db.executemany("INSERT INTO t VALUES (?, ?)", ((n, "x" * 200) for n in range(5000)))
+    db.close()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def foreign(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    db.close()
+
+
+def newer_schema(path: Path) -> None:
+    asyncio.run(_close_new_store(path))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.close()
+
+
+async def _close_new_store(path: Path) -> None:
+    await (await StateStore.open(path)).close()
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (random_bytes, "file is not a database"),
+        (truncated, "malformed"),
+        (foreign, "is not a zoho-job-watcher state file"),
+        (newer_schema, "schema version 99"),
+    ],
+)
+def test_a_bad_file_is_refused_and_left_as_it_was(
+    path: Path, make: Callable[[Path], None], problem: str
+) -> None:
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(StateError) as caught:
+        asyncio.run(StateStore.open(path))
+    message = str(caught.value)
+    assert problem in message
+    assert str(path) in message
+    assert "move the file aside" in message
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["under a file", "a directory"])
+async def test_an_unusable_path_is_refused(tmp_path: Path, where: str) -> None:
+    (tmp_path / "afile").write_text("")
+    path = tmp_path / "afile" / "state.db" if where == "under a file" else tmp_path
+    with pytest.raises(StateError) as caught:
+        await StateStore.open(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "\n" not in message
+
+
+async def test_a_writer_failure_fails_pending_and_later_saves(path: Path) -> None:
+    store = await StateStore.open(path)
+    await store.save_durably(job("before"))
+    with sqlite3.connect(path) as other:  # the next insert fails as a full disk would
+        other.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON jobs BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+        )
+    other.close()
+    results = await asyncio.gather(
+        *(store.save_durably(job(str(n))) for n in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(result, StateError) for result in results)
+    assert "disk full" in str(results[0])
+    assert str(path) in str(results[0])
+    with pytest.raises(StateError):
+        store.save(job("after"))
+    with pytest.raises(StateError):
+        await store.save_durably(job("after"))
+    await store.close()
+
+
+async def test_close_is_idempotent_and_later_saves_are_refused(path: Path) -> None:
+    store = await StateStore.open(path)
+    store.save(job())
+    await asyncio.gather(store.close(), store.close())
+    await store.close()
+    with pytest.raises(StateError):
+        store.save(job())
+    assert stored(path, job().job_id) is not None
+
+
+CRASH = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from watcher.state import JobRecord, StateStore
+
+async def main() -> None:
+    store = await StateStore.open(Path(sys.argv[1]))
+    base = dict(module="Leads", status="COMPLETED", counts={"total_count": 7},
+                emitted_status="COMPLETED", outcome="completed", polls=9, first_seen=1.0,
+                last_seen=2.0, finished_at=2.0, removed_at=None)
+    store.save(JobRecord(job_id="lazy", **base))
+    await store.save_durably(JobRecord(job_id="durable", **base))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_durable_save_survives_sigkill(path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASH, str(path), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr.decode()
+    store = await StateStore.open(path)
+    assert set(store.jobs) == {("Leads", "lazy"), ("Leads", "durable")}
+    assert store.jobs[("Leads", "durable")].counts == {"total_count": 7}
+    await store.close()
+
+
+def test_a_stored_token_never_shows_in_its_repr() -> None:
+    assert TOKEN.access_token not in repr(TOKEN)

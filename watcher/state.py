@@ -1,0 +1,371 @@
+"""What the watcher remembers across restarts: every job it has seen and the access token.
+
+The watcher runs for months and may be SIGKILLed at any moment, so the rule is that state is
+committed before the event it records is emitted: at worst an event is emitted twice after a crash,
+never lost. The file is SQLite in WAL mode with `synchronous=NORMAL`, which survives a crash of the
+process (not of the machine) without an fsync per commit.
+
+Commits never run on the event loop. One writer thread owns the connection and commits everything
+queued since its last commit in one transaction (group commit), so ten thousand jobs polling cost a
+handful of commits, not ten thousand. Everything is read once, at open; nothing reads at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+# Marks the file as ours in SQLite's header, so another program's database is recognised as such
+# instead of being mistaken for a damaged state file, or worse, written to.
+_APPLICATION_ID = 0x7A6A7731  # "zjw1"
+_SCHEMA = f"""
+BEGIN;
+PRAGMA application_id = {_APPLICATION_ID};
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+CREATE TABLE jobs (
+    module TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    status TEXT,
+    counts TEXT NOT NULL,
+    emitted_status TEXT,
+    outcome TEXT,
+    polls INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL,
+    finished_at REAL,
+    removed_at REAL,
+    PRIMARY KEY (module, job_id)
+) WITHOUT ROWID;
+CREATE TABLE token (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    access_token TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    api_domain TEXT
+);
+COMMIT;
+"""
+_RECOVER = (
+    "move the file aside to start fresh (the watcher then polls every configured job again"
+    " and forgets finished jobs that are no longer in the config)"
+)
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+class StateError(Exception):
+    """The state file cannot be used. The message is one line, names the file, never a token."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as last saved. Times are epoch seconds: they must mean something after a restart."""
+
+    module: str
+    job_id: str
+    status: str | None  # last status seen
+    counts: Mapping[str, int | None]
+    emitted_status: str | None  # status of the last job.status_changed emitted
+    outcome: str | None  # set once the job has finished
+    polls: int
+    first_seen: float
+    last_seen: float | None  # time of the last answer
+    finished_at: float | None
+    removed_at: float | None  # when it left the config; None while configured
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    """An access token kept so that a restart need not refresh one. Its repr hides the token."""
+
+    access_token: str = field(repr=False)
+    expires_at: float  # epoch seconds
+    api_domain: str | None
+
+
+_JOB_COLUMNS = tuple(column.name for column in fields(JobRecord))
+_SAVE_JOB = (
+    f"INSERT OR REPLACE INTO jobs ({', '.join(_JOB_COLUMNS)})"
+    f" VALUES ({', '.join(':' + name for name in _JOB_COLUMNS)})"
+)
+_DELETE_JOB = "DELETE FROM jobs WHERE module = ? AND job_id = ?"
+_SAVE_TOKEN = (
+    "INSERT OR REPLACE INTO token (id, access_token, expires_at, api_domain) VALUES (1, ?, ?, ?)"
+)
+_Params = Sequence[Any] | Mapping[str, Any]
+JobKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One statement for the writer thread, run once per parameter set inside its batch's
+    transaction. `done` (None for a lazy save) receives the number of rows changed after commit."""
+
+    sql: str
+    params: Sequence[_Params]
+    done: asyncio.Future[int] | None
+
+
+class StateStore:
+    """The state file, loaded into `jobs` and `token` at open and kept current by the saves.
+
+    Saves are queued in call order and committed in that order, so a durable save is never
+    overtaken by an earlier lazy one. Use `open`, not the constructor.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        connection: sqlite3.Connection,
+        jobs: dict[JobKey, JobRecord],
+        token: StoredToken | None,
+    ) -> None:
+        self.path = path
+        self.jobs = jobs
+        self.token = token
+        self.commits = 0  # transactions committed, so that group commit can be observed
+        self._connection = connection
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._failure: str | None = None  # set by the writer thread, never cleared
+        self._stopped: asyncio.Future[None] | None = None
+        self._writer = threading.Thread(target=self._serve, name="state-writer", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    async def open(cls, path: Path) -> StateStore:
+        """Open or create the state file and load all of it; StateError if it cannot be used."""
+        connection, jobs, token = await asyncio.to_thread(_load, path)
+        return cls(path, connection, jobs, token)
+
+    def save(self, record: JobRecord) -> None:
+        """Queue `record` for the next commit: for changes whose loss in a crash costs nothing
+        worse than a repeated poll. Raises StateError once the store has failed or closed."""
+        self._save(record, None)
+
+    async def save_durably(self, record: JobRecord) -> None:
+        """Save `record` and return once it is committed: call before emitting the event it
+        records."""
+        done = self._loop.create_future()
+        self._save(record, done)
+        await done
+
+    async def save_token(self, token: StoredToken) -> None:
+        """Save `token` and return once it is committed: Zoho limits how often tokens may be
+        refreshed, so a restart should find the one just obtained."""
+        done = self._loop.create_future()
+        self._put(_SAVE_TOKEN, [(token.access_token, token.expires_at, token.api_domain)], done)
+        self.token = token
+        await done
+
+    async def prune(self, finished_before: float) -> int:
+        """Forget jobs that finished before `finished_before` and have left the config.
+
+        The records to delete are chosen here, from memory, which holds exactly what the queue
+        will have written by the time the deletion runs; a job saved again after this call is
+        therefore kept.
+        """
+        keys = [key for key, record in self.jobs.items() if _prunable(record, finished_before)]
+        done: asyncio.Future[int] = self._loop.create_future()
+        self._put(_DELETE_JOB, keys, done)
+        for key in keys:
+            del self.jobs[key]
+        return await done
+
+    async def close(self) -> None:
+        """Commit everything queued and stop the writer. Safe to call more than once."""
+        if self._stopped is None:
+            self._queue.put(None)
+            self._stopped = asyncio.ensure_future(asyncio.to_thread(self._writer.join))
+        await asyncio.shield(self._stopped)
+
+    def _save(self, record: JobRecord, done: asyncio.Future[int] | None) -> None:
+        # Serialised now, on the loop: the writer thread must never read a caller's objects.
+        row = {**vars(record), "counts": json.dumps(dict(record.counts))}
+        self._put(_SAVE_JOB, [row], done)
+        self.jobs[(record.module, record.job_id)] = record
+
+    def _put(self, sql: str, params: Sequence[_Params], done: asyncio.Future[int] | None) -> None:
+        if self._failure is not None:
+            raise StateError(self._failure)
+        if self._stopped is not None:
+            raise StateError(f"state file {self.path}: saved to after close")
+        self._queue.put(_Write(sql, params, done))
+
+    # --- the writer thread ---
+
+    def _serve(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = self._take_batch()
+            stopping = None in batch
+            self._commit([write for write in batch if write is not None])
+        self._connection.close()
+
+    def _take_batch(self) -> list[_Write | None]:
+        """Everything queued, waiting for the first item: what piled up during the last commit
+        goes into the next one."""
+        batch = [self._queue.get()]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                batch.append(self._queue.get_nowait())
+        return batch
+
+    def _commit(self, writes: list[_Write]) -> None:
+        """Commit `writes` in one transaction, then wake whoever waits on them. Once a commit has
+        failed, every later write fails too: the watcher is expected to stop."""
+        if not writes:
+            return
+        changed = [0] * len(writes)
+        if self._failure is None:
+            try:
+                changed = self._execute(writes)
+            except Exception as exc:  # whatever broke, the waiting saves must hear of it
+                self._failure = f"state file {self.path}: cannot save: {_one_line(exc)}"
+        waiting = [
+            (w.done, count) for w, count in zip(writes, changed, strict=True) if w.done is not None
+        ]
+        if waiting:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(_settle, waiting, self._failure)
+
+    def _execute(self, writes: list[_Write]) -> list[int]:
+        """Run the batch in one transaction; the row count each write changed."""
+        connection = self._connection
+        connection.execute("BEGIN")
+        try:
+            changed = [connection.executemany(write.sql, write.params).rowcount for write in writes]
+            connection.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        return changed
+
+
+def _settle(waiting: list[tuple[asyncio.Future[int], int]], failure: str | None) -> None:
+    for done, changed in waiting:
+        if done.done():  # its caller was cancelled; the write itself still happened
+            continue
+        if failure is None:
+            done.set_result(changed)
+        else:
+            done.set_exception(StateError(failure))
+
+
+def _prunable(record: JobRecord, finished_before: float) -> bool:
+    return (
+        record.outcome is not None
+        and record.removed_at is not None
+        and record.finished_at is not None
+        and record.finished_at < finished_before
+    )
+
+
+# --- opening, in a worker thread ---
+
+
+def _load(
+    path: Path,
+) -> tuple[sqlite3.Connection, dict[JobKey, JobRecord], StoredToken | None]:
+    """Open the file, creating it if need be, and read all of it."""
+    _create(path)
+    try:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from None
+    try:
+        _prepare(connection, path)
+        return connection, _read_jobs(connection), _read_token(connection)
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
+        connection.close()
+        raise _unusable(path, exc) from None
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _create(path: Path) -> None:
+    """Create the directory and the file, the file 0600 before SQLite ever opens it: SQLite
+    would use the umask, and its -wal and -shm files copy the file's mode."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"state file {path}: cannot create directory {path.parent}: {exc.strerror};"
+            " choose a writable location"
+        ) from None
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StateError(
+            f"state file {path}: cannot open it: {exc.strerror}; choose a writable location"
+        ) from None
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    """Check the file is an intact state file of ours before writing anything to it (a foreign
+    or damaged file is left exactly as it was), then set it up for the writer."""
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise _damaged(path, f"fails its integrity check ({problems[0]})")
+    (application_id,) = connection.execute("PRAGMA application_id").fetchone()
+    (tables,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    fresh = application_id == 0 and tables == 0
+    if not fresh and application_id != _APPLICATION_ID:
+        raise _damaged(path, "is not a zoho-job-watcher state file")
+    if not fresh:
+        version = connection.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if version != (str(SCHEMA_VERSION),):
+            found = "none" if version is None else version[0]
+            raise _damaged(path, f"has schema version {found}, this watcher knows {SCHEMA_VERSION}")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    if fresh:
+        connection.executescript(_SCHEMA)
+
+
+def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
+    jobs: dict[JobKey, JobRecord] = {}
+    for row in connection.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"):
+        values = dict(zip(_JOB_COLUMNS, row, strict=True))
+        values["counts"] = json.loads(values["counts"])
+        record = JobRecord(**values)
+        jobs[(record.module, record.job_id)] = record
+    return jobs
+
+
+def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
+    row = connection.execute("SELECT access_token, expires_at, api_domain FROM token").fetchone()
+    return None if row is None else StoredToken(*row)
+
+
+def _unusable(path: Path, exc: Exception) -> StateError:
+    """Only a damaged file is worth moving aside; a locked or unwritable one is not."""
+    name = getattr(exc, "sqlite_errorname", "SQLITE_CORRUPT")  # not every sqlite3.Error has one
+    if isinstance(exc, sqlite3.Error) and not name.startswith(_DAMAGED):
+        return StateError(
+            f"state file {path}: {_one_line(exc)}; check that it is writable and that no other"
+            " watcher uses it"
+        )
+    return _damaged(path, f"is damaged ({_one_line(exc)})")
+
+
+def _damaged(path: Path, problem: str) -> StateError:
+    return StateError(f"state file {path} {problem}; {_RECOVER}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
