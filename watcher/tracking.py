@@ -1,0 +1,152 @@
+"""The set of tracked jobs, and what is remembered of them across restarts.
+
+The rule that makes restarts safe: the state that an event records is committed before the event
+is emitted. A crash between the two means the event is emitted again after the restart — at least
+once, never lost — and a job that had finished is neither polled nor announced again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from watcher.config import JobSpec
+from watcher.events import EventLog
+from watcher.job import Event, JobState, finished_event, status_changed
+from watcher.state import JobRecord, StateStore
+
+# Events whose loss would matter: their state is committed before they go out.
+DURABLE_EVENTS = frozenset({"job.status_changed", "job.finished"})
+
+
+class Tracker:
+    """Tracked jobs by spec, their outcomes, and their persistence (when a store is given).
+
+    `wall` is epoch time (what a restart can make sense of); `monotonic` is the scheduler's clock.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        store: StateStore | None,
+        wall: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._log = log
+        self._store = store
+        self._wall = wall
+        self._monotonic = monotonic
+        self.jobs: dict[JobSpec, JobState] = {}
+        self.outcomes: Counter[str] = Counter()
+
+    @property
+    def unfinished(self) -> int:
+        return len(self.jobs) - self.outcomes.total()
+
+    async def track(self, specs: Iterable[JobSpec]) -> list[JobSpec]:
+        """Start tracking `specs`: new ones announced, known ones resumed from the store with any
+        event they still owe. Returns the specs that need polling."""
+        to_poll = []
+        for spec in specs:
+            if spec in self.jobs:
+                continue
+            record = self._stored(spec)
+            job = self._resume(spec, record) if record else self._new(spec)
+            self.jobs[spec] = job
+            if record is None or record.removed_at is not None:
+                self._log.log("info", "job.added", **job.fields())
+            await self.record(job, self._owed(job))
+            if job.outcome is None:
+                to_poll.append(spec)
+        return to_poll
+
+    def untrack(self, specs: Iterable[JobSpec]) -> None:
+        """Stop tracking `specs` (gone from the config); a finished one is pruned later."""
+        for spec in specs:
+            job = self.jobs.pop(spec, None)
+            if job is None:
+                continue
+            if job.outcome is not None:
+                self.outcomes[job.outcome] -= 1
+            self._log.log("info", "job.removed", **job.fields())
+            self._save(job, removed_at=self._wall())
+
+    def forget_missing(self, configured: set[JobSpec]) -> None:
+        """Jobs the store still tracks but the config no longer names: removed while we were down."""
+        if self._store is None:
+            return
+        for (module, job_id), record in list(self._store.jobs.items()):
+            spec = JobSpec(module, job_id)
+            if record.removed_at is None and spec not in configured:
+                self._log.log("info", "job.removed", module=module, job_id=job_id)
+                self._store.save(_replace_removed(record, self._wall()))
+
+    async def record(self, job: JobState, events: Sequence[Event]) -> None:
+        """Persist what `events` record, then emit them, then note that they went out."""
+        if self._store is not None and any(e.name in DURABLE_EVENTS for e in events):
+            await self._store.save_durably(self._as_record(job))
+        for event in events:
+            self._log.emit(event)
+        job.emitted_status = job.status
+        if job.outcome is not None and job.finished_at is None:
+            job.finished_at = self._wall()
+            self.outcomes[job.outcome] += 1
+        self._save(job)
+
+    def _stored(self, spec: JobSpec) -> JobRecord | None:
+        return None if self._store is None else self._store.jobs.get((spec.module, spec.job_id))
+
+    def _new(self, spec: JobSpec) -> JobState:
+        return JobState(spec, added_at=self._monotonic(), first_seen=self._wall())
+
+    def _resume(self, spec: JobSpec, record: JobRecord) -> JobState:
+        age = max(0.0, self._wall() - record.first_seen)
+        job = JobState(
+            spec,
+            added_at=self._monotonic() - age,
+            first_seen=record.first_seen,
+            status=record.status,
+            counts=dict(record.counts),
+            polls=record.polls,
+            outcome=record.outcome,
+            emitted_status=record.emitted_status,
+            finished_at=record.finished_at,
+            last_seen=record.last_seen,
+        )
+        if job.outcome is not None and job.finished_at is not None:
+            self.outcomes[job.outcome] += 1
+        return job
+
+    def _owed(self, job: JobState) -> list[Event]:
+        """Events whose state was committed but which may not have gone out before a crash."""
+        owed = []
+        if job.status != job.emitted_status and job.status is not None:
+            owed.append(status_changed(job, job.emitted_status))
+        if job.outcome is not None and job.finished_at is None:
+            owed.append(finished_event(job, self._monotonic()))
+        return owed
+
+    def _save(self, job: JobState, removed_at: float | None = None) -> None:
+        if self._store is not None:
+            self._store.save(self._as_record(job, removed_at))
+
+    def _as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
+        return JobRecord(
+            module=job.spec.module,
+            job_id=job.spec.job_id,
+            status=job.status,
+            counts=job.counts,
+            emitted_status=job.emitted_status,
+            outcome=job.outcome,
+            polls=job.polls,
+            first_seen=job.first_seen,
+            last_seen=job.last_seen,
+            finished_at=job.finished_at,
+            removed_at=removed_at,
+        )
+
+
+def _replace_removed(record: JobRecord, when: float) -> JobRecord:
+    from dataclasses import replace
+
+    return replace(record, removed_at=when)
