@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import time
-from collections.abc import Mapping
-from dataclasses import fields
+from collections.abc import Iterator, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from textwrap import dedent
 
@@ -18,11 +19,15 @@ from watcher.config import (
     DATA_CENTERS,
     Config,
     ConfigError,
+    HttpSettings,
     JobSpec,
     PollingSettings,
     Secret,
+    load_all,
     load_config,
+    load_jobs_file,
     parse_config,
+    parse_jobs_file,
 )
 
 TOKEN = "1000.s3cr3t-access-token-value"
@@ -41,11 +46,14 @@ TRIO = (
     "    client_id: ${ZOHO_CLIENT_ID}\n"
     "    client_secret: ${ZOHO_CLIENT_SECRET}\n"
 )
-TOP_KEYS = ("zoho", "polling", "jobs")
+SERVICE_KEYS = ("reload_interval", "jobs_dir", "state_path", "retention", "progress_events")
+TOP_KEYS = ("zoho", "polling", "jobs", *SERVICE_KEYS, "http")
 ZOHO_KEYS = ("data_center", "api_domain", "api_version", "auth")
 SECRET_KEYS = ("access_token", "refresh_token", "client_id", "client_secret")
-AUTH_KEYS = (*SECRET_KEYS, *(f"{name}_file" for name in SECRET_KEYS), "accounts_url")
+BACKOFF_KEYS = ("refresh_backoff_initial", "refresh_backoff_max")
+AUTH_KEYS = (*SECRET_KEYS, *(f"{name}_file" for name in SECRET_KEYS), "accounts_url", *BACKOFF_KEYS)
 POLLING_KEYS = tuple(setting.name for setting in fields(PollingSettings))
+HTTP_KEYS = ("host", "port")
 JOB_KEYS = ("module", "job_id")
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcher.example.yaml"
 
@@ -79,23 +87,29 @@ def job_problem(lines: str) -> str:
 
 
 def test_example_config_validates() -> None:
-    config = load_config(EXAMPLE, {"ZOHO_ACCESS_TOKEN": TOKEN})
+    """The example spells out the defaults, so it must give exactly what an empty file gives."""
+    config = load_all(EXAMPLE, {"ZOHO_ACCESS_TOKEN": TOKEN})
     assert config.zoho.auth.access_token == Secret(TOKEN)
     assert config.zoho.api_domain == "https://www.zohoapis.com"
     assert config.zoho.auth.accounts_url == "https://accounts.zoho.com"
     assert config.polling == PollingSettings()
     assert config.jobs == (JobSpec("Leads", "554023000000506003"),)
+    defaults = parse(AUTH)
+    assert replace(config, zoho=defaults.zoho, jobs=(), source=None) == defaults
+    assert config.source == EXAMPLE
 
 
 def test_example_config_names_every_key() -> None:
     text = EXAMPLE.read_text()
-    names = [*TOP_KEYS, *ZOHO_KEYS, *AUTH_KEYS, *POLLING_KEYS, *JOB_KEYS]
+    names = [*TOP_KEYS, *ZOHO_KEYS, *AUTH_KEYS, *POLLING_KEYS, *HTTP_KEYS, *JOB_KEYS]
     assert [name for name in names if f"{name}:" not in text] == []
 
 
 def test_minimal_config_gets_every_default() -> None:
     config = parse(AUTH)
     assert config.polling == PollingSettings()
+    assert (config.polling.schedule, config.polling.credits_per_day) == ("adaptive", None)
+    assert config.polling.credits_floor == 1000
     assert config.jobs == ()
     zoho = config.zoho
     assert (zoho.api_domain, zoho.api_version, zoho.data_center) == (
@@ -106,6 +120,14 @@ def test_minimal_config_gets_every_default() -> None:
     assert not zoho.auth.refreshes
     assert zoho.auth.accounts_url is None
     assert zoho.auth.secrets() == (TOKEN,)
+    assert (zoho.auth.refresh_backoff_initial, zoho.auth.refresh_backoff_max) == (30.0, 600.0)
+    assert (config.reload_interval, config.retention, config.progress_events) == (
+        5.0,
+        604800.0,
+        True,
+    )
+    assert (config.jobs_dir, config.state_path, config.source) == (None, None, None)
+    assert (config.http.host, config.http.port) == ("127.0.0.1", None)
 
 
 def test_polling_values_are_read() -> None:
@@ -123,6 +145,9 @@ def test_polling_values_are_read() -> None:
               backoff_max: 2m
               request_timeout: 45s
               not_found_attempts: 9
+              schedule: fixed
+              credits_per_day: 5000
+              credits_floor: 0
             """
         )
     )
@@ -136,14 +161,19 @@ def test_polling_values_are_read() -> None:
         backoff_max=120.0,
         request_timeout=45.0,
         not_found_attempts=9,
+        schedule="fixed",
+        credits_per_day=5000,
+        credits_floor=0,
     )
     assert isinstance(config.polling.rate_limit, int)
 
 
-@pytest.mark.parametrize("section", ["polling:\n", "polling: ~\n", "jobs:\n", "jobs: []\n"])
+@pytest.mark.parametrize(
+    "section", ["polling:\n", "polling: ~\n", "jobs:\n", "jobs: []\n", "http:\n", "http: {}\n"]
+)
 def test_empty_sections_mean_defaults(section: str) -> None:
     config = parse(AUTH + section)
-    assert (config.polling, config.jobs) == (PollingSettings(), ())
+    assert (config.polling, config.jobs, config.http) == (PollingSettings(), (), HttpSettings())
 
 
 # --- document shape -------------------------------------------------------------------------------
@@ -169,6 +199,7 @@ def test_top_level_must_be_a_mapping(text: str, kind: str) -> None:
         ("zoho:\n  auth: token\n", "cfg.yaml:2: zoho.auth: expected a mapping, got a single value"),
         (AUTH + "polling: [1]\n", "cfg.yaml:4: polling: expected a mapping, got a list"),
         (AUTH + "jobs: {a: 1}\n", "cfg.yaml:4: jobs: expected a list of jobs, got a mapping"),
+        (AUTH + "http: 9464\n", "cfg.yaml:4: http: expected a mapping, got a single value"),
         (
             AUTH + "jobs:\n  - Leads\n",
             "cfg.yaml:5: jobs[0]: expected a mapping, got a single value",
@@ -188,7 +219,16 @@ def test_sections_of_the_wrong_type_are_one_problem(text: str, expected: str) ->
         (AUTH + "jbos: []\n", "cfg.yaml:4: top level: unknown key 'jbos' (did you mean 'jobs'?)"),
         (
             AUTH + "colour: red\n",
-            "cfg.yaml:4: top level: unknown key 'colour' (expected one of: zoho, polling, jobs)",
+            "cfg.yaml:4: top level: unknown key 'colour' (expected one of: zoho, polling, jobs,"
+            " reload_interval, jobs_dir, state_path, retention, progress_events, http)",
+        ),
+        (
+            AUTH + "http:\n  prot: 80\n",
+            "cfg.yaml:5: http: unknown key 'prot' (did you mean 'port'?)",
+        ),
+        (
+            AUTH + "retension: 7d\n",
+            "cfg.yaml:4: top level: unknown key 'retension' (did you mean 'retention'?)",
         ),
         (
             "zoho:\n  api_domian: x\n  auth:\n    access_token: t\n",
@@ -331,6 +371,58 @@ def test_an_invalid_bound_is_not_also_compared() -> None:
     assert polling_problem("  interval: 0\n  max_interval: 5s\n") == (
         "cfg.yaml:5: polling.interval: must be greater than zero"
     )
+
+
+# --- schedule and credits -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("smart", "unknown schedule 'smart' (valid: adaptive, fixed)"),
+        ("Fixed", "unknown schedule 'Fixed' (valid: adaptive, fixed)"),
+        ("''", "unknown schedule '' (valid: adaptive, fixed)"),
+        ("[fixed]", "expected a single value, got a list"),
+    ],
+)
+def test_schedule_is_adaptive_or_fixed(value: str, message: str) -> None:
+    assert polling_problem(f"  schedule: {value}\n") == f"cfg.yaml:5: polling.schedule: {message}"
+
+
+def test_schedule_may_come_from_the_environment() -> None:
+    polling = parse(AUTH + "polling:\n  schedule: ${S}\n", {**ENV, "S": "fixed"}).polling
+    assert polling.schedule == "fixed"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be greater than zero"),
+        ("-1", "expected a whole number, got '-1'"),
+        ("1.5", "expected a whole number, got '1.5'"),
+        ("many", "expected a whole number, got 'many'"),
+        ("''", "expected a whole number, got ''"),
+        ("{a: 1}", "expected a single value, got a mapping"),
+    ],
+)
+def test_credits_per_day_must_be_a_positive_whole_number(value: str, message: str) -> None:
+    found = polling_problem(f"  credits_per_day: {value}\n")
+    assert found == f"cfg.yaml:5: polling.credits_per_day: {message}"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "expected a whole number, got '-1'"),
+        ("1e3", "expected a whole number, got '1e3'"),
+        ("~", "expected a whole number, got '~'"),
+        ("[1]", "expected a single value, got a list"),
+        ("1234567890123456789", "1234567890123456789 is too large"),
+    ],
+)
+def test_credits_floor_must_be_a_whole_number(value: str, message: str) -> None:
+    found = polling_problem(f"  credits_floor: {value}\n")
+    assert found == f"cfg.yaml:5: polling.credits_floor: {message}"
 
 
 # --- zoho settings --------------------------------------------------------------------------------
@@ -555,6 +647,205 @@ def test_numeric_looking_secret_is_kept_as_written() -> None:
     assert auth.secrets() == ("0123", "1.50", "no")
 
 
+# --- refresh backoff ------------------------------------------------------------------------------
+
+
+def test_refresh_backoff_is_read() -> None:
+    text = f"zoho:\n  auth:\n{TRIO}    refresh_backoff_initial: 1m\n    refresh_backoff_max: 1h\n"
+    auth = parse(text).zoho.auth
+    assert (auth.refresh_backoff_initial, auth.refresh_backoff_max) == (60.0, 3600.0)
+
+
+def test_refresh_backoff_is_accepted_with_a_fixed_token() -> None:
+    auth = parse(AUTH + "    refresh_backoff_initial: 5s\n").zoho.auth
+    assert not auth.refreshes
+    assert (auth.refresh_backoff_initial, auth.refresh_backoff_max) == (5.0, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be greater than zero"),
+        ("soon", "not a duration: 'soon' (use a number of seconds or 250ms, 10s, 5m, 1h)"),
+        ("-30s", "duration must not be negative: '-30s'"),
+        ("[1]", "expected a single value, got a list"),
+    ],
+)
+@pytest.mark.parametrize("key", BACKOFF_KEYS)
+def test_refresh_backoff_must_be_positive_durations(key: str, value: str, message: str) -> None:
+    assert problem(AUTH + f"    {key}: {value}\n") == f"cfg.yaml:4: zoho.auth.{key}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            "    refresh_backoff_max: 20s\n",
+            "cfg.yaml:4: zoho.auth.refresh_backoff_max: 20s is less than"
+            " zoho.auth.refresh_backoff_initial (30s)",
+        ),
+        (
+            "    refresh_backoff_initial: 20m\n",
+            "cfg.yaml:4: zoho.auth.refresh_backoff_max: 10m is less than"
+            " zoho.auth.refresh_backoff_initial (20m)",
+        ),
+        (
+            "    refresh_backoff_initial: 2m\n    refresh_backoff_max: 1m\n",
+            "cfg.yaml:5: zoho.auth.refresh_backoff_max: 1m is less than"
+            " zoho.auth.refresh_backoff_initial (2m)",
+        ),
+        (
+            "    refresh_backoff_initial: 0\n    refresh_backoff_max: 1s\n",
+            "cfg.yaml:4: zoho.auth.refresh_backoff_initial: must be greater than zero",
+        ),
+    ],
+)
+def test_refresh_backoff_max_must_not_be_below_initial(lines: str, expected: str) -> None:
+    assert problem(AUTH + lines) == expected
+
+
+# --- service settings -----------------------------------------------------------------------------
+
+
+def test_service_settings_are_read(tmp_path: Path) -> None:
+    text = AUTH + dedent(
+        f"""\
+        reload_interval: 250ms
+        jobs_dir: {tmp_path}
+        state_path: state/watcher.db
+        retention: 1d
+        progress_events: false
+        http:
+          host: 0.0.0.0
+          port: 9464
+        """
+    )
+    config = parse(text)
+    assert (config.reload_interval, config.retention, config.progress_events) == (
+        0.25,
+        86400.0,
+        False,
+    )
+    assert (config.jobs_dir, config.state_path) == (tmp_path, Path("state/watcher.db"))
+    assert config.http == HttpSettings("0.0.0.0", 9464)
+
+
+@pytest.mark.parametrize("value", ["", "~", "null"])
+def test_optional_settings_may_be_null(value: str) -> None:
+    text = AUTH + (
+        f"jobs_dir: {value}\nstate_path: {value}\nhttp:\n  host: {value}\n  port: {value}\n"
+        f"polling:\n  credits_per_day: {value}\n"
+    )
+    config = parse(text)
+    assert (config.jobs_dir, config.state_path, config.http.port) == (None, None, None)
+    assert (config.http.host, config.polling.credits_per_day) == ("127.0.0.1", None)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be greater than zero"),
+        ("soon", "not a duration: 'soon' (use a number of seconds or 250ms, 10s, 5m, 1h)"),
+        ("-1h", "duration must not be negative: '-1h'"),
+        ("~", "not a duration: '~' (use a number of seconds or 250ms, 10s, 5m, 1h)"),
+        ("[5s]", "expected a single value, got a list"),
+    ],
+)
+@pytest.mark.parametrize("key", ["reload_interval", "retention"])
+def test_service_durations_must_be_positive(key: str, value: str, message: str) -> None:
+    assert problem(AUTH + f"{key}: {value}\n") == f"cfg.yaml:4: {key}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("false", False), ("True", True), ("FALSE", False), ("'false'", False)],
+)
+def test_progress_events_is_a_boolean(value: str, expected: bool) -> None:
+    assert parse(AUTH + f"progress_events: {value}\n").progress_events is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yes", "expected true or false, got 'yes'"),
+        ("off", "expected true or false, got 'off'"),
+        ("1", "expected true or false, got '1'"),
+        ("''", "expected true or false, got ''"),
+        ("[true]", "expected a single value, got a list"),
+    ],
+)
+def test_progress_events_takes_only_true_or_false(value: str, message: str) -> None:
+    assert (
+        problem(AUTH + f"progress_events: {value}\n") == f"cfg.yaml:4: progress_events: {message}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("''", "'' is not a path (empty, or with a line break or other control character)"),
+        (
+            '"a\\nb"',
+            "'a\\nb' is not a path (empty, or with a line break or other control character)",
+        ),
+        ("[a]", "expected a single value, got a list"),
+    ],
+)
+@pytest.mark.parametrize("key", ["jobs_dir", "state_path"])
+def test_paths_must_be_usable(key: str, value: str, message: str) -> None:
+    assert problem(AUTH + f"{key}: {value}\n") == f"cfg.yaml:4: {key}: {message}"
+
+
+@pytest.mark.parametrize("name", ["missing", "a_file"])
+def test_jobs_dir_must_be_an_existing_directory(tmp_path: Path, name: str) -> None:
+    (tmp_path / "a_file").touch()
+    path = tmp_path / name
+    assert problem(AUTH + f"jobs_dir: {path}\n") == (
+        f"cfg.yaml:4: jobs_dir: directory not found: {str(path)!r}"
+    )
+
+
+def test_relative_paths_start_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "jobs.d").mkdir()
+    monkeypatch.chdir(tmp_path)
+    text = AUTH + "jobs_dir: ${DIR}\nstate_path: state.db\n"
+    config = parse(text, {**ENV, "DIR": "jobs.d"})
+    assert (config.jobs_dir, config.state_path) == (Path("jobs.d"), Path("state.db"))
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0), ("65535", 65535), ("'8080'", 8080)])
+def test_http_port(value: str, expected: int) -> None:
+    assert parse(AUTH + f"http:\n  port: {value}\n").http.port == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("65536", "65536 is not a port number (0 to 65535)"),
+        ("-1", "expected a whole number, got '-1'"),
+        ("80.5", "expected a whole number, got '80.5'"),
+        ("http", "expected a whole number, got 'http'"),
+        ("[80]", "expected a single value, got a list"),
+    ],
+)
+def test_bad_http_ports(value: str, message: str) -> None:
+    assert problem(AUTH + f"http:\n  port: {value}\n") == f"cfg.yaml:5: http.port: {message}"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("''", "'' is not a host name or address"),
+        ("'local host'", "'local host' is not a host name or address"),
+        ("[a, b]", "expected a single value, got a list"),
+    ],
+)
+def test_bad_http_hosts(value: str, message: str) -> None:
+    assert problem(AUTH + f"http:\n  host: {value}\n") == f"cfg.yaml:5: http.host: {message}"
+
+
 # --- environment variables ------------------------------------------------------------------------
 
 
@@ -765,6 +1056,180 @@ def test_deep_nesting_is_invalid_yaml_with_either_loader(monkeypatch: pytest.Mon
     assert problem(deep) == "cfg.yaml: invalid YAML: nested too deeply"
 
 
+# --- jobs files and jobs_dir ----------------------------------------------------------------------
+
+
+def jobs_file_problems(text: str) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as info:
+        parse_jobs_file(text, "drop.yaml")
+    return info.value.problems
+
+
+def write_main(tmp_path: Path, jobs_dir: Path) -> Path:
+    """A main file (watching Leads 1) whose jobs_dir line is line 4."""
+    path = tmp_path / "watcher.yaml"
+    path.write_text(AUTH + f"jobs_dir: {jobs_dir}\njobs:\n  - {{module: Leads, job_id: '1'}}\n")
+    return path
+
+
+def jobs_yaml(*jobs: tuple[str, str]) -> str:
+    return "jobs:\n" + "".join(f"  - {{module: {m}, job_id: '{j}'}}\n" for m, j in jobs)
+
+
+def test_jobs_file_gives_its_jobs_in_order_without_repeats() -> None:
+    text = jobs_yaml(("Leads", "0012"), ("Deals", "2"), ("Leads", "0012"))
+    assert parse_jobs_file(text, "drop.yaml") == (JobSpec("Leads", "0012"), JobSpec("Deals", "2"))
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "null\n", "{}\n", "jobs:\n", "jobs: []\n"])
+def test_empty_jobs_file_has_no_jobs(text: str) -> None:
+    assert parse_jobs_file(text, "drop.yaml") == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("jobs:\n  - {module: Leads}\n", "drop.yaml:2: jobs[0]: missing job_id"),
+        (
+            "jobs:\n  - {module: Leads, job_id: x1}\n",
+            "drop.yaml:2: jobs[0].job_id: 'x1' is not a job id (digits only)",
+        ),
+        (
+            "jobs:\n  - {module: '${M}', job_id: '1'}\n",
+            "drop.yaml:2: jobs[0].module: '${M}' is not a module API name"
+            " (letters, digits and _, starting with a letter)",
+        ),
+        ("jobz: []\n", "drop.yaml:1: top level: unknown key 'jobz' (did you mean 'jobs'?)"),
+        (
+            "polling: {}\njobs: []\n",
+            "drop.yaml:1: top level: unknown key 'polling' (expected one of: jobs)",
+        ),
+        (
+            "- {module: Leads, job_id: '1'}\n",
+            "drop.yaml:1: top level: expected a mapping, got a list",
+        ),
+        ("jobs: Leads\n", "drop.yaml:1: jobs: expected a list of jobs, got a single value"),
+        ("jobs: [\n", "drop.yaml:2:1: invalid YAML: "),
+    ],
+)
+def test_bad_jobs_files(text: str, expected: str) -> None:
+    (found,) = jobs_file_problems(text)
+    assert found.startswith(expected)
+
+
+def test_every_problem_of_a_jobs_file_is_reported() -> None:
+    found = jobs_file_problems("jobs:\n  - {module: 1A, job_id: '1'}\n  - {job_id: x}\nextra: 1\n")
+    assert [line.split(": ", 2)[:2] for line in found] == [
+        ["drop.yaml:2", "jobs[0].module"],
+        ["drop.yaml:3", "jobs[1]"],
+        ["drop.yaml:3", "jobs[1].job_id"],
+        ["drop.yaml:4", "top level"],
+    ]
+
+
+def test_load_jobs_file(tmp_path: Path) -> None:
+    path = tmp_path / "drop.yml"
+    path.write_text(jobs_yaml(("Deals", "7")))
+    assert load_jobs_file(path) == (JobSpec("Deals", "7"),)
+    with pytest.raises(ConfigError) as info:
+        load_jobs_file(tmp_path / "gone.yaml")
+    assert info.value.problems == (f"{tmp_path / 'gone.yaml'}: jobs file not found",)
+    with pytest.raises(ConfigError) as info:
+        load_jobs_file(tmp_path)
+    assert info.value.problems == (f"{tmp_path}: cannot read jobs file: Is a directory",)
+
+
+def test_load_all_appends_jobs_files_in_name_order_without_repeats(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    # Written out of order: the directory's own order must not matter.
+    (jobs_dir / "b.yml").write_text(jobs_yaml(("Deals", "2"), ("Leads", "1"), ("Contacts", "4")))
+    (jobs_dir / "a.yaml").write_text(jobs_yaml(("Deals", "3"), ("Deals", "2")))
+    (jobs_dir / "10.yaml").write_text(jobs_yaml(("Quotes", "5")))
+    (jobs_dir / "empty.yaml").write_text("")
+    path = write_main(tmp_path, jobs_dir)
+    config = load_all(path, ENV)
+    assert config.jobs == (
+        JobSpec("Leads", "1"),
+        JobSpec("Quotes", "5"),
+        JobSpec("Deals", "3"),
+        JobSpec("Deals", "2"),
+        JobSpec("Contacts", "4"),
+    )
+    assert (config.source, config.jobs_dir) == (path, jobs_dir)
+    assert load_config(path, ENV).jobs == (JobSpec("Leads", "1"),)
+
+
+def test_load_all_ignores_hidden_files_and_other_extensions(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / "real.yaml").write_text(jobs_yaml(("Deals", "2")))
+    # Each would be a problem if it were read.
+    for name in (".hidden.yaml", ".real.yaml.swp", "real.yaml~", "notes.txt", "jobs.json", "x.YML"):
+        (jobs_dir / name).write_text("jobs: [\n")
+    config = load_all(write_main(tmp_path, jobs_dir), ENV)
+    assert config.jobs == (JobSpec("Leads", "1"), JobSpec("Deals", "2"))
+
+
+def test_load_all_without_jobs_dir_is_load_config(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.yaml"
+    path.write_text(AUTH + "jobs:\n  - {module: Leads, job_id: '1'}\n")
+    assert load_all(path, ENV) == load_config(path, ENV)
+    assert load_all(path, ENV).source == path
+
+
+def test_load_all_reports_a_missing_jobs_dir_at_its_line(tmp_path: Path) -> None:
+    path = write_main(tmp_path, tmp_path / "gone")
+    with pytest.raises(ConfigError) as info:
+        load_all(path, ENV)
+    assert info.value.problems == (
+        f"{path}:4: jobs_dir: directory not found: {str(tmp_path / 'gone')!r}",
+    )
+
+
+def test_load_all_reports_every_bad_jobs_file_by_name(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    (jobs_dir / "sub.yaml").mkdir(parents=True)
+    (jobs_dir / "a.yaml").write_text("jobs:\n  - {module: Leads, job_id: x}\n")
+    (jobs_dir / "b.yaml").write_text(jobs_yaml(("Deals", "2")))
+    (jobs_dir / "c.yml").write_text("- {module: Leads, job_id: '1'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_all(write_main(tmp_path, jobs_dir), ENV)
+    assert info.value.problems == (
+        f"{jobs_dir / 'a.yaml'}:2: jobs[0].job_id: 'x' is not a job id (digits only)",
+        f"{jobs_dir / 'c.yml'}:1: top level: expected a mapping, got a list",
+        f"{jobs_dir / 'sub.yaml'}: cannot read jobs file: Is a directory",
+    )
+
+
+def test_load_all_reports_an_unreadable_jobs_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    path = write_main(tmp_path, jobs_dir)
+
+    def refuse(self: Path) -> Iterator[Path]:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    # Tests run as root, which chmod cannot lock out; the listing itself is made to fail.
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(ConfigError) as info:
+        load_all(path, ENV)
+    assert info.value.problems == (f"{jobs_dir}: cannot read jobs_dir: Permission denied",)
+
+
+def test_load_all_never_echoes_a_secret_from_a_jobs_file(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / "oops.yaml").write_text(f"jobs:\n  - {{module: Leads, job_id: '{TOKEN}'}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_all(write_main(tmp_path, jobs_dir), ENV)
+    assert info.value.problems == (
+        f"{jobs_dir / 'oops.yaml'}:2: jobs[0].job_id: '***' is not a job id (digits only)",
+    )
+
+
 # --- reporting ------------------------------------------------------------------------------------
 
 
@@ -841,7 +1306,7 @@ def _outcome(text: str) -> None:
         assert isinstance(result, Config)
 
 
-_KEYS = (*TOP_KEYS, *ZOHO_KEYS, *AUTH_KEYS, *POLLING_KEYS, *JOB_KEYS)
+_KEYS = (*TOP_KEYS, *ZOHO_KEYS, *AUTH_KEYS, *POLLING_KEYS, *HTTP_KEYS, *JOB_KEYS)
 _SCALARS = (
     st.none()
     | st.booleans()
@@ -852,6 +1317,7 @@ _SCALARS = (
         [
             *("${ZOHO_ACCESS_TOKEN}", "${UNSET}", "$$", "${", "10s", "0123", "No", "eu", "v2"),
             *("Leads", "https://www.zohoapis.com", "http://localhost:1", TOKEN, "/no/such/file"),
+            *("adaptive", "fixed", "true", "65536", "/tmp", "."),
         ]
     )
 )
@@ -884,6 +1350,8 @@ _SHAPED = st.fixed_dictionaries(
         | _ANY,
         "polling": _section(POLLING_KEYS),
         "jobs": st.lists(_section(JOB_KEYS), max_size=3) | _ANY,
+        "http": _section(HTTP_KEYS),
+        **dict.fromkeys(SERVICE_KEYS, _SCALARS),
     },
 )
 
@@ -896,3 +1364,21 @@ def test_any_text_gives_a_config_or_a_config_error(text: str) -> None:
 @given(_SHAPED | _ANY)
 def test_any_mapping_shape_gives_a_config_or_a_config_error(document: object) -> None:
     _outcome(yaml.safe_dump(document))
+
+
+_JOBS_FILE = st.fixed_dictionaries(
+    {}, optional={"jobs": st.lists(_section(JOB_KEYS), max_size=3) | _ANY}
+)
+
+
+@given(st.text() | (_JOBS_FILE | _ANY).map(yaml.safe_dump))
+def test_any_jobs_file_gives_jobs_or_a_config_error(text: str) -> None:
+    try:
+        result: tuple[JobSpec, ...] | ConfigError = parse_jobs_file(text, "prop.yaml")
+    except ConfigError as error:
+        result = error
+    if isinstance(result, ConfigError):
+        assert result.problems
+        assert all(len(found.splitlines()) == 1 for found in result.problems)
+    else:
+        assert all(isinstance(job, JobSpec) for job in result)

@@ -11,10 +11,10 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -45,18 +45,32 @@ DATA_CENTERS: Mapping[str, tuple[str, str]] = {
 # Without a data centre, refresh mode still needs somewhere to refresh; Zoho's default is the US.
 _DEFAULT_DATA_CENTER = "us"
 
+SCHEDULES = ("adaptive", "fixed")
+
 _SECRETS = ("access_token", "refresh_token", "client_id", "client_secret")
 _TRIO = ("refresh_token", "client_id", "client_secret")
-_AUTH_KEYS = (*_SECRETS, *(f"{name}_file" for name in _SECRETS), "accounts_url")
+_REFRESH_BACKOFF = ("refresh_backoff_initial", "refresh_backoff_max")
+_AUTH_KEYS = (*_SECRETS, *(f"{name}_file" for name in _SECRETS), "accounts_url", *_REFRESH_BACKOFF)
 _ZOHO_KEYS = ("data_center", "api_domain", "api_version", "auth")
-_TOP_KEYS = ("zoho", "polling", "jobs")
-_COUNTS = ("rate_limit", "max_concurrency", "not_found_attempts")
-_ORDERED = (("interval", "max_interval"), ("backoff_initial", "backoff_max"))
+_POLLING_ORDERED = (("interval", "max_interval"), ("backoff_initial", "backoff_max"))
 _JOB_KEYS = ("module", "job_id")
+_JOBS_FILE_SUFFIXES = (".yaml", ".yml")
 
 _API_VERSION = re.compile(r"v[0-9]+")
 _MODULE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _DIGITS = re.compile(r"[0-9]+")
+_PATH = re.compile(r"[^\x00-\x1f\x7f]+")
+_HOST = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_MAX_PORT = 65535
+# YAML 1.2's booleans only: 1.1's yes/no/on/off are too easily meant as something else.
+_BOOLEANS = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+}
 _MAX_DIGITS = 18  # keeps counts within 64 bits and clear of int()'s 4300-digit limit
 # Shorter secrets are not masked in messages: they would mangle ordinary words, and no real Zoho
 # credential is that short.
@@ -93,6 +107,7 @@ class AuthSettings:
     client_id: Secret | None
     client_secret: Secret | None
     accounts_url: str | None
+    # Zoho blocks a client that refreshes too often, so a throttled or failed refresh waits.
     refresh_backoff_initial: float = 30.0
     refresh_backoff_max: float = 600.0
 
@@ -126,6 +141,9 @@ class PollingSettings:
     backoff_max: float = 300.0
     request_timeout: float = 30.0
     not_found_attempts: int = 3
+    schedule: str = "adaptive"
+    credits_per_day: int | None = None
+    credits_floor: int = 1000
 
 
 @dataclass(frozen=True, order=True)
@@ -135,10 +153,25 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """Where the health and metrics listener binds; without a port there is no listener."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     zoho: ZohoSettings
     polling: PollingSettings
     jobs: tuple[JobSpec, ...]
+    reload_interval: float = 5.0
+    jobs_dir: Path | None = None
+    state_path: Path | None = None
+    retention: float = 168 * 3600.0
+    progress_events: bool = True
+    http: HttpSettings = field(default_factory=HttpSettings)
+    source: Path | None = None  # the file it was loaded from, so a reload knows what to re-read
 
 
 class ConfigError(Exception):
@@ -150,14 +183,13 @@ class ConfigError(Exception):
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
-    """Reads and validates `path`; anything wrong, the file itself included, is a ConfigError."""
-    try:
-        text = _read_text(path)
-    except FileNotFoundError:
-        raise ConfigError((f"{path}: config file not found",)) from None
-    except (OSError, ValueError) as error:
-        raise ConfigError((f"{path}: cannot read config file: {_reason(error)}",)) from None
-    return parse_config(text, str(path), os.environ if env is None else env)
+    """Reads and validates `path`; anything wrong, the file itself included, is a ConfigError.
+
+    Only the main file: load_all also reads the jobs files in jobs_dir.
+    """
+    text = _read_file(path, "config file")
+    config = parse_config(text, str(path), os.environ if env is None else env)
+    return replace(config, source=path)
 
 
 def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
@@ -167,6 +199,73 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
     if config is None or reader.problems:
         raise ConfigError(reader.redacted_problems())
     return config
+
+
+def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """The main file plus every jobs file in its jobs_dir: the complete set of jobs to watch.
+
+    Jobs files are read in name order and their jobs appended after the main file's, so the order
+    of jobs (and of their first polls) does not depend on the directory listing. The problems of
+    every jobs file are reported together, each naming its file.
+    """
+    config = load_config(path, env)
+    if config.jobs_dir is None:
+        return config
+    jobs = list(config.jobs)
+    problems: list[str] = []
+    for jobs_file in _jobs_files(config.jobs_dir):
+        try:
+            jobs.extend(load_jobs_file(jobs_file))
+        except ConfigError as error:
+            problems.extend(error.problems)
+    if problems:
+        # A token pasted into a jobs file by mistake must not be echoed back either.
+        raise ConfigError(_redact(problems, config.zoho.auth.secrets()))
+    return replace(config, jobs=tuple(dict.fromkeys(jobs)))
+
+
+def load_jobs_file(path: Path) -> tuple[JobSpec, ...]:
+    """The jobs of one file dropped in jobs_dir; anything wrong with it is a ConfigError."""
+    return parse_jobs_file(_read_file(path, "jobs file"), str(path))
+
+
+def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
+    """Validates a jobs file: a mapping with only a `jobs:` list, items as in the main file.
+
+    Values are read literally: a jobs file is written by a tool, not templated from the
+    environment, and a module or job id can never contain a `$` anyway.
+    """
+    reader = _Reader(source, None)
+    sections = reader.mapping(_compose(text, source), "", ("jobs",)) or {}
+    jobs = _jobs(reader, sections.get("jobs", SequenceNode(_SEQ_TAG, [])))
+    if reader.problems:
+        raise ConfigError(reader.redacted_problems())
+    return jobs
+
+
+def _jobs_files(directory: Path) -> list[Path]:
+    """The YAML files of `directory` by name; hidden ones (editors' swap files, the ..data of a
+    Kubernetes ConfigMap mount) are skipped.
+    """
+    try:
+        entries = sorted(directory.iterdir(), key=lambda entry: entry.name)
+    except OSError as error:
+        raise ConfigError((f"{directory}: cannot read jobs_dir: {_reason(error)}",)) from None
+    return [
+        entry
+        for entry in entries
+        if entry.name.endswith(_JOBS_FILE_SUFFIXES) and not entry.name.startswith(".")
+    ]
+
+
+def _read_file(path: Path, what: str) -> str:
+    """The text of `path`, or a ConfigError saying in one line why it cannot be had."""
+    try:
+        return _read_text(path)
+    except FileNotFoundError:
+        raise ConfigError((f"{path}: {what} not found",)) from None
+    except (OSError, ValueError) as error:
+        raise ConfigError((f"{path}: cannot read {what}: {_reason(error)}",)) from None
 
 
 def _read_text(path: Path) -> str:
@@ -207,13 +306,22 @@ def _marked_problem(source: str, error: yaml.MarkedYAMLError) -> str:
 
 
 def _config(reader: _Reader, root: Node) -> Config | None:
-    sections = reader.mapping(root, "", _TOP_KEYS)
+    readers: dict[str, Callable[[Node, str], object]] = {
+        "reload_interval": reader.duration,
+        "jobs_dir": _optional(reader.directory),
+        "state_path": _optional(reader.local_path),
+        "retention": reader.duration,
+        "progress_events": reader.boolean,
+    }
+    sections = reader.mapping(root, "", ("zoho", "polling", "jobs", *readers, "http"))
     if sections is None:
         return None
     zoho = _zoho(reader, sections.get("zoho", _empty_mapping(root)))
     polling = _polling(reader, sections.get("polling", _empty_mapping(root)))
     jobs = _jobs(reader, sections.get("jobs", SequenceNode(_SEQ_TAG, [])))
-    return None if zoho is None else Config(zoho, polling, jobs)
+    http = _http(reader, sections.get("http", _empty_mapping(root)))
+    service = reader.values(sections, "", readers)
+    return None if zoho is None else Config(zoho, polling, jobs, http=http, **service)
 
 
 def _zoho(reader: _Reader, node: Node) -> ZohoSettings | None:
@@ -236,8 +344,9 @@ def _auth(reader: _Reader, node: Node, data_center: str | None) -> AuthSettings 
     settings = reader.mapping(node, path, _AUTH_KEYS)
     if settings is None:
         return None
-    secrets = {name: reader.secret(settings, path, name) for name in _SECRETS}
+    secrets: dict[str, Any] = {name: reader.secret(settings, path, name) for name in _SECRETS}
     accounts_url = reader.field(settings, path, "accounts_url", reader.url)
+    backoff = reader.values(settings, path, dict.fromkeys(_REFRESH_BACKOFF, reader.duration))
     given = {name for name in _SECRETS if name in settings or f"{name}_file" in settings}
     mode_problem = _mode_problem(given)
     if mode_problem:
@@ -246,7 +355,9 @@ def _auth(reader: _Reader, node: Node, data_center: str | None) -> AuthSettings 
     refreshes = "access_token" not in given
     if accounts_url is None and (data_center or refreshes):
         accounts_url = DATA_CENTERS[data_center or _DEFAULT_DATA_CENTER][0]
-    return AuthSettings(**secrets, accounts_url=accounts_url)  # type: ignore[arg-type]
+    auth = AuthSettings(**secrets, accounts_url=accounts_url, **backoff)
+    _check_order(reader, node, path, settings, backoff, auth, (_REFRESH_BACKOFF,))
+    return auth
 
 
 def _mode_problem(given: set[str]) -> str | None:
@@ -263,31 +374,60 @@ def _mode_problem(given: set[str]) -> str | None:
 
 
 def _polling(reader: _Reader, node: Node) -> PollingSettings:
-    names = tuple(setting.name for setting in fields(PollingSettings))
-    settings = reader.mapping(node, "polling", names)
+    readers: dict[str, Callable[[Node, str], object]] = {
+        "interval": reader.duration,
+        "max_interval": reader.duration,
+        "rate_limit": reader.count,
+        "rate_period": reader.duration,
+        "max_concurrency": reader.count,
+        "backoff_initial": reader.duration,
+        "backoff_max": reader.duration,
+        "request_timeout": reader.duration,
+        "not_found_attempts": reader.count,
+        "schedule": reader.schedule,
+        "credits_per_day": _optional(reader.count),
+        "credits_floor": reader.whole,  # 0 turns the low-credits warning off
+    }
+    settings = reader.mapping(node, "polling", tuple(readers))
     if settings is None:
         return PollingSettings()
-    values: dict[str, float] = {}
-    for name, value_node in settings.items():
-        read = reader.count if name in _COUNTS else reader.duration
-        value = read(value_node, f"polling.{name}")
-        if value is not None:
-            values[name] = value
-    polling = PollingSettings(**values)  # type: ignore[arg-type]  # counts hold ints
-    for low, high in _ORDERED:
+    values = reader.values(settings, "polling", readers)
+    polling = PollingSettings(**values)
+    _check_order(reader, node, "polling", settings, values, polling, _POLLING_ORDERED)
+    return polling
+
+
+def _http(reader: _Reader, node: Node) -> HttpSettings:
+    readers = {"host": _optional(reader.host), "port": _optional(reader.port)}
+    settings = reader.mapping(node, "http", tuple(readers))
+    if settings is None:
+        return HttpSettings()
+    return HttpSettings(**reader.values(settings, "http", readers))
+
+
+def _check_order(
+    reader: _Reader,
+    node: Node,
+    path: str,
+    settings: Mapping[str, Node],
+    values: Mapping[str, object],
+    result: object,
+    pairs: Iterable[tuple[str, str]],
+) -> None:
+    """Reports each (low, high) pair of durations in `result` whose high is below its low."""
+    for low, high in pairs:
         # A bound that was given but invalid fell back to its default: comparing it would mislead.
         if any(name in settings and name not in values for name in (low, high)):
             continue
-        low_value, high_value = getattr(polling, low), getattr(polling, high)
+        low_value, high_value = getattr(result, low), getattr(result, high)
         if high_value < low_value:
             where = settings.get(high) or settings.get(low) or node
             reader.report(
                 where,
-                f"polling.{high}",
-                f"{format_duration(high_value)} is less than polling.{low}"
+                f"{path}.{high}",
+                f"{format_duration(high_value)} is less than {path}.{low}"
                 f" ({format_duration(low_value)})",
             )
-    return polling
 
 
 def _jobs(reader: _Reader, node: Node) -> tuple[JobSpec, ...]:
@@ -316,10 +456,11 @@ class _Reader:
     """Reads values out of nodes, collecting every problem instead of stopping at the first.
 
     Readers return None for a missing or invalid value; callers then fall back to a default, which
-    is harmless because any problem means the configuration is rejected as a whole.
+    is harmless because any problem means the configuration is rejected as a whole. Without an
+    `env`, values are taken literally: no ${VAR} expansion.
     """
 
-    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+    def __init__(self, source: str, env: Mapping[str, str] | None) -> None:
         self._source = source
         self._env = env
         self._secret_texts: list[str] = []
@@ -331,14 +472,8 @@ class _Reader:
 
     def redacted_problems(self) -> list[str]:
         """Problems in file order, secrets masked: a token put under another key must not leak."""
-        maskable = {text for text in self._secret_texts if len(text) >= _MASKED_LENGTH}
-        longest_first = sorted(maskable, key=len, reverse=True)  # a secret may contain another
-        redacted = []
-        for _, problem in sorted(self.problems, key=lambda numbered: numbered[0]):
-            for secret in longest_first:
-                problem = problem.replace(secret, "***")
-            redacted.append(problem)
-        return redacted
+        in_order = sorted(self.problems, key=lambda numbered: numbered[0])
+        return _redact((problem for _, problem in in_order), self._secret_texts)
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node] | None:
         """The mapping's known keys (a null section counts as empty); None if not a mapping."""
@@ -373,7 +508,21 @@ class _Reader:
         read: Callable[[Node, str], _T | None],
     ) -> _T | None:
         node = settings.get(key)
-        return None if node is None else read(node, f"{path}.{key}")
+        return None if node is None else read(node, f"{path}.{key}" if path else key)
+
+    def values(
+        self,
+        settings: Mapping[str, Node],
+        path: str,
+        readers: Mapping[str, Callable[[Node, str], object]],
+    ) -> dict[str, Any]:
+        """Keyword arguments for a settings dataclass: each value given and valid, by its name.
+
+        Absent, null-where-optional and invalid values are left out, so the dataclass's own
+        default applies and the defaults live in one place.
+        """
+        read = {name: self.field(settings, path, name, reader) for name, reader in readers.items()}
+        return {name: value for name, value in read.items() if value is not None}
 
     def scalar(self, node: Node, path: str) -> str | None:
         """The value's text exactly as written (whatever type YAML guessed), ${VAR}s expanded."""
@@ -381,13 +530,14 @@ class _Reader:
             self.report(node, path, f"expected a single value, got {_kind(node)}")
             return None
         text: str = node.value
-        if "$" not in text:
+        env = self._env
+        if env is None or "$" not in text:
             return text
         count = len(self.problems)
-        expanded = _REFERENCE.sub(lambda match: self._expand(match, node, path), text)
+        expanded = _REFERENCE.sub(lambda match: self._expand(match, node, path, env), text)
         return expanded if len(self.problems) == count else None
 
-    def _expand(self, match: re.Match[str], node: Node, path: str) -> str:
+    def _expand(self, match: re.Match[str], node: Node, path: str, env: Mapping[str, str]) -> str:
         """One ${VAR} or $$; the reference is not echoed, as it may sit inside a secret."""
         name, end = match["name"], match["end"]
         if name is None:
@@ -396,8 +546,8 @@ class _Reader:
             self.report(node, path, "unterminated ${ (write $$ for a literal $)")
         elif not _VARIABLE.fullmatch(name):
             self.report(node, path, "invalid ${VAR} reference (write $$ for a literal $)")
-        elif name in self._env:
-            return self._env[name]
+        elif name in env:
+            return env[name]
         else:
             self.report(node, path, f"environment variable {name} is not set")
         return ""
@@ -420,13 +570,43 @@ class _Reader:
         return self.matching(node, path, _API_VERSION, "is not an API version such as v2")
 
     def data_center(self, node: Node, path: str) -> str | None:
+        return self._one_of(node, path, DATA_CENTERS, "data centre")
+
+    def schedule(self, node: Node, path: str) -> str | None:
+        return self._one_of(node, path, SCHEDULES, "schedule")
+
+    def _one_of(self, node: Node, path: str, choices: Collection[str], what: str) -> str | None:
         text = self.scalar(node, path)
-        if text is not None and text not in DATA_CENTERS:
-            self.report(
-                node, path, f"unknown data centre {text!r} (valid: {', '.join(DATA_CENTERS)})"
-            )
+        if text is not None and text not in choices:
+            self.report(node, path, f"unknown {what} {text!r} (valid: {', '.join(choices)})")
             return None
         return text
+
+    def boolean(self, node: Node, path: str) -> bool | None:
+        text = self.scalar(node, path)
+        if text is None:
+            return None
+        if text not in _BOOLEANS:
+            self.report(node, path, f"expected true or false, got {text!r}")
+            return None
+        return _BOOLEANS[text]
+
+    def host(self, node: Node, path: str) -> str | None:
+        return self.matching(node, path, _HOST, "is not a host name or address")
+
+    def local_path(self, node: Node, path: str) -> Path | None:
+        """A filesystem path; relative ones start from the working directory, as for NAME_file."""
+        rule = "is not a path (empty, or with a line break or other control character)"
+        text = self.matching(node, path, _PATH, rule)
+        return None if text is None else Path(text)
+
+    def directory(self, node: Node, path: str) -> Path | None:
+        """An existing directory: checked here so that the problem can point at its line."""
+        location = self.local_path(node, path)
+        if location is not None and not os.path.isdir(location):
+            self.report(node, path, f"directory not found: {str(location)!r}")
+            return None
+        return location
 
     def duration(self, node: Node, path: str) -> float | None:
         text = self.scalar(node, path)
@@ -439,7 +619,8 @@ class _Reader:
             return None
         return self._positive(node, path, seconds)
 
-    def count(self, node: Node, path: str) -> int | None:
+    def whole(self, node: Node, path: str) -> int | None:
+        """A whole number, zero included."""
         text = self.scalar(node, path)
         if text is None:
             return None
@@ -449,7 +630,19 @@ class _Reader:
         if len(text) > _MAX_DIGITS:
             self.report(node, path, f"{text} is too large")
             return None
-        return self._positive(node, path, int(text))
+        return int(text)
+
+    def count(self, node: Node, path: str) -> int | None:
+        number = self.whole(node, path)
+        return None if number is None else self._positive(node, path, number)
+
+    def port(self, node: Node, path: str) -> int | None:
+        """A TCP port; 0 lets the system pick a free one (handy for tests)."""
+        number = self.whole(node, path)
+        if number is not None and number > _MAX_PORT:
+            self.report(node, path, f"{number} is not a port number (0 to {_MAX_PORT})")
+            return None
+        return number
 
     def _positive(self, node: Node, path: str, number: _N) -> _N | None:
         if number <= 0:
@@ -508,6 +701,27 @@ class _Reader:
             self.report(node, path, f"cannot read {location!r}: {_reason(error)}")
             return None
         return _TRAILING_NEWLINE.sub("", text, count=1)
+
+
+def _optional(read: Callable[[Node, str], _T | None]) -> Callable[[Node, str], _T | None]:
+    """`read`, except that null (~, null or no value) means "not set" rather than a bad value."""
+
+    def read_optional(node: Node, path: str) -> _T | None:
+        return None if _is_null(node) else read(node, path)
+
+    return read_optional
+
+
+def _redact(problems: Iterable[str], secrets: Iterable[str]) -> list[str]:
+    """`problems` with every secret long enough to be unambiguous replaced by ***."""
+    maskable = {text for text in secrets if len(text) >= _MASKED_LENGTH}
+    longest_first = sorted(maskable, key=len, reverse=True)  # a secret may contain another
+    redacted = []
+    for problem in problems:
+        for secret in longest_first:
+            problem = problem.replace(secret, "***")
+        redacted.append(problem)
+    return redacted
 
 
 def _url_problem(text: str) -> str | None:
