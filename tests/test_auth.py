@@ -35,7 +35,7 @@ async def watch(
         tmp_path / "watcher.yaml",
         sim.url,
         jobs,
-        auth=auth or refresh_auth(sim.url),
+        auth=auth or refresh_auth(sim.url, refresh_backoff_initial="100ms"),
         **polling,
     )
     return await WatcherProcess.start(

@@ -67,4 +67,3 @@ class ZohoClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 return Answer(Effect.TRANSIENT, None, code=failure_kind(exc))
         return classify(self._kind, status, response_headers, body, self._wall_clock())
-

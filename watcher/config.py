@@ -213,7 +213,7 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
         return config
     jobs = list(config.jobs)
     problems: list[str] = []
-    for jobs_file in _jobs_files(config.jobs_dir):
+    for jobs_file in jobs_files(config.jobs_dir):
         try:
             jobs.extend(load_jobs_file(jobs_file))
         except ConfigError as error:
@@ -243,7 +243,7 @@ def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
     return jobs
 
 
-def _jobs_files(directory: Path) -> list[Path]:
+def jobs_files(directory: Path) -> list[Path]:
     """The YAML files of `directory` by name; hidden ones (editors' swap files, the ..data of a
     Kubernetes ConfigMap mount) are skipped.
     """

@@ -27,7 +27,11 @@ class Event:
 
 @dataclass
 class JobState:
-    """What the watcher knows about one job. `added_at` is on the scheduler's monotonic clock."""
+    """What the watcher knows about one job.
+
+    `added_at` is on the scheduler's monotonic clock (durations); the other times are epoch
+    seconds, which keep their meaning across a restart.
+    """
 
     spec: JobSpec
     added_at: float
@@ -37,6 +41,11 @@ class JobState:
     failures: int = 0  # consecutive polls without a status row, for backoff
     not_found: int = 0  # consecutive "not found" answers
     outcome: str | None = None
+    error: str | None = None  # Zoho's code when the outcome is not_found or rejected
+    first_seen: float = 0.0
+    last_seen: float | None = None
+    emitted_status: str | None = None  # the status of the last job.status_changed that went out
+    finished_at: float | None = None  # when job.finished went out
 
     def fields(self) -> dict[str, object]:
         return {"module": self.spec.module, "job_id": self.spec.job_id}
@@ -82,25 +91,17 @@ def _observed(
 ) -> Decision:
     job.failures = 0
     job.not_found = 0
-    events: list[Event] = []
-    if observation.status != job.status:
-        events.append(status_changed(job, observation))
-    job.status = observation.status
-    job.counts = observation.counts
+    previous, job.status, job.counts = job.status, observation.status, observation.counts
+    events = [status_changed(job, previous)] if job.status != previous else []
     outcome = kind.terminal.get(observation.status)
     if outcome is None:
         return Decision(tuple(events), next_poll_in=settings.interval)
     return _finish(job, outcome, now, events)
 
 
-def status_changed(job: JobState, observation: Observation) -> Event:
-    """The transition event from the job's last recorded status to `observation`."""
-    fields = {
-        **job.fields(),
-        "previous_status": job.status,
-        "status": observation.status,
-        **observation.counts,
-    }
+def status_changed(job: JobState, previous: str | None) -> Event:
+    """The transition event from `previous` to the job's current status and counts."""
+    fields = {**job.fields(), "previous_status": previous, "status": job.status, **job.counts}
     return Event("job.status_changed", "info", fields)
 
 
@@ -112,18 +113,23 @@ def _finish(
     error: str | None = None,
 ) -> Decision:
     job.outcome = outcome
+    job.error = error
+    return Decision((*(events or ()), finished_event(job, now)), next_poll_in=None)
+
+
+def finished_event(job: JobState, now: float) -> Event:
+    """The `job.finished` event of a job whose outcome is set; `now` on the monotonic clock."""
     fields: dict[str, object] = {
         **job.fields(),
-        "outcome": outcome,
+        "outcome": job.outcome,
         "status": job.status,
         **job.counts,
         "polls": job.polls,
         "duration_s": round(now - job.added_at, 3),
     }
-    if error is not None:
-        fields["error"] = error
-    finished = Event("job.finished", _finished_level(job), fields)
-    return Decision((*(events or ()), finished), next_poll_in=None)
+    if job.error is not None:
+        fields["error"] = job.error
+    return Event("job.finished", _finished_level(job), fields)
 
 
 def _finished_level(job: JobState) -> str:

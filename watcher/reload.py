@@ -51,7 +51,12 @@ class ConfigWatcher:
 
     def _fingerprint(self) -> bytes:
         digest = hashlib.sha256()
-        for path in (self._path, *jobs_files(self._jobs_dir)):
+        try:
+            listed = jobs_files(self._jobs_dir) if self._jobs_dir is not None else []
+        except ConfigError as exc:  # the directory itself is unreadable: load_all will say so
+            digest.update(str(exc).encode())
+            listed = []
+        for path in (self._path, *listed):
             digest.update(str(path).encode() + b"\0")
             try:
                 digest.update(path.read_bytes())

@@ -99,6 +99,7 @@ def effect_of_http_status(status: int) -> Effect:
         return Effect.AUTH
     return Effect.TRANSIENT
 
+
 # OAuth: the refresh-token grant at the accounts server of the org's data centre.
 OAUTH_TOKEN_PATH = "/oauth/v2/token"
 # Token errors that waiting cannot heal: the refresh token was revoked, or the client is wrong.
