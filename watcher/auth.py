@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from watcher.backoff import backoff_delay
 from watcher.classify import failure_kind
 from watcher.config import AuthSettings, Secret
 from watcher.job import Event
+from watcher.state import StoredToken
 from watcher.zoho_api import OAUTH_PERMANENT_ERRORS, OAUTH_TOKEN_PATH
 
 # Refresh this long before expiry, but never more than a tenth of a token's life ahead.
@@ -132,6 +134,8 @@ class RefreshingToken:
         emit: Callable[[Event], None],
         on_token: Callable[[str], None],
         rng: random.Random,
+        stored: StoredToken | None = None,
+        persist: Callable[[StoredToken], Awaitable[None]] | None = None,
     ) -> None:
         assert auth.refresh_token is not None
         assert auth.client_id is not None
@@ -153,7 +157,21 @@ class RefreshingToken:
         self._token: str | None = None
         self._refresh_at = 0.0
         self._refreshing: asyncio.Future[None] | None = None
+        self._persist = persist
         self.api_domain: str | None = None
+        if stored is not None:
+            self._reuse(stored)
+
+    def _reuse(self, stored: StoredToken) -> None:
+        """Start with the token a previous run kept, if it still has a useful life: a crash loop
+        must not spend Zoho's ten tokens per ten minutes."""
+        left = stored.expires_at - time.time()
+        if left <= REFRESH_AHEAD_S:
+            return
+        self._on_token(stored.access_token)
+        self._token = stored.access_token
+        self._refresh_at = self._clock() + left - REFRESH_AHEAD_S
+        self.api_domain = stored.api_domain
 
     async def token(self) -> str:
         if self._token is None:
@@ -186,7 +204,7 @@ class RefreshingToken:
         while True:
             answer = await self._ask()
             if isinstance(answer, Grant):
-                self._accept(answer, reason)
+                await self._accept(answer, reason)
                 return
             if answer.permanent:
                 raise AuthFailed(answer.code)
@@ -208,11 +226,14 @@ class RefreshingToken:
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Refusal(failure_kind(exc), False)
 
-    def _accept(self, grant: Grant, reason: str) -> None:
+    async def _accept(self, grant: Grant, reason: str) -> None:
         self._on_token(grant.access_token)
+        self.api_domain = grant.api_domain or self.api_domain
+        if self._persist is not None:
+            expires_at = time.time() + grant.expires_in
+            await self._persist(StoredToken(grant.access_token, expires_at, self.api_domain))
         self._token = grant.access_token
         ahead = min(REFRESH_AHEAD_S, grant.expires_in / 10)
         self._refresh_at = self._clock() + grant.expires_in - ahead
-        self.api_domain = grant.api_domain or self.api_domain
         fields = {"expires_in_s": round(grant.expires_in, 3), "reason": reason}
         self._emit(Event("auth.token_refreshed", "info", fields))

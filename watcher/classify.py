@@ -44,6 +44,7 @@ class Answer:
     observation: Observation | None = None
     code: str | None = None
     retry_after: float | None = None
+    elapsed: float | None = None  # seconds on the wire, when a request went out
 
 
 def classify(

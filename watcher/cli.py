@@ -1,4 +1,4 @@
-"""Command line: `run`, `check-config`, `demo`. Bad input ends in one line and exit code 2."""
+"""Command line: `run`, `check-config`, `status`, `demo`. Bad input: one line each, exit 2."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from watcher.config import Config, ConfigError, load_config
+from watcher.config import Config, ConfigError, load_all
 from watcher.events import FORMATS, LEVELS, EventLog
-from watcher.service import EXIT_CONFIG, EXIT_OK, Watcher, serve
+from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
+from watcher.status import show_status
 
 PROG = "zoho-job-watcher"
 
@@ -24,17 +25,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_demo(_event_log(args)))
     try:
-        config = load_config(args.config)
+        config = load_all(args.config)
     except ConfigError as exc:
         return _config_failed(exc)
-    log = _event_log(args, config.zoho.auth.secrets())
-    watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
-    return asyncio.run(serve(watcher))
+    try:
+        if args.command == "status":
+            return asyncio.run(show_status(config, as_json=args.json))
+        log = _event_log(args, config.zoho.auth.secrets())
+        watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
+        return asyncio.run(serve(watcher))
+    except StartupError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _check_config(path: Path) -> int:
     try:
-        config: Config = load_config(path)
+        config: Config = load_all(path)
     except ConfigError as exc:
         return _config_failed(exc)
     print(f"{path}: OK, {len(config.jobs)} job(s)")
@@ -67,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_log_options(run)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, required=True, help="YAML config file")
+    status = commands.add_parser("status", help="show the tracked jobs from the state file")
+    status.add_argument("--config", type=Path, required=True, help="YAML config file")
+    status.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     demo = commands.add_parser("demo", help="watch a few jobs on a built-in Zoho simulator")
     _add_log_options(demo)
     return parser

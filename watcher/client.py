@@ -7,6 +7,7 @@ network's sake — so the job logic has a single input to reason about.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -58,6 +59,7 @@ class ZohoClient:
     async def _request(self, spec: JobSpec, token: str) -> Answer:
         headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
         async with self._gate:
+            sent = time.monotonic()
             try:
                 async with self._session.get(
                     self.url(spec), headers=headers, allow_redirects=False
@@ -65,5 +67,8 @@ class ZohoClient:
                     body = await response.read()
                     status, response_headers = response.status, response.headers
             except (TimeoutError, aiohttp.ClientError) as exc:
-                return Answer(Effect.TRANSIENT, None, code=failure_kind(exc))
-        return classify(self._kind, status, response_headers, body, self._wall_clock())
+                elapsed = time.monotonic() - sent
+                return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed)
+            elapsed = time.monotonic() - sent
+        answer = classify(self._kind, status, response_headers, body, self._wall_clock())
+        return replace(answer, elapsed=elapsed)

@@ -9,7 +9,7 @@ first scrape instead of appearing only once something happens (which breaks `rat
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -31,7 +31,10 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     """What the watcher has done so far, as counters and gauges; `render` is the scrape body."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """`job_counts`, when given, is asked at each scrape: counting there costs nothing
+        between scrapes, however many jobs there are."""
+        self._job_counts = job_counts
         self.registry = CollectorRegistry()
         self._jobs = Gauge(
             "zoho_watcher_jobs",
@@ -111,4 +114,6 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format; `generate_latest` writes version 0.0.4 of it, so say so."""
+        if self._job_counts is not None:
+            self.set_job_counts(self._job_counts())
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4

@@ -27,13 +27,18 @@ class RequestGate:
         rate_limit: int,
         rate_period: float,
         max_concurrency: int,
-        clock: Callable[[], float] | None = None,
+        on_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._throttler = Throttler(rate_limit=rate_limit, period=rate_period)
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._clock = clock or asyncio.get_running_loop().time
+        self._clock = asyncio.get_running_loop().time
         self._resume_at = 0.0
-        self.waited_s = 0.0  # total time spent waiting here, for metrics
+        self._on_wait = on_wait
+
+    def set_rate(self, rate_limit: int, rate_period: float) -> None:
+        """Apply a reloaded rate from the next request on; the recent history still counts."""
+        self._throttler.rate_limit = rate_limit
+        self._throttler.period = rate_period
 
     def pause(self, seconds: float) -> None:
         """Hold every request not yet sent for `seconds` (Zoho said the whole org is too busy)."""
@@ -50,7 +55,7 @@ class RequestGate:
         except BaseException:
             self._slots.release()
             raise
-        self.waited_s += self._clock() - started
+        self._on_wait(self._clock() - started)
 
     async def __aexit__(
         self,

@@ -72,6 +72,7 @@ class Scheduler(Generic[K]):
         self._clock = clock
         self._queue: DueQueue[K] = DueQueue()
         self._wake = asyncio.Event()
+        self.busy = 0  # workers inside `poll` right now
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -87,6 +88,10 @@ class Scheduler(Generic[K]):
     def cancel(self, key: K) -> None:
         self._queue.cancel(key)
 
+    def next_due(self) -> float | None:
+        """When the earliest scheduled key falls due (on the scheduler's clock), if any."""
+        return self._queue.next_due()
+
     async def run(self) -> None:
         """Serve due keys until cancelled."""
         async with asyncio.TaskGroup() as group:
@@ -96,7 +101,11 @@ class Scheduler(Generic[K]):
     async def _work(self) -> None:
         while True:
             key = await self._next_due()
-            await self._poll(key)
+            self.busy += 1
+            try:
+                await self._poll(key)
+            finally:
+                self.busy -= 1
 
     async def _next_due(self) -> K:
         while True:

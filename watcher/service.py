@@ -1,7 +1,8 @@
-"""The watcher's lifecycle: start, poll every job until it ends, stop cleanly.
+"""The watcher's lifecycle: start, poll every job until it ends, follow config edits, stop cleanly.
 
-Data flows one way: config → scheduler → client → job state → events. This module only wires
-those together and decides when the whole run is over.
+Data flows one way: config → scheduler → client → job state → events. This module wires those
+together, decides when the run is over, and owns the order of shutdown: stop polling, flush the
+state, then say `watcher.stopped`.
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections import Counter
+import time
+from dataclasses import dataclass
 
 import aiohttp
 
 from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.classify import Answer
 from watcher.client import ZohoClient
-from watcher.config import Config, JobSpec
+from watcher.config import Config, ConfigError, JobSpec
 from watcher.events import EventLog
-from watcher.job import JobState, apply_answer
+from watcher.http import Health, HttpServer
+from watcher.job import Event, apply_answer
+from watcher.metrics import Metrics
 from watcher.ratelimit import RequestGate
+from watcher.reload import ConfigWatcher
 from watcher.scheduler import Scheduler
+from watcher.state import StateError, StateStore, record_view
+from watcher.tracking import Tracker
 from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, Effect, JobKind
 
 EXIT_OK = 0
@@ -29,10 +36,27 @@ EXIT_JOB_NOT_COMPLETED = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 
+PRUNE_EVERY_S = 3600.0
+# A due job this overdue with no worker busy means the scheduler itself has stopped serving.
+STUCK_AFTER_S = 60.0
+
+
+class StartupError(Exception):
+    """Something the watcher needs at start is unusable (state file, HTTP port): one line."""
+
+
+@dataclass
+class _Runtime:
+    """What exists once a token is in hand: the gate, the client and the scheduler."""
+
+    gate: RequestGate
+    client: ZohoClient
+    scheduler: Scheduler[JobSpec]
+
 
 class Watcher:
-    """Follows the configured jobs. `run` returns the process exit code; `stop` may be called from
-    a signal handler at any time."""
+    """Follows the configured jobs. `run` returns the process exit code; `stop` and `reload` may
+    be called from signal handlers at any time."""
 
     def __init__(
         self,
@@ -48,21 +72,64 @@ class Watcher:
         self._exit_when_done = exit_when_done
         self._kind = kind
         self._rng = rng or random.Random()
-        self._jobs: dict[JobSpec, JobState] = {}
-        self._outcomes: Counter[str] = Counter()
+        self._metrics = Metrics(self._job_counts)
         self._finished = asyncio.Event()
+        self._reload_requested = asyncio.Event()
         self._exit_code = EXIT_OK
         self._reason = "signal"
-        # Built by _watch once a token is in hand; only _watch's own tasks use them.
-        self._gate: RequestGate
-        self._client: ZohoClient
-        self._scheduler: Scheduler[JobSpec]
+        self._tracker: Tracker
+        self._runtime: _Runtime | None = None
 
     def stop(self) -> None:
-        """Stop taking new work; `run` cancels what is in flight and returns 0."""
+        """Stop taking new work; `run` cancels what is in flight, flushes state, returns 0."""
         self._end("signal", EXIT_OK)
 
+    def reload(self) -> None:
+        """Re-read the config files now (SIGHUP), and report a bad edit at once."""
+        self._reload_requested.set()
+
     async def run(self) -> int:
+        """Raises StartupError before anything is watched if the state file or port is unusable."""
+        store = await self._open_store()
+        loop = asyncio.get_running_loop()
+        self._tracker = Tracker(self._log, store, time.time, loop.time)
+        try:
+            server = await self._start_http()
+            try:
+                await self._serve()
+            finally:
+                if server is not None:
+                    await server.stop()
+        finally:
+            if store is not None:
+                with contextlib.suppress(StateError):
+                    await store.close()
+        self._stopped()
+        return self._exit_code
+
+    async def _open_store(self) -> StateStore | None:
+        if self._config.state_path is None:
+            return None
+        try:
+            return await StateStore.open(self._config.state_path)
+        except StateError as exc:
+            raise StartupError(str(exc)) from None
+
+    async def _start_http(self) -> HttpServer | None:
+        settings = self._config.http
+        if settings.port is None:
+            return None
+        server = HttpServer(
+            settings.host, settings.port, self._metrics, self._health, self._jobs_view
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            where = f"{settings.host}:{settings.port}"
+            raise StartupError(f"http: cannot listen on {where}: {exc.strerror}") from None
+        return server
+
+    async def _serve(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self._config.polling.request_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self._started()
@@ -73,8 +140,6 @@ class Watcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._stopped()
-        return self._exit_code
 
     async def _watch(self, session: aiohttp.ClientSession) -> None:
         """Get a token before the first poll, then serve the jobs until the run ends."""
@@ -84,60 +149,163 @@ class Watcher:
         except AuthFailed as exc:
             self._auth_failed(exc.code)
             return
+        except StateError as exc:
+            self._state_failed(exc)
+            return
+        self._runtime = self._build(session, tokens)
+        try:
+            await self._track(self._config.jobs)
+            self._tracker.forget_missing(set(self._config.jobs))
+        except StateError as exc:
+            self._state_failed(exc)
+            return
+        self._check_done()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._runtime.scheduler.run())
+            group.create_task(self._follow_config())
+            group.create_task(self._prune())
+
+    def _build(self, session: aiohttp.ClientSession, tokens: TokenSource) -> _Runtime:
         zoho, polling = self._config.zoho, self._config.polling
         api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
-        self._gate = RequestGate(polling.rate_limit, polling.rate_period, polling.max_concurrency)
-        self._client = ZohoClient(
-            session, self._gate, tokens, api_domain, zoho.api_version, self._kind
+        gate = RequestGate(
+            polling.rate_limit,
+            polling.rate_period,
+            polling.max_concurrency,
+            self._metrics.rate_limit_waited,
         )
+        client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
         loop = asyncio.get_running_loop()
-        self._scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
-        for spec in self._config.jobs:
-            self._add(spec, loop.time())
-        self._check_done()
-        await self._scheduler.run()
+        scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
+        return _Runtime(gate, client, scheduler)
 
     def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
         auth = self._config.zoho.auth
         if auth.access_token is not None:
             return FixedToken(auth.access_token)
+        store = self._tracker.store
         return RefreshingToken(
             session,
             auth,
-            self._log.emit,
+            self._auth_event,
             lambda token: self._log.add_secrets([token]),
             self._rng,
+            stored=store.token if store is not None else None,
+            persist=store.save_token if store is not None else None,
         )
 
-    def _add(self, spec: JobSpec, now: float) -> None:
-        self._jobs[spec] = JobState(spec, added_at=now)
-        self._log.log("info", "job.added", module=spec.module, job_id=spec.job_id)
-        self._scheduler.schedule(spec, 0.0)
+    def _auth_event(self, event: Event) -> None:
+        self._log.emit(event)
+        ok = event.name == "auth.token_refreshed"
+        self._metrics.token_refreshed("ok" if ok else "failed")
+
+    async def _track(self, specs: tuple[JobSpec, ...]) -> None:
+        assert self._runtime is not None
+        for spec in await self._tracker.track(specs):
+            self._runtime.scheduler.schedule(spec, 0.0)
 
     async def _poll(self, spec: JobSpec) -> None:
-        job = self._jobs.get(spec)
-        if job is None or job.outcome is not None:
+        job = self._tracker.jobs.get(spec)
+        if job is None or job.outcome is not None or self._runtime is None:
             return
+        runtime = self._runtime
         try:
-            answer = await self._client.poll(spec)
+            answer = await runtime.client.poll(spec)
         except AuthFailed as exc:
             self._auth_failed(exc.code)
             return
+        except StateError as exc:  # the refreshed token could not be kept
+            self._state_failed(exc)
+            return
         except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
             answer = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
+        self._metrics.poll_done(answer.effect.value, answer.elapsed)
+        job.last_seen = time.time()
         now = asyncio.get_running_loop().time()
         decision = apply_answer(job, answer, self._kind, self._config.polling, now, self._rng)
-        for event in decision.events:
-            self._log.emit(event)
         if decision.pause_all_for is not None:
-            self._gate.pause(decision.pause_all_for)
+            runtime.gate.pause(decision.pause_all_for)
+        try:
+            await self._tracker.record(job, decision.events)
+        except StateError as exc:
+            self._state_failed(exc)
+            return
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif decision.next_poll_in is not None:
-            self._scheduler.schedule(spec, decision.next_poll_in)
+            runtime.scheduler.schedule(spec, decision.next_poll_in)
         else:
-            self._outcomes[str(job.outcome)] += 1
             self._check_done()
+
+    async def _follow_config(self) -> None:
+        """Re-read the config every `reload_interval` (content, not mtime) and on SIGHUP."""
+        source = self._config.source
+        if source is None:
+            return
+        follower = ConfigWatcher(source, self._config)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.reload_interval):
+                    await self._reload_requested.wait()
+            asked = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            try:
+                config = await asyncio.to_thread(follower.check, report_now=asked)
+            except ConfigError as exc:
+                self._metrics.config_reloaded("invalid")
+                self._log.log("error", "config.invalid", problems=list(exc.problems))
+                continue
+            if config is not None:
+                await self._apply(config)
+
+    async def _apply(self, config: Config) -> None:
+        """Take a reloaded config: new jobs start, dropped ones stop, the rest keep their place."""
+        assert self._runtime is not None
+        wanted = set(config.jobs)
+        removed = [spec for spec in self._tracker.jobs if spec not in wanted]
+        added = [spec for spec in config.jobs if spec not in self._tracker.jobs]
+        for spec in removed:
+            self._runtime.scheduler.cancel(spec)
+        self._tracker.untrack(removed)
+        restart = _needs_restart(self._config, config)
+        self._config = config
+        polling = config.polling
+        self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
+        try:
+            await self._track(tuple(added))
+        except StateError as exc:
+            self._state_failed(exc)
+            return
+        self._metrics.config_reloaded("ok")
+        self._log.log(
+            "info",
+            "config.reloaded",
+            added=len(added),
+            removed=len(removed),
+            restart_required=restart,
+        )
+        self._check_done()
+
+    async def _prune(self) -> None:
+        """Forget finished jobs that left the config more than `retention` ago."""
+        store = self._tracker.store
+        if store is None:
+            return
+        while True:
+            try:
+                pruned = await store.prune(time.time() - self._config.retention)
+            except StateError as exc:
+                self._state_failed(exc)
+                return
+            if pruned:
+                self._log.log("info", "state.pruned", jobs=pruned)
+            await asyncio.sleep(PRUNE_EVERY_S)
+
+    def _check_done(self) -> None:
+        if self._exit_when_done and self._tracker.unfinished == 0:
+            outcomes = self._tracker.outcomes
+            failed = outcomes.total() != outcomes["completed"]
+            self._end("all_jobs_ended", EXIT_JOB_NOT_COMPLETED if failed else EXIT_OK)
 
     def _auth_failed(self, code: str) -> None:
         """Credentials Zoho will never accept: say so once and end the run with exit code 3."""
@@ -145,15 +313,36 @@ class Watcher:
             self._log.log("error", "auth.failed", error=code)
         self._end("auth_failed", EXIT_AUTH)
 
-    def _check_done(self) -> None:
-        if self._exit_when_done and self._outcomes.total() == len(self._jobs):
-            failed = self._outcomes.total() != self._outcomes["completed"]
-            self._end("all_jobs_ended", EXIT_JOB_NOT_COMPLETED if failed else EXIT_OK)
+    def _state_failed(self, exc: StateError) -> None:
+        """The state file stopped taking writes: stop rather than run on without memory."""
+        if not self._finished.is_set():
+            self._log.log("error", "state.failed", error=str(exc))
+        self._end("state_failed", EXIT_CONFIG)
 
     def _end(self, reason: str, exit_code: int) -> None:
         if not self._finished.is_set():
             self._reason, self._exit_code = reason, exit_code
             self._finished.set()
+
+    def _health(self) -> Health:
+        if self._reason == "auth_failed":
+            return Health(False, "auth_failed")
+        runtime = self._runtime
+        if runtime is not None and runtime.scheduler.busy == 0:
+            due = runtime.scheduler.next_due()
+            if due is not None and asyncio.get_running_loop().time() - due > STUCK_AFTER_S:
+                return Health(False, "scheduler_stuck")
+        return Health(True, "ok")
+
+    def _job_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self._tracker.jobs.values():
+            key = job.outcome if job.outcome in ("not_found", "rejected") else job.status
+            counts[key or "unknown"] = counts.get(key or "unknown", 0) + 1
+        return counts
+
+    def _jobs_view(self) -> list[dict[str, object]]:
+        return [record_view(self._tracker.as_record(job)) for job in self._tracker.jobs.values()]
 
     def _started(self) -> None:
         zoho, polling = self._config.zoho, self._config.polling
@@ -171,20 +360,35 @@ class Watcher:
         )
 
     def _stopped(self) -> None:
-        unfinished = len(self._jobs) - self._outcomes.total()
         self._log.log(
             "info",
             "watcher.stopped",
             reason=self._reason,
             exit_code=self._exit_code,
-            outcomes=dict(self._outcomes),
-            unfinished=unfinished,
+            outcomes={k: v for k, v in self._tracker.outcomes.items() if v},
+            unfinished=self._tracker.unfinished,
         )
 
 
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """Settings a reload cannot apply to a running watcher: the user must restart for them."""
+    keys = []
+    if old.zoho != new.zoho:
+        keys.append("zoho")
+    if old.polling.max_concurrency != new.polling.max_concurrency:
+        keys.append("polling.max_concurrency")
+    if old.polling.request_timeout != new.polling.request_timeout:
+        keys.append("polling.request_timeout")
+    for key in ("state_path", "http"):
+        if getattr(old, key) != getattr(new, key):
+            keys.append(key)
+    return keys
+
+
 async def serve(watcher: Watcher) -> int:
-    """Run until done or signalled: SIGTERM and SIGINT both mean a graceful stop."""
+    """Run until done or signalled: SIGTERM and SIGINT stop gracefully, SIGHUP reloads."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watcher.stop)
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload)
     return await watcher.run()

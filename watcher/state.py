@@ -20,7 +20,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,13 @@ class StoredToken:
     access_token: str = field(repr=False)
     expires_at: float  # epoch seconds
     api_domain: str | None
+
+
+def record_view(record: JobRecord) -> dict[str, object]:
+    """A job as `status --json` and `/jobs` show it: plain JSON types, no secret anywhere."""
+    view = asdict(record)
+    view["counts"] = dict(record.counts)
+    return view
 
 
 _JOB_COLUMNS = tuple(column.name for column in fields(JobRecord))

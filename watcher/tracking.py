@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from watcher.config import JobSpec
 from watcher.events import EventLog
@@ -33,7 +34,7 @@ class Tracker:
         monotonic: Callable[[], float],
     ) -> None:
         self._log = log
-        self._store = store
+        self.store = store
         self._wall = wall
         self._monotonic = monotonic
         self.jobs: dict[JobSpec, JobState] = {}
@@ -72,19 +73,20 @@ class Tracker:
             self._save(job, removed_at=self._wall())
 
     def forget_missing(self, configured: set[JobSpec]) -> None:
-        """Jobs the store still tracks but the config no longer names: removed while we were down."""
-        if self._store is None:
+        """Jobs the store still tracks but the config no longer names (removed while we were
+        down) are marked removed, so that retention can prune them."""
+        if self.store is None:
             return
-        for (module, job_id), record in list(self._store.jobs.items()):
+        for (module, job_id), record in list(self.store.jobs.items()):
             spec = JobSpec(module, job_id)
             if record.removed_at is None and spec not in configured:
                 self._log.log("info", "job.removed", module=module, job_id=job_id)
-                self._store.save(_replace_removed(record, self._wall()))
+                self.store.save(_replace_removed(record, self._wall()))
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
         """Persist what `events` record, then emit them, then note that they went out."""
-        if self._store is not None and any(e.name in DURABLE_EVENTS for e in events):
-            await self._store.save_durably(self._as_record(job))
+        if self.store is not None and any(e.name in DURABLE_EVENTS for e in events):
+            await self.store.save_durably(self.as_record(job))
         for event in events:
             self._log.emit(event)
         job.emitted_status = job.status
@@ -94,7 +96,7 @@ class Tracker:
         self._save(job)
 
     def _stored(self, spec: JobSpec) -> JobRecord | None:
-        return None if self._store is None else self._store.jobs.get((spec.module, spec.job_id))
+        return None if self.store is None else self.store.jobs.get((spec.module, spec.job_id))
 
     def _new(self, spec: JobSpec) -> JobState:
         return JobState(spec, added_at=self._monotonic(), first_seen=self._wall())
@@ -127,10 +129,10 @@ class Tracker:
         return owed
 
     def _save(self, job: JobState, removed_at: float | None = None) -> None:
-        if self._store is not None:
-            self._store.save(self._as_record(job, removed_at))
+        if self.store is not None:
+            self.store.save(self.as_record(job, removed_at))
 
-    def _as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
+    def as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
         return JobRecord(
             module=job.spec.module,
             job_id=job.spec.job_id,
@@ -147,6 +149,4 @@ class Tracker:
 
 
 def _replace_removed(record: JobRecord, when: float) -> JobRecord:
-    from dataclasses import replace
-
     return replace(record, removed_at=when)

@@ -1,0 +1,56 @@
+"""`zoho-job-watcher status`: what the state file remembers, for people or for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+from watcher.config import Config
+from watcher.service import StartupError
+from watcher.state import JobRecord, StateError, StateStore, record_view
+
+COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN")
+
+
+async def show_status(config: Config, *, as_json: bool) -> int:
+    """Print every job the state file knows, oldest first. Needs `state_path` in the config."""
+    if config.state_path is None:
+        raise StartupError("status: the config sets no state_path, so nothing is remembered")
+    try:
+        store = await StateStore.open(config.state_path)
+    except StateError as exc:
+        raise StartupError(str(exc)) from None
+    records = sorted(store.jobs.values(), key=lambda record: record.first_seen)
+    await store.close()
+    if as_json:
+        print(json.dumps([record_view(record) for record in records]))
+    else:
+        _print_table([_row(record) for record in records])
+    return 0
+
+
+def _row(record: JobRecord) -> tuple[str, ...]:
+    done = sum(record.counts.get(key) or 0 for key in ("updated_count", "failed_count"))
+    last_seen = (
+        datetime.fromtimestamp(record.last_seen, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        if record.last_seen is not None
+        else "-"
+    )
+    return (
+        record.module,
+        record.job_id,
+        record.status or "-",
+        record.outcome or ("removed" if record.removed_at is not None else "-"),
+        str(done),
+        str(record.counts.get("total_count") or "-"),
+        str(record.polls),
+        last_seen,
+    )
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
+    for row in (COLUMNS, *rows):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        sys.stdout.write(line.rstrip() + "\n")
