@@ -7,8 +7,8 @@ network's sake — so the job logic has a single input to reason about.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from urllib.parse import quote
 
 import aiohttp

@@ -96,7 +96,7 @@ class Watcher:
         try:
             server = await self._start_http()
             try:
-                await self._serve()
+                await self._serve(server)
             finally:
                 if server is not None:
                     await server.stop()
@@ -129,10 +129,10 @@ class Watcher:
             raise StartupError(f"http: cannot listen on {where}: {exc.strerror}") from None
         return server
 
-    async def _serve(self) -> None:
+    async def _serve(self, server: HttpServer | None) -> None:
         timeout = aiohttp.ClientTimeout(total=self._config.polling.request_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            self._started()
+            self._started(server)
             watching = asyncio.create_task(self._watch(session))
             ending = asyncio.create_task(self._finished.wait())
             await asyncio.wait({watching, ending}, return_when=asyncio.FIRST_COMPLETED)
@@ -344,8 +344,9 @@ class Watcher:
     def _jobs_view(self) -> list[dict[str, object]]:
         return [record_view(self._tracker.as_record(job)) for job in self._tracker.jobs.values()]
 
-    def _started(self) -> None:
+    def _started(self, server: HttpServer | None) -> None:
         zoho, polling = self._config.zoho, self._config.polling
+        listening = f"{self._config.http.host}:{server.port}" if server is not None else None
         self._log.log(
             "info",
             "watcher.started",
@@ -357,6 +358,8 @@ class Watcher:
             rate_period_s=polling.rate_period,
             max_concurrency=polling.max_concurrency,
             exit_when_done=self._exit_when_done,
+            http=listening,
+            state_path=str(self._config.state_path) if self._config.state_path else None,
         )
 
     def _stopped(self) -> None:
