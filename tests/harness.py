@@ -51,11 +51,13 @@ def write_config(
     jobs: Sequence[tuple[str, str]],
     auth: Mapping[str, str] | None = None,
     api_domain: str | None = "",
+    top: Mapping[str, object] | None = None,
     **polling: object,
 ) -> Path:
     """A config file for the simulator at `url`; polling defaults are fast but realistic.
 
-    `api_domain` defaults to `url`; None leaves it out (the token answer then names it).
+    `api_domain` defaults to `url`; None leaves it out (the token answer then names it). `top`
+    adds top-level settings (state_path, http, reload_interval, ...).
     """
     settings: dict[str, object] = {
         "interval": "100ms",
@@ -72,6 +74,7 @@ def write_config(
     if api_domain is not None:
         zoho["api_domain"] = api_domain or url
     document = {
+        **(top or {}),
         "zoho": zoho,
         "polling": settings,
         "jobs": [{"module": module, "job_id": job_id} for module, job_id in jobs],

@@ -1,0 +1,335 @@
+"""The long-lived service: jobs added and removed while it runs, restarts, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import Event, WatcherProcess, refresh_auth, run_cli, write_config
+from watcher.simulator import Simulator
+
+A = ("Leads", "1001")
+B = ("Deals", "2002")
+C = ("Contacts", "3003")
+
+
+class Daemon:
+    """One config file and state file, and the watcher processes run on them in turn."""
+
+    def __init__(self, tmp_path: Path, sim: Simulator, **top: Any) -> None:
+        self.tmp_path = tmp_path
+        self.sim = sim
+        self.config = tmp_path / "watcher.yaml"
+        self.top: dict[str, Any] = {
+            "reload_interval": "200ms",
+            "state_path": str(tmp_path / "state.db"),
+            **top,
+        }
+        self.runs: list[WatcherProcess] = []
+
+    def write(self, jobs: list[tuple[str, str]], **polling: object) -> None:
+        write_config(self.config, self.sim.url, jobs, top=self.top, **polling)
+
+    async def start(self, *args: str) -> WatcherProcess:
+        watcher = await WatcherProcess.start("run", "--config", str(self.config), *args)
+        self.runs.append(watcher)
+        return watcher
+
+    def events(self, name: str) -> list[Event]:
+        return [e for run in self.runs for e in run.named(name)]
+
+
+async def test_a_job_added_to_the_file_is_picked_up(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["RUNNING", "COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed", module=A[0])
+    daemon.write([A, B])
+    reloaded = await watcher.wait_event("config.reloaded")
+    assert (reloaded["added"], reloaded["removed"]) == (1, 0)
+    await watcher.wait_event("job.finished", job_id=B[1], outcome="completed")
+    assert len(watcher.named("job.added")) == 2
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_a_file_dropped_in_jobs_dir_is_picked_up(tmp_path: Path, sim: Simulator) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim, jobs_dir=str(jobs_dir))
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed", module=A[0])
+    (jobs_dir / ".partial.yaml").write_text("jobs: [{module: Deals")  # hidden: ignored
+    (jobs_dir / "mass-update-2002.yaml").write_text(
+        "jobs:\n  - module: Deals\n    job_id: '2002'\n"
+    )
+    await watcher.wait_event("job.finished", job_id=B[1])
+    assert watcher.named("config.invalid") == []
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_removal_stops_polls(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A, B])
+    watcher = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= 2)
+    daemon.write([B])
+    await watcher.wait_event("job.removed", job_id=A[1])
+    polls_of_a = len(sim.requests_for(*A))
+    polls_of_b = len(sim.requests_for(*B))
+    await sim.wait_for(lambda s: len(s.requests_for(*B)) >= polls_of_b + 5)
+    assert len(sim.requests_for(*A)) <= polls_of_a + 1  # at most one already on its way
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_a_broken_edit_is_refused_while_watching_goes_on(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["RUNNING"] * 200 + ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed")
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace("interval: 100ms", "interval: soon"))
+    invalid = await watcher.wait_event("config.invalid")
+    assert invalid["level"] == "error"
+    assert any("polling.interval" in problem for problem in invalid["problems"])
+    before = len(sim.requests_for(*A))
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= before + 3)  # still watching
+    assert len(watcher.named("config.invalid")) == 1  # said once, not every interval
+    daemon.write([A, B])
+    sim.add_job(*B, ["COMPLETED"])
+    await watcher.wait_event("job.finished", job_id=B[1])
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_sighup_reloads_at_once(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed")
+    daemon.write([A, B])
+    watcher.process.send_signal(signal.SIGHUP)
+    await watcher.wait_event("job.finished", job_id=B[1])
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_restart_resumes_without_repeating_events(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["FAILED:1,9,0,10"])
+    sim.add_job(*B, ["SCHEDULED", "SCHEDULED", "RUNNING"] + ["RUNNING"] * 20 + ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A, B])
+    first = await daemon.start()
+    await first.wait_event("job.finished", job_id=A[1])
+    await first.wait_event("job.status_changed", job_id=B[1], status="RUNNING")
+    first.process.terminate()
+    assert await first.finish() == 0
+    polls_of_a = len(sim.requests_for(*A))
+    second = await daemon.start("--exit-when-done")
+    assert await second.finish() == 1  # A failed in the first run: remembered
+    assert len(sim.requests_for(*A)) == polls_of_a  # finished: never polled again
+    assert second.named("job.added") == []
+    assert [e["job_id"] for e in daemon.events("job.finished")] == [A[1], B[1]]
+    changes = [(e["previous_status"], e["status"]) for e in daemon.events("job.status_changed")]
+    assert changes.count(("SCHEDULED", "RUNNING")) == 1
+    assert ("RUNNING", "COMPLETED") in changes
+
+
+async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    rng = random.Random(20261128)
+    jobs = [(module, str(4000 + n)) for n, module in enumerate(["Leads", "Deals"] * 3)]
+    for n, job in enumerate(jobs):
+        running = ["RUNNING"] * (10 + 6 * n)
+        sim.add_job(*job, ["SCHEDULED", "SCHEDULED", *running, "FAILED" if n == 3 else "COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write(jobs, interval="20ms")
+    loop = asyncio.get_running_loop()
+    ended: dict[WatcherProcess, float] = {}
+    for _ in range(20):
+        watcher = await daemon.start()
+        target = len(sim.requests) + rng.randint(1, 12)
+        await sim.wait_for(lambda s, n=target: len(s.requests) >= n)  # type: ignore[misc]
+        watcher.kill()
+        assert await watcher.finish() == -signal.SIGKILL
+        ended[watcher] = loop.time()
+    final = await daemon.start("--exit-when-done")
+    assert await final.finish() == 1
+    ended[final] = loop.time()
+    finished = [e["job_id"] for e in daemon.events("job.finished")]
+    assert sorted(finished) == sorted(job_id for _, job_id in jobs)  # each exactly once
+    for _, job_id in jobs:
+        chain = [
+            (e["previous_status"], e["status"])
+            for e in daemon.events("job.status_changed")
+            if e["job_id"] == job_id
+        ]
+        assert len(chain) == len(set(chain)), chain  # no transition repeated
+        assert chain[-1][1] in {"COMPLETED", "FAILED"}
+    for _, job_id in jobs:  # once a run announced the end, no later run asked again
+        (announced_in,) = [
+            run
+            for run in daemon.runs
+            if any(e["job_id"] == job_id for e in run.named("job.finished"))
+        ]
+        asked = [r.at for r in sim.requests if r.job_id == job_id]
+        assert max(asked) < ended[announced_in]
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["RUNNING:10,0,0,100", "RUNNING:20,0,0,100"])
+    sim.add_job(*B, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim, http={"host": "127.0.0.1", "port": 0})
+    daemon.write([A, B])
+    watcher = await daemon.start()
+    started = await watcher.wait_event("watcher.started")
+    base = f"http://{started['http']}"
+    await watcher.wait_event("job.finished", job_id=B[1])
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= 3)
+    assert await http_get(f"{base}/healthz") == (200, '{"status": "ok"}')
+    status, text = await http_get(f"{base}/metrics")
+    assert status == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("zoho_watcher_jobs", (("status", "RUNNING"),))] == 1
+    assert samples[("zoho_watcher_jobs", (("status", "COMPLETED"),))] == 1
+    assert samples[("zoho_watcher_polls_total", (("result", "observed"),))] >= 4
+    assert samples[("zoho_watcher_request_duration_seconds_count", ())] >= 4
+    assert ("zoho_watcher_rate_limit_wait_seconds_total", ()) in samples
+    status, text = await http_get(f"{base}/jobs")
+    jobs = {job["job_id"]: job for job in json.loads(text)}
+    assert jobs[B[1]]["outcome"] == "completed"
+    assert jobs[A[1]]["status"] == "RUNNING"
+    assert "sim-token" not in text
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["COMPLETED:7,3,0,10"])
+    sim.add_job(*B, ["RUNNING:4,0,0,8"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A, B])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.finished")
+    await sim.wait_for(lambda s: len(s.requests_for(*B)) >= 2)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    code, stdout, _ = await run_cli("status", "--config", str(daemon.config), "--json")
+    assert code == 0
+    jobs = {job["job_id"]: job for job in json.loads(stdout)}
+    assert (jobs[A[1]]["outcome"], jobs[A[1]]["counts"]["failed_count"]) == ("completed", 3)
+    assert (jobs[B[1]]["status"], jobs[B[1]]["outcome"]) == ("RUNNING", None)
+    code, table, _ = await run_cli("status", "--config", str(daemon.config))
+    assert code == 0
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["MODULE", "JOB_ID", "STATUS", "OUTCOME"]
+    assert any(line.split()[:4] == ["Leads", A[1], "COMPLETED", "completed"] for line in lines)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "directory"])
+async def test_an_unusable_state_file_is_one_line_and_exit_2(
+    tmp_path: Path, sim: Simulator, damage: str
+) -> None:
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    state = tmp_path / "state.db"
+    if damage == "garbage":
+        state.write_bytes(os.urandom(4096))
+    else:
+        state.mkdir()
+    code, stdout, stderr = await run_cli("run", "--config", str(daemon.config))
+    assert code == 2
+    assert stdout == ""
+    assert len(stderr.strip().splitlines()) == 1
+    assert str(state) in stderr
+    assert "Traceback" not in stderr
+    if damage == "garbage":
+        assert "move the file aside" in stderr
+
+
+async def test_a_kept_token_spares_a_refresh_after_restart(tmp_path: Path, sim: Simulator) -> None:
+    sim.add_job(*A, ["RUNNING"] * 4 + ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
+    first = await daemon.start()
+    await first.wait_event("job.status_changed")
+    first.kill()
+    await first.finish()
+    second = await daemon.start("--exit-when-done")
+    assert await second.finish() == 0
+    assert len(sim.token_requests) == 1
+    assert second.named("auth.token_refreshed") == []
+    assert all(r.token_ok for r in sim.requests)
+
+
+async def test_finished_jobs_that_left_the_config_are_pruned(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["COMPLETED"])
+    sim.add_job(*B, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, retention="1ms")
+    daemon.write([A, B])
+    first = await daemon.start()
+    await first.wait_event("job.finished")
+    daemon.write([B])
+    await first.wait_event("job.removed")
+    first.process.terminate()
+    await first.finish()
+    second = await daemon.start()
+    pruned = await second.wait_event("state.pruned")
+    assert pruned["jobs"] == 1
+    second.process.terminate()
+    assert await second.finish() == 0
+    code, stdout, _ = await run_cli("status", "--config", str(daemon.config), "--json")
+    assert [job["job_id"] for job in json.loads(stdout)] == [B[1]]
+
+
+async def test_sigterm_during_a_burst_flushes_state_and_exits_0(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    jobs = [("Leads", str(n)) for n in range(60)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING", "slow:0.2:RUNNING", "COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write(jobs, max_concurrency=10, rate_limit=500)
+    watcher = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests) >= 70)
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+    code, stdout, _ = await run_cli("status", "--config", str(daemon.config), "--json")
+    remembered = json.loads(stdout)
+    assert len(remembered) == 60
+    assert all(job["status"] == "RUNNING" or job["outcome"] for job in remembered)
