@@ -120,13 +120,17 @@ class Tracker:
         return job
 
     def _owed(self, job: JobState) -> list[Event]:
-        """Events whose state was committed but which may not have gone out before a crash."""
+        """Events whose state was committed but which may not have gone out before a crash.
+
+        They carry `replayed: true`, so a reader can tell the one duplicate the at-least-once
+        guarantee allows from a real repetition.
+        """
         owed = []
         if job.status != job.emitted_status and job.status is not None:
             owed.append(status_changed(job, job.emitted_status))
         if job.outcome is not None and job.finished_at is None:
             owed.append(finished_event(job, self._monotonic()))
-        return owed
+        return [Event(e.name, e.level, {**e.fields, "replayed": True}) for e in owed]
 
     def _save(self, job: JobState, removed_at: float | None = None) -> None:
         if self.store is not None:
