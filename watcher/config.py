@@ -124,6 +124,9 @@ class PollingSettings:
     backoff_max: float = 300.0
     request_timeout: float = 30.0
     not_found_attempts: int = 3
+    schedule: str = "adaptive"
+    credits_per_day: int | None = None
+    credits_floor: int = 1000
 
 
 @dataclass(frozen=True, order=True)
