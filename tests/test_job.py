@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from watcher.classify import Answer, Observation
 from watcher.config import JobSpec, PollingSettings
 from watcher.job import Decision, JobState, apply_answer
+from watcher.schedule import SAMPLES_KEPT
 from watcher.zoho_api import MASS_UPDATE, Effect
 
 SETTINGS = PollingSettings(
@@ -36,18 +38,18 @@ def names(decision: Decision) -> list[str]:
 
 def test_first_observation_is_a_transition_from_nothing() -> None:
     decision = apply(new_job(), seen("RUNNING"))
-    assert names(decision) == ["job.status_changed"]
+    assert names(decision)[0] == "job.status_changed"
     assert decision.events[0].fields["previous_status"] is None
     assert decision.events[0].fields["updated_count"] == 5
     assert decision.next_poll_in == SETTINGS.interval
 
 
-def test_a_repeated_status_emits_nothing() -> None:
+def test_a_repeated_status_within_the_same_tenth_emits_nothing() -> None:
     job = new_job()
     apply(job, seen("RUNNING"))
-    decision = apply(job, seen("RUNNING", updated_count=8))
+    decision = apply(job, seen("RUNNING", not_updated_count=3))
     assert decision.events == ()
-    assert job.counts["updated_count"] == 8
+    assert job.counts["not_updated_count"] == 3
 
 
 def test_completed_ends_the_job_with_counts_and_duration() -> None:
@@ -158,3 +160,89 @@ def test_exactly_one_event_per_real_transition(sequence: list[str]) -> None:
         if before != after
     ]
     assert emitted == expected
+
+
+def running(done: int, total: int = 1_000) -> Answer:
+    return seen("RUNNING", updated_count=done, total_count=total)
+
+
+def progress_events(decision: Decision) -> list[object]:
+    return [e.fields["progress"] for e in decision.events if e.name == "job.progress"]
+
+
+def test_status_changed_carries_progress_and_eta() -> None:
+    job = new_job()
+    first = apply(job, running(100), now=100.0).events[0]
+    assert (first.fields["progress"], first.fields["eta_s"]) == (0.1, None)
+    apply(job, running(200), now=110.0)
+    done = apply(job, seen("COMPLETED", updated_count=1_000, total_count=1_000), now=120.0)
+    assert done.events[0].fields["progress"] == 1.0
+    assert done.events[0].fields["eta_s"] is None  # no pace is measured across a status change
+
+
+def test_a_progress_event_for_each_tenth_crossed_and_one_for_a_jump() -> None:
+    job = new_job()
+    emitted = []
+    for now, done in enumerate([0, 50, 99, 100, 150, 199, 200, 450, 460, 1_000]):
+        emitted += progress_events(apply(job, running(done), now=100.0 + 10 * now))
+    assert emitted == [0.1, 0.2, 0.45, 1.0]
+
+
+def test_a_progress_event_has_counts_and_eta() -> None:
+    job = new_job()
+    apply(job, running(0), now=100.0)
+    (event,) = [e for e in apply(job, running(100), now=110.0).events if e.name == "job.progress"]
+    assert event.fields["eta_s"] == 90.0
+    assert event.fields["updated_count"] == 100
+    assert event.fields["job_id"] == "1"
+
+
+def test_progress_events_can_be_turned_off() -> None:
+    job = new_job()
+    for now, done in enumerate([0, 300, 600, 900]):
+        decision = apply_answer(
+            job,
+            running(done),
+            MASS_UPDATE,
+            SETTINGS,
+            now * 10.0,
+            random.Random(0),
+            progress_events=False,
+        )
+        assert progress_events(decision) == []
+
+
+def test_the_final_status_row_ends_the_job_without_a_progress_event() -> None:
+    job = new_job()
+    apply(job, running(500))
+    assert progress_events(apply(job, seen("COMPLETED", updated_count=10, total_count=10))) == []
+
+
+def test_the_job_keeps_a_bounded_history() -> None:
+    job = new_job()
+    for n in range(100):
+        apply(job, running(n), now=100.0 + n)
+    assert len(job.samples) == SAMPLES_KEPT
+    assert job.samples[-1].done == 99
+
+
+def test_a_waiting_job_is_polled_less_and_less_often_unless_the_schedule_is_fixed() -> None:
+    adaptive, fixed = new_job(), new_job()
+    gaps: dict[str, list[float]] = {"adaptive": [], "fixed": []}
+    for job, schedule in ((adaptive, "adaptive"), (fixed, "fixed")):
+        now = 100.0
+        for _ in range(8):
+            decision = apply_answer(
+                job,
+                seen("SCHEDULED"),
+                MASS_UPDATE,
+                replace(SETTINGS, schedule=schedule),
+                now,
+                random.Random(0),
+            )
+            assert decision.next_poll_in is not None
+            gaps[schedule].append(decision.next_poll_in)
+            now += decision.next_poll_in
+    assert gaps["fixed"] == [SETTINGS.interval] * 8
+    assert gaps["adaptive"][0] == SETTINGS.interval
+    assert gaps["adaptive"][-1] > 3 * SETTINGS.interval

@@ -190,7 +190,7 @@ async def test_retry_after_is_honoured_and_pauses_every_job(tmp_path: Path, sim:
     for other in others:
         sim.add_job(*other, ["RUNNING"] * 12 + ["COMPLETED"])
     code, watcher = await watch_to_end(
-        tmp_path, sim, [JOB, *others], interval="50ms", backoff_max="2s"
+        tmp_path, sim, [JOB, *others], interval="50ms", max_interval="200ms", backoff_max="2s"
     )
     assert code == 0
     limited = next(r for r in sim.requests if r.http_status == 429)
@@ -207,7 +207,13 @@ async def test_429_without_retry_after_backs_off_and_pauses(tmp_path: Path, sim:
     other = ("Deals", "7")
     sim.add_job(*other, ["RUNNING"] * 12 + ["COMPLETED"])
     code, watcher = await watch_to_end(
-        tmp_path, sim, [JOB, other], interval="50ms", backoff_initial="500ms", backoff_max="1s"
+        tmp_path,
+        sim,
+        [JOB, other],
+        interval="50ms",
+        max_interval="200ms",
+        backoff_initial="500ms",
+        backoff_max="1s",
     )
     assert code == 0
     limited = next(r for r in sim.requests if r.http_status == 429)

@@ -8,11 +8,13 @@ when to poll next (or never), whether every request must pause, whether the watc
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from watcher.backoff import backoff_delay
 from watcher.classify import Answer, Counts, Observation
 from watcher.config import JobSpec, PollingSettings
+from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_delay
 from watcher.zoho_api import Effect, JobKind
 
 
@@ -46,6 +48,8 @@ class JobState:
     last_seen: float | None = None
     emitted_status: str | None = None  # the status of the last job.status_changed that went out
     finished_at: float | None = None  # when job.finished went out
+    samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
+    tenths_reported: int = 0  # the highest tenth of the total a job.progress event announced
 
     def fields(self) -> dict[str, object]:
         return {"module": self.spec.module, "job_id": self.spec.job_id}
@@ -68,12 +72,14 @@ def apply_answer(
     settings: PollingSettings,
     now: float,
     rng: random.Random,
+    *,
+    progress_events: bool = True,
 ) -> Decision:
     """Update `job` with the answer to one poll and decide what happens next."""
     job.polls += 1
     if answer.effect is Effect.OBSERVED:
         assert answer.observation is not None
-        return _observed(job, answer.observation, kind, settings, now)
+        return _observed(job, answer.observation, kind, settings, now, progress_events)
     if answer.effect is Effect.NOT_FOUND:
         job.not_found += 1
         if job.not_found >= settings.not_found_attempts:
@@ -87,22 +93,65 @@ def apply_answer(
 
 
 def _observed(
-    job: JobState, observation: Observation, kind: JobKind, settings: PollingSettings, now: float
+    job: JobState,
+    observation: Observation,
+    kind: JobKind,
+    settings: PollingSettings,
+    now: float,
+    progress_events: bool,
 ) -> Decision:
     job.failures = 0
     job.not_found = 0
+    job.samples.append(_sample(observation, now))
+    seen = estimate(job.samples)
     previous, job.status, job.counts = job.status, observation.status, observation.counts
-    events = [status_changed(job, previous)] if job.status != previous else []
+    events = [status_changed(job, previous, seen)] if job.status != previous else []
     outcome = kind.terminal.get(observation.status)
-    if outcome is None:
-        return Decision(tuple(events), next_poll_in=settings.interval)
-    return _finish(job, outcome, now, events)
+    if outcome is not None:
+        return _finish(job, outcome, now, events)
+    if progress_events:
+        events.extend(_progress(job, seen))
+    delay = next_delay(job.samples, settings.interval, settings.max_interval, settings.schedule)
+    return Decision(tuple(events), next_poll_in=delay)
 
 
-def status_changed(job: JobState, previous: str | None) -> Event:
+def _sample(observation: Observation, now: float) -> Sample:
+    counts = observation.counts
+    updated, failed = counts.get("updated_count"), counts.get("failed_count")
+    done = None if updated is None or failed is None else updated + failed
+    return Sample(now, observation.status, done, counts.get("total_count"))
+
+
+def status_changed(job: JobState, previous: str | None, seen: Estimate) -> Event:
     """The transition event from `previous` to the job's current status and counts."""
-    fields = {**job.fields(), "previous_status": previous, "status": job.status, **job.counts}
+    fields = {
+        **job.fields(),
+        "previous_status": previous,
+        "status": job.status,
+        **job.counts,
+        **_estimate_fields(seen),
+    }
     return Event("job.status_changed", "info", fields)
+
+
+def _progress(job: JobState, seen: Estimate) -> list[Event]:
+    """One job.progress event when the job has crossed another tenth of its total since the last
+    one, announcing only the highest when a poll jumps several: a heartbeat, not a flood."""
+    last = job.samples[-1]
+    if last.done is None or not last.total:
+        return []
+    tenths = min(10, last.done * 10 // last.total)  # whole numbers: 3/10 must count as 3 tenths
+    if tenths <= job.tenths_reported:
+        return []
+    job.tenths_reported = tenths
+    fields = {**job.fields(), **_estimate_fields(seen), **job.counts}
+    return [Event("job.progress", "info", fields)]
+
+
+def _estimate_fields(seen: Estimate) -> dict[str, object]:
+    progress = None if seen.progress is None else round(seen.progress, 3)
+    eta_s = None if seen.eta_s is None else round(seen.eta_s, 1)
+    return {"progress": progress, "eta_s": eta_s}
 
 
 def _finish(

@@ -14,6 +14,7 @@ from dataclasses import replace
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import Event, JobState, finished_event, status_changed
+from watcher.schedule import estimate
 from watcher.state import JobRecord, StateStore
 
 # Events whose loss would matter: their state is committed before they go out.
@@ -127,7 +128,7 @@ class Tracker:
         """
         owed = []
         if job.status != job.emitted_status and job.status is not None:
-            owed.append(status_changed(job, job.emitted_status))
+            owed.append(status_changed(job, job.emitted_status, estimate(job.samples)))
         if job.outcome is not None and job.finished_at is None:
             owed.append(finished_event(job, self._monotonic()))
         return [Event(e.name, e.level, {**e.fields, "replayed": True}) for e in owed]

@@ -1,0 +1,93 @@
+"""The credit budget on a virtual clock: the rolling-24 h limit, even pacing, Zoho's floor."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget
+
+HOUR = 3_600.0
+
+
+@given(
+    st.integers(1, 50),
+    st.lists(st.floats(0.0, 3 * DAY_S / 50), min_size=1, max_size=300),
+)
+def test_requests_that_honour_wait_never_exceed_the_budget_in_any_24_hours(
+    per_day: int, gaps: list[float]
+) -> None:
+    budget = CreditBudget(per_day, floor=0)
+    sent: list[float] = []
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        now += budget.wait(now)
+        assert budget.wait(now) == 0.0
+        budget.spend(now)
+        sent.append(now)
+    for start in sent:
+        assert sum(1 for at in sent if start <= at < start + DAY_S) <= per_day
+
+
+def test_wait_is_the_time_until_the_oldest_credit_ages_out() -> None:
+    budget = CreditBudget(3, floor=0)
+    for at in (0.0, 10.0, 20.0):
+        budget.spend(at)
+    assert budget.wait(100.0) == DAY_S - 100.0
+    assert budget.wait(DAY_S) == 0.0
+    budget.spend(DAY_S)
+    assert budget.wait(DAY_S) == 10.0
+
+
+def test_without_a_budget_nothing_waits_or_stretches() -> None:
+    budget = CreditBudget(None, floor=0)
+    for _ in range(10_000):
+        budget.spend(0.0)
+    assert budget.wait(0.0) == 0.0
+    assert budget.stretch(0.0, demand_per_s=1_000.0) == 1.0
+
+
+def test_stretch_slows_every_job_to_the_pace_the_budget_can_sustain() -> None:
+    budget = CreditBudget(8_640, floor=0)  # one credit every 10 s
+    assert budget.stretch(0.0, demand_per_s=0.05) == 1.0
+    assert budget.stretch(0.0, demand_per_s=0.1) == pytest.approx(1.0)
+    assert budget.stretch(0.0, demand_per_s=1.0) == pytest.approx(10.0)
+
+
+def test_below_the_floor_zoho_reports_slow_down_in_proportion() -> None:
+    budget = CreditBudget(None, floor=1_000)
+    assert budget.remaining(0.0, 2_000) is False
+    assert budget.stretch(0.0, demand_per_s=1.0) == 1.0
+    assert budget.remaining(10.0, 250) is True
+    assert budget.stretch(10.0, demand_per_s=1.0) == 4.0
+    assert budget.remaining(20.0, 0) is True
+    assert budget.stretch(20.0, demand_per_s=1.0) == 1_000.0
+
+
+def test_the_stricter_of_budget_and_floor_wins_rather_than_both() -> None:
+    budget = CreditBudget(8_640, floor=1_000)
+    budget.remaining(0.0, 500)
+    assert budget.stretch(0.0, demand_per_s=0.3) == pytest.approx(3.0)
+    assert budget.stretch(0.0, demand_per_s=0.1) == pytest.approx(2.0)
+
+
+def test_a_low_reading_stops_applying_once_none_has_come_for_a_while() -> None:
+    budget = CreditBudget(None, floor=1_000)
+    budget.remaining(0.0, 100)
+    assert budget.stretch(REMAINING_TTL_S - 1.0, demand_per_s=1.0) == 10.0
+    assert budget.stretch(REMAINING_TTL_S, demand_per_s=1.0) == 1.0
+
+
+def test_memory_holds_only_the_last_24_hours() -> None:
+    budget = CreditBudget(100_000, floor=0)
+    for n in range(48 * 60):
+        budget.spend(n * 60.0)
+    assert len(budget._spent) == 24 * 60
+
+
+@pytest.mark.parametrize(("per_day", "floor"), [(0, 10), (-5, 10), (10, -1)])
+def test_nonsense_settings_are_refused(per_day: int, floor: int) -> None:
+    with pytest.raises(ValueError, match="must"):
+        CreditBudget(per_day, floor)

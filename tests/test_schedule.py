@@ -1,0 +1,159 @@
+"""The poll schedule: its bounds and properties on a virtual clock, and what it estimates."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_delay
+
+INTERVAL, MAX_INTERVAL = 10.0, 300.0
+
+
+def delay(samples: list[Sample], schedule: str = "adaptive") -> float:
+    return next_delay(samples, INTERVAL, MAX_INTERVAL, schedule)
+
+
+def steady(times: list[float], total: int = 10_000, per_s: float = 10.0) -> list[Sample]:
+    return [Sample(at, "RUNNING", math.floor(at * per_s), total) for at in times]
+
+
+counts = st.none() | st.integers(0, 10**6)
+samples = st.lists(
+    st.builds(
+        Sample,
+        at=st.floats(-1e6, 1e6, allow_nan=False),
+        status=st.sampled_from(["SCHEDULED", "RUNNING"]),
+        done=counts,
+        total=counts,
+    ),
+    max_size=SAMPLES_KEPT,
+)
+bounds = st.tuples(st.floats(0.01, 3600.0), st.floats(1.0, 100.0)).map(
+    lambda pair: (pair[0], pair[0] * pair[1])
+)
+
+
+@given(samples, bounds, st.sampled_from(["adaptive", "fixed"]))
+def test_the_delay_stays_within_interval_and_max_interval(
+    history: list[Sample], limits: tuple[float, float], schedule: str
+) -> None:
+    interval, max_interval = limits
+    assert interval <= next_delay(history, interval, max_interval, schedule) <= max_interval
+
+
+@given(samples, bounds)
+def test_fixed_is_always_the_interval(history: list[Sample], limits: tuple[float, float]) -> None:
+    assert next_delay(history, *limits, "fixed") == limits[0]
+
+
+@given(bounds, st.sampled_from(["SCHEDULED", "RUNNING"]), st.none() | st.integers(0, 100))
+def test_without_progress_the_gap_widens_steadily_to_max_interval(
+    limits: tuple[float, float], status: str, done: int | None
+) -> None:
+    interval, max_interval = limits
+    history: deque[Sample] = deque(maxlen=SAMPLES_KEPT)
+    now, gaps = 0.0, []
+    for _ in range(40):
+        history.append(Sample(now, status, done, None if done is None else 100))
+        gaps.append(next_delay(history, interval, max_interval, "adaptive"))
+        now += gaps[-1]
+    assert gaps == sorted(gaps)
+    assert gaps[0] == interval
+    assert gaps[-1] == max_interval
+    assert all(later <= 1.5 * earlier * (1 + 1e-9) for earlier, later in itertools.pairwise(gaps))
+
+
+@given(
+    interval=st.floats(1.0, 60.0),
+    widening=st.floats(1.0, 30.0),
+    duration=st.floats(1.0, 20_000.0),
+    already=st.floats(0.0, 0.99),
+    per_s=st.floats(0.1, 1000.0),
+)
+def test_a_steady_job_is_seen_done_within_one_interval_of_its_finish(
+    interval: float, widening: float, duration: float, already: float, per_s: float
+) -> None:
+    """Counts are whole records, so the finish is only known to within one record's time."""
+    total = max(1, round(duration * per_s))
+    started = -already * duration
+    finish = started + duration
+    history: deque[Sample] = deque(maxlen=SAMPLES_KEPT)
+    now = 0.0
+    while now < finish:
+        history.append(
+            Sample(now, "RUNNING", math.floor(total * (now - started) / duration), total)
+        )
+        now += next_delay(history, interval, interval * widening, "adaptive")
+    assert now - finish <= interval + duration / total
+
+
+def test_a_long_steady_job_costs_a_few_calls_per_max_interval() -> None:
+    history: deque[Sample] = deque(maxlen=SAMPLES_KEPT)
+    now, polls, finish = 0.0, 0, 3600.0
+    while now < finish:
+        history.append(steady([now], total=36_000)[0])
+        now += delay(list(history))
+        polls += 1
+    assert polls <= finish / MAX_INTERVAL + 8  # a fixed 10 s schedule would poll 360 times
+    assert now - finish <= INTERVAL
+
+
+def test_the_estimate_of_a_steady_job_predicts_its_finish() -> None:
+    seen = estimate(steady([0.0, 10.0, 30.0, 70.0]))
+    assert seen.progress == pytest.approx(0.07)
+    assert seen.eta_s == pytest.approx(930.0)
+
+
+def test_the_first_gaps_look_only_a_little_further_ahead_than_the_pace_was_watched() -> None:
+    assert delay(steady([0.0, 10.0])) == INTERVAL  # one gap is no evidence of pace
+    history = steady([0.0, 10.0, 20.0])
+    assert estimate(history).eta_s == pytest.approx(980.0)
+    assert delay(history) == 40.0
+
+
+def test_an_uncertain_prediction_polls_before_it_and_a_firm_one_just_after() -> None:
+    times = [0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 210.0]
+    firm = steady(times, total=2_400)
+    noisy = [
+        Sample(at, "RUNNING", done, 3_000)
+        for at, done in zip(times, [0, 100, 700, 900, 1_000, 1_600, 1_700, 2_000], strict=True)
+    ]
+    assert estimate(firm).eta_s == pytest.approx(30.0)
+    assert 30.0 < delay(firm) <= 30.0 + INTERVAL / 2
+    assert estimate(noisy).eta_s == pytest.approx(50.0)  # at the best pace seen: 600 in 30 s
+    assert INTERVAL < delay(noisy) < 50.0 / 2
+
+
+def test_a_stall_does_not_drag_the_prediction_once_the_job_resumes() -> None:
+    times = [0.0, 10.0, 20.0, 40.0, 80.0, 120.0]
+    done = [0, 100, 200, 200, 200, 600]
+    history = [Sample(at, "RUNNING", count, 10_000) for at, count in zip(times, done, strict=True)]
+    assert estimate(history).eta_s == pytest.approx(9_400 / 10.0)
+
+
+def test_no_pace_is_measured_across_a_change_of_status() -> None:
+    history = [Sample(0.0, "SCHEDULED", 0, 1_000), Sample(10.0, "RUNNING", 500, 1_000)]
+    assert estimate(history) == Estimate(progress=0.5, eta_s=None)
+    assert delay(history) == INTERVAL
+
+
+def test_unknown_counts_give_no_estimate_and_a_widening_gap() -> None:
+    history = [Sample(at, "RUNNING", None, None) for at in (0.0, 10.0, 20.0, 30.0)]
+    assert estimate(history) == Estimate(None, None)
+    assert delay(history) == 15.0
+
+
+def test_an_empty_history_polls_at_the_interval() -> None:
+    assert estimate([]) == Estimate(None, None)
+    assert delay([]) == INTERVAL
+
+
+def test_an_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown schedule 'eager'"):
+        delay([], "eager")

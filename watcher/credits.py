@@ -1,0 +1,82 @@
+"""The org's API credits as a budget: pure, with the clock passed in.
+
+Zoho counts credits over a rolling 24 hours, and every poll spends one. Two things limit us: the
+user's own `credits_per_day` (the watcher must never spend more than that in any 24 hours) and
+what Zoho says is left for the whole org (`X-API-CREDITS-REMAINING`, sent once half is used).
+`wait` is the hard limit; `stretch` paces all jobs alike so that the hard limit is rarely reached
+— without it, the first jobs to come due would spend the day's credits and the rest would starve.
+
+Memory: one float per credit spent in the last 24 hours, about 32 bytes each: 3 MB at 100,000
+credits a day. Beyond a few hundred thousand a day, count per second instead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+DAY_S = 86_400.0
+
+# Zoho sends the header only while more than half of the org's credits are used. A reading stops
+# slowing us down once none has come for this long: usage has presumably fallen back, and if it
+# has not, the next answer says so again.
+REMAINING_TTL_S = 3_600.0
+
+
+class CreditBudget:
+    """Credits spent by this watcher in the last 24 hours and what Zoho says the org has left."""
+
+    def __init__(self, credits_per_day: int | None, floor: int) -> None:
+        if credits_per_day is not None and credits_per_day <= 0:
+            raise ValueError(f"credits_per_day must be positive, not {credits_per_day}")
+        if floor < 0:
+            raise ValueError(f"floor must not be negative, not {floor}")
+        self._per_day = credits_per_day
+        self._floor = floor
+        self._spent: deque[float] = deque()  # when each credit of the last 24 hours went, in order
+        self._reading: tuple[float, int] | None = None  # (seen at, remaining) from Zoho's header
+
+    def spend(self, now: float) -> None:
+        """One request went out at `now`."""
+        if self._per_day is None:
+            return
+        self._spent.append(now)
+        self._forget(now)
+
+    def wait(self, now: float) -> float:
+        """Seconds until one more request fits the rolling-24 h budget (0.0 if it fits now)."""
+        if self._per_day is None:
+            return 0.0
+        self._forget(now)
+        excess = len(self._spent) - self._per_day
+        if excess < 0:
+            return 0.0
+        return self._spent[excess] + DAY_S - now  # when enough of the oldest have aged out
+
+    def stretch(self, now: float, demand_per_s: float) -> float:
+        """Factor (>= 1) by which to multiply every job's planned gap.
+
+        `demand_per_s` is the rate the tracked jobs would poll at unstretched. A steady pace of
+        credits_per_day / 24 h is the only one that never runs into `wait`, whatever happened
+        before: any faster and the budget runs dry before the oldest credits come back, and then
+        every job waits for hours. Below Zoho's floor, the pace slows further in proportion to
+        how far under it the org is.
+        """
+        factor = 1.0
+        if self._per_day is not None:
+            factor = max(factor, demand_per_s * DAY_S / self._per_day)
+        if self._reading is not None:
+            seen_at, remaining = self._reading
+            if remaining < self._floor and now - seen_at < REMAINING_TTL_S:
+                factor = max(factor, self._floor / max(remaining, 1))
+        return factor
+
+    def remaining(self, now: float, value: int) -> bool:
+        """Zoho's X-API-CREDITS-REMAINING was seen: True when it is below the floor, so that the
+        caller can warn (`credits.low`); `stretch` slows down accordingly from now on."""
+        self._reading = (now, value)
+        return value < self._floor
+
+    def _forget(self, now: float) -> None:
+        """Drop credits spent 24 hours ago or more: they no longer count, and memory stays small."""
+        while self._spent and self._spent[0] + DAY_S <= now:
+            self._spent.popleft()
