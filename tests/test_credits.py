@@ -35,10 +35,10 @@ def test_wait_is_the_time_until_the_oldest_credit_ages_out() -> None:
     budget = CreditBudget(3, floor=0)
     for at in (0.0, 10.0, 20.0):
         budget.spend(at)
-    assert budget.wait(100.0) == DAY_S - 100.0
+    assert budget.wait(100.0) == pytest.approx(DAY_S - 100.0)
     assert budget.wait(DAY_S) == 0.0
     budget.spend(DAY_S)
-    assert budget.wait(DAY_S) == 10.0
+    assert budget.wait(DAY_S) == pytest.approx(10.0)
 
 
 def test_without_a_budget_nothing_waits_or_stretches() -> None:

@@ -21,6 +21,10 @@ DAY_S = 86_400.0
 # has not, the next answer says so again.
 REMAINING_TTL_S = 3_600.0
 
+# `now + wait(now)` could land a rounding error short of the moment a credit ages out; waiting this
+# much longer makes waiting what `wait` said always enough.
+_ROUNDING_S = 1e-6
+
 
 class CreditBudget:
     """Credits spent by this watcher in the last 24 hours and what Zoho says the org has left."""
@@ -50,7 +54,7 @@ class CreditBudget:
         excess = len(self._spent) - self._per_day
         if excess < 0:
             return 0.0
-        return self._spent[excess] + DAY_S - now  # when enough of the oldest have aged out
+        return self._spent[excess] + DAY_S - now + _ROUNDING_S  # the oldest have aged out by then
 
     def stretch(self, now: float, demand_per_s: float) -> float:
         """Factor (>= 1) by which to multiply every job's planned gap.
