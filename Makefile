@@ -22,3 +22,4 @@ lint: setup
 	$(BIN)/ruff check watcher tests
 	$(BIN)/ruff format --check watcher tests
 	$(BIN)/mypy --strict watcher
+	$(BIN)/hadolint Dockerfile
