@@ -31,7 +31,7 @@ from watcher.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 # The README's "Container" section, kept in its own file until it is pasted into README.md.
-CONTAINER_DOC = ROOT / "docs-container.md"
+CONTAINER_DOC = ROOT / "README.md"
 USER_ID = "10001"
 STATE_DIR = "/var/lib/zoho-job-watcher"
 HEALTH_URL = "http://127.0.0.1:9464/healthz"
