@@ -61,7 +61,7 @@ def write_config(
     """
     settings: dict[str, object] = {
         "interval": "100ms",
-        "max_interval": "1s",
+        "max_interval": "300ms",
         "rate_limit": 50,
         "rate_period": "1s",
         "max_concurrency": 5,
