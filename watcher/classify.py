@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 
 from watcher.zoho_api import (
+    CREDITS_REMAINING,
     ERROR_EFFECTS,
     INVALID_DATA,
     RETRY_AFTER,
@@ -45,12 +46,23 @@ class Answer:
     code: str | None = None
     retry_after: float | None = None
     elapsed: float | None = None  # seconds on the wire, when a request went out
+    credits_remaining: int | None = None  # the org's API credits left, when Zoho said
 
 
 def classify(
     kind: JobKind, http_status: int, headers: Mapping[str, str], body: bytes, now: float
 ) -> Answer:
     """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After."""
+    answer = _classify(kind, http_status, headers, body, now)
+    credits = headers.get(CREDITS_REMAINING, "").strip()
+    if credits.isdigit() and len(credits) <= 18:
+        answer = replace(answer, credits_remaining=int(credits))
+    return answer
+
+
+def _classify(
+    kind: JobKind, http_status: int, headers: Mapping[str, str], body: bytes, now: float
+) -> Answer:
     retry_after = parse_retry_after(headers.get(RETRY_AFTER), now)
     if http_status == 204:
         return Answer(Effect.NOT_FOUND, http_status, code="NO_CONTENT", retry_after=retry_after)

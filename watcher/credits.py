@@ -30,14 +30,18 @@ class CreditBudget:
     """Credits spent by this watcher in the last 24 hours and what Zoho says the org has left."""
 
     def __init__(self, credits_per_day: int | None, floor: int) -> None:
+        self._spent: deque[float] = deque()  # when each credit of the last 24 hours went, in order
+        self._reading: tuple[float, int] | None = None  # (seen at, remaining) from Zoho's header
+        self.configure(credits_per_day, floor)
+
+    def configure(self, credits_per_day: int | None, floor: int) -> None:
+        """Set the limits (again, after a reload); what was spent still counts."""
         if credits_per_day is not None and credits_per_day <= 0:
             raise ValueError(f"credits_per_day must be positive, not {credits_per_day}")
         if floor < 0:
             raise ValueError(f"floor must not be negative, not {floor}")
         self._per_day = credits_per_day
         self._floor = floor
-        self._spent: deque[float] = deque()  # when each credit of the last 24 hours went, in order
-        self._reading: tuple[float, int] | None = None  # (seen at, remaining) from Zoho's header
 
     def spend(self, now: float) -> None:
         """One request went out at `now`."""
@@ -84,3 +88,24 @@ class CreditBudget:
         """Drop credits spent 24 hours ago or more: they no longer count, and memory stays small."""
         while self._spent and self._spent[0] + DAY_S <= now:
             self._spent.popleft()
+
+
+class Demand:
+    """How many polls per second the tracked jobs would make at their planned gaps.
+
+    Kept up to date one job at a time, so `stretch` needs no pass over all jobs.
+    """
+
+    def __init__(self) -> None:
+        self._gaps: dict[object, float] = {}
+        self.per_s = 0.0
+
+    def plan(self, key: object, gap: float) -> None:
+        self.drop(key)
+        self._gaps[key] = gap
+        self.per_s += 1.0 / gap
+
+    def drop(self, key: object) -> None:
+        gap = self._gaps.pop(key, None)
+        if gap is not None:
+            self.per_s = max(0.0, self.per_s - 1.0 / gap)

@@ -1,4 +1,4 @@
-"""The one gate every request to Zoho passes: in-flight cap, org-wide pause, request rate.
+"""The one gate every request to Zoho passes: in-flight cap, org-wide pause, credits, rate.
 
 Zoho's limits are per organisation, so they are enforced here once for all jobs. The rate itself
 comes from asyncio-throttle; it is wrapped so the rest of the watcher does not depend on it (its
@@ -12,6 +12,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from asyncio_throttle.throttler import Throttler
+
+from watcher.credits import CreditBudget
 
 
 class RequestGate:
@@ -27,12 +29,14 @@ class RequestGate:
         rate_limit: int,
         rate_period: float,
         max_concurrency: int,
+        budget: CreditBudget,
         on_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._throttler = Throttler(rate_limit=rate_limit, period=rate_period)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._clock = asyncio.get_running_loop().time
         self._resume_at = 0.0
+        self._budget = budget
         self._on_wait = on_wait
 
     def set_rate(self, rate_limit: int, rate_period: float) -> None:
@@ -51,7 +55,10 @@ class RequestGate:
             # A loop, not one sleep: another 429 may push the pause further while we wait.
             while (remaining := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(remaining)
+            while (credit := self._budget.wait(self._clock())) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(credit)
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
+            self._budget.spend(self._clock())
         except BaseException:
             self._slots.release()
             raise

@@ -20,6 +20,7 @@ from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.config import Config, ConfigError, JobSpec
+from watcher.credits import CreditBudget, Demand
 from watcher.events import EventLog
 from watcher.http import Health, HttpServer
 from watcher.job import Event, apply_answer
@@ -47,11 +48,14 @@ class StartupError(Exception):
 
 @dataclass
 class _Runtime:
-    """What exists once a token is in hand: the gate, the client and the scheduler."""
+    """What exists once a token is in hand: the gate, the client and the scheduler, and the
+    credit bookkeeping that stretches every job's gap alike when the budget is tight."""
 
     gate: RequestGate
     client: ZohoClient
     scheduler: Scheduler[JobSpec]
+    budget: CreditBudget
+    demand: Demand
 
 
 class Watcher:
@@ -79,6 +83,7 @@ class Watcher:
         self._reason = "signal"
         self._tracker: Tracker
         self._runtime: _Runtime | None = None
+        self._credits_low = False
 
     def stop(self) -> None:
         """Stop taking new work; `run` cancels what is in flight, flushes state, returns 0."""
@@ -168,16 +173,18 @@ class Watcher:
     def _build(self, session: aiohttp.ClientSession, tokens: TokenSource) -> _Runtime:
         zoho, polling = self._config.zoho, self._config.polling
         api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
+        budget = CreditBudget(polling.credits_per_day, polling.credits_floor)
         gate = RequestGate(
             polling.rate_limit,
             polling.rate_period,
             polling.max_concurrency,
+            budget,
             self._metrics.rate_limit_waited,
         )
         client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
         loop = asyncio.get_running_loop()
         scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
-        return _Runtime(gate, client, scheduler)
+        return _Runtime(gate, client, scheduler, budget, Demand())
 
     def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
         auth = self._config.zoho.auth
@@ -222,7 +229,17 @@ class Watcher:
         self._metrics.poll_done(answer.effect.value, answer.elapsed)
         job.last_seen = time.time()
         now = asyncio.get_running_loop().time()
-        decision = apply_answer(job, answer, self._kind, self._config.polling, now, self._rng)
+        if answer.credits_remaining is not None:
+            self._credits_reported(answer.credits_remaining, now)
+        decision = apply_answer(
+            job,
+            answer,
+            self._kind,
+            self._config.polling,
+            now,
+            self._rng,
+            progress_events=self._config.progress_events,
+        )
         if decision.pause_all_for is not None:
             runtime.gate.pause(decision.pause_all_for)
         try:
@@ -233,9 +250,23 @@ class Watcher:
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif decision.next_poll_in is not None:
-            runtime.scheduler.schedule(spec, decision.next_poll_in)
+            runtime.demand.plan(spec, decision.next_poll_in)
+            stretch = runtime.budget.stretch(now, runtime.demand.per_s)
+            runtime.scheduler.schedule(spec, decision.next_poll_in * stretch)
         else:
+            runtime.demand.drop(spec)
             self._check_done()
+
+    def _credits_reported(self, remaining: int, now: float) -> None:
+        """Zoho said how many API credits the org has left: a gauge always, and `credits.low`
+        once each time it falls below the floor (not at every poll while it stays there)."""
+        assert self._runtime is not None
+        self._metrics.credits_remaining(remaining)
+        low = self._runtime.budget.remaining(now, remaining)
+        if low and not self._credits_low:
+            floor = self._config.polling.credits_floor
+            self._log.log("warning", "credits.low", remaining=remaining, floor=floor)
+        self._credits_low = low
 
     async def _follow_config(self) -> None:
         """Re-read the config every `reload_interval` (content, not mtime) and on SIGHUP."""
@@ -266,11 +297,13 @@ class Watcher:
         added = [spec for spec in config.jobs if spec not in self._tracker.jobs]
         for spec in removed:
             self._runtime.scheduler.cancel(spec)
+            self._runtime.demand.drop(spec)
         self._tracker.untrack(removed)
         restart = _needs_restart(self._config, config)
         self._config = config
         polling = config.polling
         self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
+        self._runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
         try:
             await self._track(tuple(added))
         except StateError as exc:

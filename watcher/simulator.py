@@ -261,6 +261,7 @@ class Simulator:
         token_max_uses: int | None = None,
         legacy_expiry: bool = False,
         unknown_job: str = "notfound204",
+        org_credits: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -273,6 +274,8 @@ class Simulator:
         self._token_max_uses = token_max_uses
         self._legacy_expiry = legacy_expiry
         self._unknown_job = _parse_step(unknown_job)
+        self._org_credits = org_credits  # the org's daily credits; None: no credit header
+        self._credits_left = org_credits or 0
         self._grants = {token: _Grant(math.inf, None) for token in tokens}
         self._jobs: dict[tuple[str, str], _ScriptedJob | _TimedJob] = {}
         self._injected: deque[_Step] = deque()
@@ -385,13 +388,20 @@ class Simulator:
         self._publish(self.requests, record)
         status = None
         try:
-            response = await _perform(request, step)
+            response = await _perform(request, step, self._spend_credit())
             status = response.status
             return response
         finally:
             self._in_flight -= 1
             self.requests[index] = replace(record, done=self._now(), http_status=status)
             self._notify()
+
+    def _spend_credit(self) -> int | None:
+        """Like Zoho: every call spends a credit, and the header shows once half are used."""
+        if self._org_credits is None:
+            return None
+        self._credits_left = max(0, self._credits_left - 1)
+        return self._credits_left if self._credits_left < self._org_credits / 2 else None
 
     def _token_refusal(self, header: str | None, now: float) -> _Step | None:
         """Checked before any script: a refused token must not use up a step meant for later."""
@@ -486,14 +496,18 @@ def _route(request: web.Request) -> tuple[str | None, str | None, _Step | None]:
     return module, job_id, None
 
 
-async def _perform(request: web.Request, step: _Step) -> web.StreamResponse:
+async def _perform(
+    request: web.Request, step: _Step, credits_left: int | None
+) -> web.StreamResponse:
     if step.delay:
         await asyncio.sleep(step.delay)
     if step.action != "answer":
         if step.action == "reset":
             _reset(request)
         await asyncio.Event().wait()  # never set: only the client leaving or stop() ends this
-    headers = {"Retry-After": step.retry_after} if step.retry_after else None
+    headers = {"Retry-After": step.retry_after} if step.retry_after else {}
+    if credits_left is not None:
+        headers["X-API-CREDITS-REMAINING"] = str(credits_left)
     body = step.body or None
     response = web.Response(
         status=step.status, body=body, content_type=step.content_type, headers=headers

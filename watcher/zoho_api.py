@@ -85,6 +85,8 @@ INVALID_DATA = "INVALID_DATA"
 
 # The header Zoho documents nowhere but that any HTTP server may send with 429 or 503.
 RETRY_AFTER = "Retry-After"
+# Sent once half of the org's daily API credits are used: how many are left.
+CREDITS_REMAINING = "X-API-CREDITS-REMAINING"
 
 
 def effect_of_http_status(status: int) -> Effect:

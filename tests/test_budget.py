@@ -1,0 +1,84 @@
+"""API credits end to end: the daily budget holds, and Zoho's low-credit header is heeded."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.harness import WatcherProcess, write_config
+from watcher.credits import Demand
+from watcher.simulator import Simulator
+
+JOBS = [("Leads", "1"), ("Deals", "2"), ("Contacts", "3")]
+
+
+async def test_the_daily_budget_is_never_exceeded(tmp_path: Path, sim: Simulator) -> None:
+    for job in JOBS:
+        sim.add_job(*job, ["RUNNING"])
+    config = write_config(tmp_path / "w.yaml", sim.url, JOBS, credits_per_day=2)
+    watcher = await WatcherProcess.start("run", "--config", str(config))
+    await sim.wait_for(lambda s: len(s.requests) >= 2)
+    with pytest.raises(TimeoutError):  # a bounded look for a third request, which must not come
+        await sim.wait_for(lambda s: len(s.requests) > 2, timeout=1.5)
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+
+
+def test_demand_is_the_sum_of_poll_rates() -> None:
+    demand = Demand()
+    demand.plan("a", 10.0)
+    demand.plan("b", 5.0)
+    demand.plan("a", 20.0)  # re-planned: the old rate goes
+    assert demand.per_s == pytest.approx(1 / 20 + 1 / 5)
+    demand.drop("b")
+    demand.drop("b")
+    assert demand.per_s == pytest.approx(1 / 20)
+
+
+async def test_low_credits_warn_once_and_slow_down(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    sim = await sim_factory(org_credits=40)
+    job = JOBS[0]
+    sim.add_job(*job, ["RUNNING"])
+    config = write_config(
+        tmp_path / "w.yaml",
+        sim.url,
+        [job],
+        credits_floor=15,
+        schedule="fixed",
+        interval="20ms",
+        max_interval="20ms",
+    )
+    watcher = await WatcherProcess.start("run", "--config", str(config))
+    low = await watcher.wait_event("credits.low")
+    assert (low["level"], low["floor"], low["remaining"]) == ("warning", 15, 14)
+    await sim.wait_for(lambda s: len(s.requests) >= 40)  # the org's credits are gone
+    at = [r.at for r in sim.requests]
+    early, late = at[1] - at[0], at[-1] - at[-2]
+    assert late > 8 * early  # gaps stretched by floor / remaining (15 at the end)
+    assert len(watcher.named("credits.low")) == 1  # said once, not at every poll
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+
+
+async def test_credits_gauge_follows_the_header(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    sim = await sim_factory(org_credits=10)
+    sim.add_job("Leads", "1", ["RUNNING"] * 7 + ["COMPLETED"])
+    config = write_config(
+        tmp_path / "w.yaml", sim.url, [("Leads", "1")], top={"http": {"port": 0}}, credits_floor=0
+    )
+    watcher = await WatcherProcess.start("run", "--config", str(config))
+    started = await watcher.wait_event("watcher.started")
+    await watcher.wait_event("job.finished")
+    url = f"http://{started['http']}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    assert "zoho_watcher_api_credits_remaining 2.0" in text
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
