@@ -26,7 +26,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.harness import CREDENTIALS_ENV, WatcherProcess, write_config
+from tests.harness import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, WatcherProcess
 from watcher.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -374,6 +374,37 @@ def _assert_runs_without_a_shell(pid: int, bin_dir: Path, command: list[str]) ->
     assert [os.fsdecode(arg) for arg in argv] == [python, script, *command[1:]]
 
 
+def _container_config_for(sim: Simulator, tmp_path: Path) -> Path:
+    """deploy/watcher.yaml as the image reads it, with its mounts moved under `tmp_path`: the
+    secrets as files, the state volume, the jobs directory (holding JOB), and the simulator as
+    both Zoho servers; the listener on a free loopback port."""
+    config = _yaml("deploy/watcher.yaml")
+    auth = config["zoho"]["auth"]
+    secrets = {
+        "zoho_refresh_token": REFRESH_TOKEN,
+        "zoho_client_id": CLIENT_ID,
+        "zoho_client_secret": CLIENT_SECRET,
+    }
+    for key, path in auth.items():
+        local = tmp_path / "secrets" / PurePosixPath(path).name
+        local.parent.mkdir(exist_ok=True)
+        local.write_text(secrets[local.name] + "\n")
+        auth[key] = str(local)
+    auth["accounts_url"] = sim.url
+    config["zoho"]["api_domain"] = sim.url
+    config["state_path"] = str(tmp_path / "state" / "state.db")
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / "job.yaml").write_text(
+        yaml.safe_dump({"jobs": [{"module": JOB[0], "job_id": JOB[1]}]})
+    )
+    config["jobs_dir"] = str(jobs_dir)
+    config["http"] = {"host": "127.0.0.1", "port": 0}
+    path = tmp_path / "watcher.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
 def installed(tmp_path: Path) -> Path:
     """A fresh venv holding only the wheel built as the Dockerfile builds it; its bin directory."""
@@ -399,15 +430,11 @@ async def test_the_image_command_runs_from_the_installed_wheel_and_stops_on_sigt
     sim.add_job(*JOB, ["RUNNING", "COMPLETED"])
     command = dockerfile.command()
     config = command.index("--config") + 1
-    command[config] = str(write_config(tmp_path / "watcher.yaml", sim.url, [JOB]))
+    command[config] = str(_container_config_for(sim, tmp_path))
     # The image's environment, its PATH leading to the installed script; no PYTHONPATH, so the
     # code that runs is the wheel's, not this source tree.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env |= {
-        **CREDENTIALS_ENV,
-        **dockerfile.environment(),
-        "PATH": f"{installed}{os.pathsep}{env['PATH']}",
-    }
+    env |= {**dockerfile.environment(), "PATH": f"{installed}{os.pathsep}{env['PATH']}"}
     process = await asyncio.create_subprocess_exec(
         *command,
         cwd=tmp_path,
@@ -417,7 +444,12 @@ async def test_the_image_command_runs_from_the_installed_wheel_and_stops_on_sigt
     )
     watcher = WatcherProcess(process)
     try:
+        started = await watcher.wait_event("watcher.started")
         await watcher.wait_event("job.finished", module=JOB[0], job_id=JOB[1], outcome="completed")
+        probe = [
+            arg.replace("127.0.0.1:9464/", f"{started['http']}/") for arg in dockerfile.probe()
+        ]
+        assert await _exit_status(probe, env) == 0  # the image's own health check, for real
         # The very process we signal is the one running the watcher.
         _assert_runs_without_a_shell(process.pid, installed, command)
         process.send_signal(signal.SIGTERM)
