@@ -28,7 +28,7 @@ from watcher.simulator import RequestRecord, Simulator
 # Denser chaos than the long run, so that 150 jobs meet every kind of fault.
 SHORT = Plan(
     jobs=150,
-    minutes=0.4,
+    minutes=0.3,
     seed=7,
     chaos=replace(DEFAULT_CHAOS, seed=7, hang=0.01, token_expiry=0.01, burst_429=0.01),
 )
