@@ -10,13 +10,13 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import pytest
 
-from watcher.simulator import Simulator
+from watcher.simulator import TOKEN_MIN_USES, Chaos, Simulator
 
 TOKEN = "sim-token"
 JOB = ("Leads", "554023000000506003")
@@ -625,3 +625,125 @@ def test_unparseable_steps_fail_fast_everywhere(step: str) -> None:
 def test_an_empty_script_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one step"):
         Simulator().add_job(*JOB, [])
+
+
+# --- chaos ---------------------------------------------------------------------------------------
+
+
+async def poll_outcome(client: aiohttp.ClientSession, sim: Simulator, job: tuple[str, str]) -> str:
+    """The HTTP status as text, or what kept the answer from arriving."""
+    try:
+        return str((await poll(client, sim, job)).status)
+    except aiohttp.ClientPayloadError:
+        return "truncated"
+    except aiohttp.ClientConnectionError:
+        return "dropped"
+    except TimeoutError:
+        return "timeout"
+
+
+async def chaos_answers(chaos: Chaos, polls: int) -> list[str]:
+    async with (
+        Simulator(tokens=(TOKEN,), chaos=chaos) as sim,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as session,
+    ):
+        sim.add_job(*JOB, ["RUNNING"])
+        for _ in range(polls):
+            await poll_outcome(session, sim, JOB)
+        await sim.wait_for(settled)
+        return [r.answer for r in sim.requests]
+
+
+EVERY_FAULT = Chaos(
+    seed=3,
+    burst_429=0.1,
+    server_error=0.1,
+    reset=0.1,
+    hang=0.1,
+    truncated=0.1,
+    malformed=0.1,
+    not_found=0.1,
+)
+
+
+async def test_chaos_replays_from_its_seed() -> None:
+    first = await chaos_answers(EVERY_FAULT, 40)
+    assert first == await chaos_answers(EVERY_FAULT, 40)
+    assert first != await chaos_answers(replace(EVERY_FAULT, seed=4), 40)
+    assert {"RUNNING", "reset", "hang", "truncated"} <= set(first)
+
+
+async def test_faults_never_change_a_jobs_progress_and_undelivered_statuses_do_not_count(
+    client: aiohttp.ClientSession,
+) -> None:
+    script = ["SCHEDULED", "RUNNING:10,0,0,100", "RUNNING:60,0,0,100", "FAILED:60,40,0,100"]
+    async with Simulator(tokens=(TOKEN,), chaos=EVERY_FAULT) as sim:
+        sim.add_job(*JOB, script)
+        timeout = aiohttp.ClientTimeout(total=0.2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not sim.served(*JOB) or sim.served(*JOB)[-1] != "FAILED":
+                await poll_outcome(session, sim, JOB)
+        await sim.wait_for(settled)
+        faults = [r for r in sim.requests if r.status is None]
+        assert sim.served(*JOB) == ["SCHEDULED", "RUNNING", "RUNNING", "FAILED"]
+        assert {r.answer for r in faults} >= {"reset", "hang", "truncated"}
+        assert all(r.http_status is None for r in faults if r.answer in ("reset", "truncated"))
+        assert sim.final_status(*JOB) == "FAILED"
+        assert sim.final_status("Leads", "unknown") is None
+        assert sum(sim.faults.values()) >= len(faults) - sim.faults["429"]
+
+
+async def test_truncated_body_ends_before_its_content_length(
+    sim: Simulator, client: aiohttp.ClientSession
+) -> None:
+    sim.add_job(*JOB, ["truncated", "RUNNING"])
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await poll(client, sim)
+    await sim.wait_for(settled)
+    assert [(r.answer, r.http_status, r.status) for r in sim.requests] == [
+        ("truncated", None, None)
+    ]
+    assert sim.served(*JOB) == []
+
+
+async def test_a_known_job_never_answers_not_found_twice_without_a_status_between(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(tokens=(TOKEN,), chaos=Chaos(not_found=1.0)) as sim:
+        sim.add_job(*JOB, ["RUNNING"])
+        replies = [(await poll(client, sim)).status for _ in range(6)]
+        unknown = [(await poll(client, sim, OTHER)).status for _ in range(6)]
+    assert set(replies[0::2]) <= {204, 404, 400}
+    assert replies[1::2] == [200] * 3
+    assert set(unknown) <= {204, 404, 400}
+    assert sim.faults["not_found"] == 3 + 6
+
+
+async def test_chaos_expires_only_tokens_that_served_a_while(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(tokens=(TOKEN,), chaos=Chaos(token_expiry=1.0)) as sim:
+        sim.add_job(*JOB, ["RUNNING"])
+        replies = [(await poll(client, sim)).status for _ in range(TOKEN_MIN_USES + 2)]
+        assert replies == [200] * TOKEN_MIN_USES + [401, 401]
+        assert sim.faults["token_expiry"] == 1
+        fresh = (await refresh(client, sim))["access_token"]
+        assert (await poll(client, sim, token=fresh)).status == 200
+
+
+async def test_chaos_slows_token_refreshes(client: aiohttp.ClientSession) -> None:
+    chaos = Chaos(slow_refresh=1.0, refresh_delay=0.2)
+    async with Simulator(chaos=chaos) as sim:
+        assert "access_token" in await refresh(client, sim)
+    (record,) = sim.token_requests
+    assert (record.answer, sim.faults["slow_refresh"]) == ("ok", 1)
+    assert record.done - record.at >= 0.2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"reset": 1.5}, {"hang": -0.1}, {"reset": 0.6, "hang": 0.6}, {"burst_max": 0}],
+)
+def test_chaos_refuses_impossible_rates(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="chaos"):
+        Chaos(**options)

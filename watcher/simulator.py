@@ -5,6 +5,9 @@ found", error objects with HTTP 200, dead connections), and none of that can be 
 real service at will. Here each job answers from a script of steps, any request can be hijacked
 with `inject`, and every request is recorded, so tests assert on what the watcher actually sent:
 how often, how concurrently, with which token.
+
+`Simulator(chaos=Chaos(...))` adds random faults at given rates for soak runs, and records which
+statuses each job actually delivered, so a checker can tell what the watcher could have seen.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import http
 import ipaddress
 import json
 import math
+import random
 import re
 import secrets
 import socket
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
@@ -56,6 +60,13 @@ _TOKEN_ERRORS: Mapping[str, dict[str, str]] = {
 _API_PATH = re.compile(r"/crm/v[2-8]/([^/]+)/actions/mass_update")
 _COUNTS = re.compile(r"([0-9]+),([0-9]+),([0-9]+),([0-9]+)")
 _DIGITS = re.compile(r"[0-9]+")
+# The three ways Zoho says it does not know a job (step names, and `RequestRecord.answer`).
+NOT_FOUND_SHAPES = ("notfound204", "notfound404", "notfound400")
+_SERVER_ERRORS = ("500", "502", "503", "504")
+_BAD_BODIES = ("malformed", "badstatus", "nodata")
+# Chaos only expires a token that has served this many requests. The watcher retries a refused
+# request once with a fresh token; a fresh token refused at once is a real failure, not expiry.
+TOKEN_MIN_USES = 50
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class RequestRecord:
     http_status: int | None
     in_flight: int
     token_ok: bool
+    status: str | None = None  # the job status the answer reports, if it is a status row
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,8 @@ class _Step:
     content_type: str | None = "application/json"
     retry_after: str | None = None
     delay: float = 0.0
-    action: Literal["answer", "hang", "reset"] = "answer"
+    action: Literal["answer", "hang", "reset", "truncate"] = "answer"
+    reports: str | None = None  # the job status in the body, when it is a status row
 
 
 def _json_step(text: str, status: int, document: object) -> _Step:
@@ -126,7 +139,8 @@ def _status_step(text: str, status: str, counts: Sequence[int]) -> _Step:
         "Not_Updated_Count": not_updated,
         "Total_Count": total,
     }
-    return _json_step(text, 200, {"data": [row]})
+    reports = status if status in _STATUSES else None
+    return replace(_json_step(text, 200, {"data": [row]}), reports=reports)
 
 
 def _plain_step(code: int) -> _Step:
@@ -142,6 +156,10 @@ _FIXED: dict[str, _Step] = {
     "hang": _Step("hang", action="hang"),
     "reset": _Step("reset", action="reset"),
     "malformed": _Step("malformed", 200, b'{"data":[{"Status":"RUNN'),
+    # Content-Length promises the whole row, half of it arrives, then the connection closes.
+    "truncated": replace(
+        _status_step("truncated", "RUNNING", (50, 0, 0, 100)), action="truncate", reports=None
+    ),
     "badstatus": _status_step("badstatus", "EXPLODED", (0, 0, 0, 100)),
     "nodata": _json_step("nodata", 200, {"data": []}),
     "notfound204": _Step("notfound204", 204, content_type=None),
@@ -203,6 +221,10 @@ class _ScriptedJob:
         """One step per poll; the last one repeats forever."""
         return self._steps.popleft() if len(self._steps) > 1 else self._steps[0]
 
+    @property
+    def final_status(self) -> str | None:
+        return self._steps[-1].reports
+
 
 @dataclass
 class _TimedJob:
@@ -227,6 +249,10 @@ class _TimedJob:
             )
         return _parse_step(f"{self.outcome}:{done},{self.failed},0,{self.total}")
 
+    @property
+    def final_status(self) -> str:
+        return self.outcome
+
 
 @dataclass
 class _Grant:
@@ -234,20 +260,126 @@ class _Grant:
 
     expires_at: float
     uses_left: int | None
+    used: int = 0
 
     def use(self, now: float) -> bool:
         if now >= self.expires_at or self.uses_left == 0:
             return False
         if self.uses_left is not None:
             self.uses_left -= 1
+        self.used += 1
         return True
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """Random faults for soak runs, each at a rate (a chance per API request; `slow_refresh` per
+    token request), all drawn from one `random.Random(seed)`: a run replays exactly as far as
+    its requests arrive in the same order.
+
+    Faults never change a job's true progress: a faulted request does not consume a script step.
+    A job the simulator knows answers not-found at most once between two statuses it delivered,
+    so a watcher that needs two not-founds in a row never mistakes it for an unknown job; unknown
+    jobs answer one of the three not-found shapes at random.
+    """
+
+    seed: int = 0
+    burst_429: float = 0.0  # starts a burst: this request and up to burst_max - 1 more get 429
+    burst_max: int = 4
+    retry_after: float = 0.5  # the share of 429s that carry "Retry-After: 1"
+    server_error: float = 0.0  # 500 with Zoho's error body, or a plain-text 502/503/504
+    reset: float = 0.0  # TCP reset, no answer
+    hang: float = 0.0  # no answer until the client gives up
+    truncated: float = 0.0  # the body ends before its Content-Length
+    malformed: float = 0.0  # a complete answer the watcher cannot read as a status
+    not_found: float = 0.0  # one of the three not-found shapes for a job that exists
+    token_expiry: float = 0.0  # the token presented is revoked (after TOKEN_MIN_USES uses)
+    slow_refresh: float = 0.0  # the token endpoint answers only after refresh_delay
+    refresh_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        others = ("retry_after", "token_expiry", "slow_refresh")
+        rates = {**self.request_faults(), **{name: getattr(self, name) for name in others}}
+        bad = [name for name, rate in rates.items() if not 0.0 <= rate <= 1.0]
+        if bad:
+            raise ValueError(f"chaos rates must be within 0..1: {', '.join(bad)}")
+        if sum(self.request_faults().values()) > 1.0:
+            raise ValueError("chaos request fault rates add up to more than 1")
+        if self.burst_max < 1 or not 0.0 <= self.refresh_delay < math.inf:
+            raise ValueError("chaos needs burst_max >= 1 and a finite refresh_delay >= 0")
+
+    def request_faults(self) -> dict[str, float]:
+        """The faults one draw per request chooses from, with their rates."""
+        names = ("burst_429", "server_error", "reset", "hang", "truncated", "malformed")
+        return {name: getattr(self, name) for name in (*names, "not_found")}
+
+
+class _ChaosState:
+    """Chaos under way: the random draws, a 429 burst in progress, and what was injected."""
+
+    def __init__(self, chaos: Chaos) -> None:
+        self._chaos = chaos
+        self._rng = random.Random(chaos.seed)
+        self._burst_left = 0
+        self._not_found_since_status: set[tuple[str, str]] = set()
+        self.faults: Counter[str] = Counter()
+
+    def fault(self, job: tuple[str, str], known: bool) -> _Step | None:
+        """The fault this request meets, or None for the job's true answer."""
+        if self._burst_left:
+            self._burst_left -= 1
+            return self._too_many()
+        draw = self._rng.random()
+        for kind, rate in self._chaos.request_faults().items():
+            if draw < rate:
+                return self._inject(kind, job, known)
+            draw -= rate
+        return None
+
+    def _inject(self, kind: str, job: tuple[str, str], known: bool) -> _Step | None:
+        if kind == "burst_429":
+            self._burst_left = self._rng.randrange(self._chaos.burst_max)
+            return self._too_many()
+        if kind == "not_found" and known:
+            if job in self._not_found_since_status:
+                return None  # a second one in a row would be a lie about the job
+            self._not_found_since_status.add(job)
+        self.faults[kind] += 1
+        choices = {
+            "server_error": _SERVER_ERRORS,
+            "malformed": _BAD_BODIES,
+            "not_found": NOT_FOUND_SHAPES,
+        }.get(kind, (kind,))
+        return _FIXED[self._rng.choice(choices)]
+
+    def _too_many(self) -> _Step:
+        self.faults["429"] += 1
+        return _parse_step("429:1" if self._rng.random() < self._chaos.retry_after else "429")
+
+    def not_found_shape(self) -> _Step:
+        return _FIXED[self._rng.choice(NOT_FOUND_SHAPES)]
+
+    def delivered_status(self, job: tuple[str, str]) -> None:
+        self._not_found_since_status.discard(job)
+
+    def expires(self, grant: _Grant) -> bool:
+        if grant.used < TOKEN_MIN_USES or self._rng.random() >= self._chaos.token_expiry:
+            return False
+        self.faults["token_expiry"] += 1
+        return True
+
+    def token_step(self) -> str:
+        if self._rng.random() >= self._chaos.slow_refresh:
+            return "ok"
+        self.faults["slow_refresh"] += 1
+        return f"slow:{self._chaos.refresh_delay}"
 
 
 class Simulator:
     """Zoho, as far as the watcher can tell; start it with `async with Simulator() as sim`.
 
-    Configured `tokens` never expire (only `revoke_tokens` ends them); tokens issued by the token
-    endpoint live `token_lifetime` seconds or `token_max_uses` API calls.
+    Configured `tokens` never expire (only `revoke_tokens` or chaos ends them); tokens issued by
+    the token endpoint live `token_lifetime` seconds or `token_max_uses` API calls.
     """
 
     def __init__(
@@ -264,6 +396,7 @@ class Simulator:
         org_credits: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        chaos: Chaos | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the simulator only binds loopback addresses, not {host!r}")
@@ -280,6 +413,7 @@ class Simulator:
         self._jobs: dict[tuple[str, str], _ScriptedJob | _TimedJob] = {}
         self._injected: deque[_Step] = deque()
         self._token_script: deque[str] = deque()
+        self._chaos = _ChaosState(chaos) if chaos is not None else None
         self._in_flight = 0
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -325,6 +459,26 @@ class Simulator:
 
     def requests_for(self, module: str, job_id: str) -> list[RequestRecord]:
         return [r for r in self.requests if (r.module, r.job_id) == (module, job_id)]
+
+    def served(self, module: str, job_id: str) -> list[str]:
+        """The statuses the job's answers reported, in order, counting only answers that went out
+        whole: what the watcher can have seen of the job."""
+        return [
+            r.status
+            for r in self.requests_for(module, job_id)
+            if r.status is not None and r.http_status is not None
+        ]
+
+    def final_status(self, module: str, job_id: str) -> str | None:
+        """The status the job ends in; None if the simulator does not know the job (it answers
+        not-found) or its script ends on something other than a status."""
+        job = self._jobs.get((module, job_id))
+        return None if job is None else job.final_status
+
+    @property
+    def faults(self) -> Counter[str]:
+        """Faults chaos injected, by kind (the `Chaos` field names, and "429" per answer)."""
+        return self._chaos.faults if self._chaos is not None else Counter()
 
     async def wait_for(
         self,
@@ -382,7 +536,7 @@ class Simulator:
         step = token_refusal or refusal or self._next_step(module, job_id, at)
         token_ok = token_refusal is None
         record = RequestRecord(
-            at, math.inf, module, job_id, step.text, None, self._in_flight, token_ok
+            at, math.inf, module, job_id, step.text, None, self._in_flight, token_ok, step.reports
         )
         index = len(self.requests)
         self._publish(self.requests, record)
@@ -390,6 +544,8 @@ class Simulator:
         try:
             response = await _perform(request, step, self._spend_credit())
             status = response.status
+            if step.reports is not None and self._chaos is not None:
+                self._chaos.delivered_status((module or "", job_id or ""))
             return response
         finally:
             self._in_flight -= 1
@@ -409,19 +565,28 @@ class Simulator:
             return _FIXED["AUTHENTICATION_FAILURE"]
         scheme, _, token = header.partition(" ")
         grant = self._grants.get(token) if scheme == "Zoho-oauthtoken" else None
+        if grant is not None and self._chaos is not None and self._chaos.expires(grant):
+            del self._grants[token]
+            grant = None
         return None if grant is not None and grant.use(now) else _FIXED["INVALID_TOKEN"]
 
     def _next_step(self, module: str | None, job_id: str | None, now: float) -> _Step:
         if self._injected:
             return self._injected.popleft()
-        job = self._jobs.get((module or "", job_id or ""))
-        return job.next_step(now) if job is not None else self._unknown_job
+        key = (module or "", job_id or "")
+        job = self._jobs.get(key)
+        if self._chaos is None:
+            return job.next_step(now) if job is not None else self._unknown_job
+        fault = self._chaos.fault(key, known=job is not None)
+        if fault is not None:
+            return fault
+        return job.next_step(now) if job is not None else self._chaos.not_found_shape()
 
     async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
         at = self._now()
         answer = "gone"
         try:
-            step = self._token_script.popleft() if self._token_script else "ok"
+            step = self._token_script.popleft() if self._token_script else self._token_step()
             if _is_slow_token_step(step):
                 await asyncio.sleep(float(step.removeprefix("slow:")))
                 step = "ok"
@@ -433,6 +598,9 @@ class Simulator:
             return response
         finally:
             self._publish(self.token_requests, TokenRecord(at, self._now(), answer))
+
+    def _token_step(self) -> str:
+        return "ok" if self._chaos is None else self._chaos.token_step()
 
     def _credential_error(self, form: Mapping[str, object]) -> str | None:
         refresh_token, client_id, client_secret = self._credentials
@@ -504,6 +672,8 @@ async def _perform(
     if step.action != "answer":
         if step.action == "reset":
             _reset(request)
+        elif step.action == "truncate":
+            await _truncate(request, step)
         await asyncio.Event().wait()  # never set: only the client leaving or stop() ends this
     headers = {"Retry-After": step.retry_after} if step.retry_after else {}
     if credits_left is not None:
@@ -520,6 +690,16 @@ async def _send(request: web.Request, response: web.Response) -> web.Response:
     await response.prepare(request)
     await response.write_eof()
     return response
+
+
+async def _truncate(request: web.Request, step: _Step) -> None:
+    """Promise the whole body, send half of it, then close: the answer ends early, cleanly."""
+    response = web.StreamResponse(status=step.status, headers={"Content-Type": "application/json"})
+    response.content_length = len(step.body)
+    await response.prepare(request)
+    await response.write(step.body[: len(step.body) // 2])
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _reset(request: web.Request) -> None:
