@@ -241,6 +241,30 @@ async def test_requests_stay_within_rate_limit_and_concurrency(
     assert max(sum(1 for t in arrivals if s <= t < s + 0.45) for s in arrivals) <= 20
 
 
+async def test_aiohttps_own_retry_after_a_reset_still_keeps_the_rate_limit(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    jobs = [("Leads", str(n)) for n in range(6)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING", "reset"] * 4 + ["COMPLETED"])
+    code, _ = await watch_to_end(
+        tmp_path,
+        sim,
+        jobs,
+        rate_limit=4,
+        rate_period="500ms",
+        schedule="fixed",
+        interval="10ms",
+        max_interval="10ms",
+        backoff_initial="10ms",
+        backoff_max="20ms",
+    )
+    assert code == 0
+    assert sum(r.answer == "reset" for r in sim.requests) > len(jobs)  # aiohttp did re-send
+    arrivals = sorted(r.at for r in sim.requests)
+    assert max(sum(1 for t in arrivals if s <= t < s + 0.45) for s in arrivals) <= 4
+
+
 async def test_duplicate_pairs_are_tracked_once(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*JOB, ["COMPLETED"])
     code, watcher = await watch_to_end(tmp_path, sim, [JOB, JOB])

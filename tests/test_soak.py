@@ -44,10 +44,6 @@ FAULT_KINDS = {
     "slow_refresh",
 }
 
-# Known watcher bug, found by this soak: after a connection reset aiohttp resends the GET at once,
-# outside the RequestGate, so the rate limit is exceeded by the resends. Remove once fixed.
-KNOWN_BUG = "requests within"
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
@@ -57,7 +53,7 @@ async def test_short_soak_keeps_every_invariant(tmp_path: Path) -> None:
     SECRETS.update(
         [*sim.issued_tokens, CREDENTIALS["ZOHO_REFRESH_TOKEN"], CREDENTIALS["ZOHO_CLIENT_SECRET"]]
     )
-    assert [v for v in report.violations if KNOWN_BUG not in v] == []
+    assert report.violations == []
     assert set(sim.faults) == FAULT_KINDS
     assert report.figures["outcomes"] == {"completed": 117, "failed": 30, "not_found": 3}
 

@@ -62,7 +62,10 @@ class ZohoClient:
             sent = time.monotonic()
             try:
                 async with self._session.get(
-                    self.url(spec), headers=headers, allow_redirects=False
+                    self.url(spec),
+                    headers=headers,
+                    allow_redirects=False,
+                    middlewares=(_EveryAttemptAdmitted(self._gate),),
                 ) as response:
                     body = await response.read()
                     status, response_headers = response.status, response.headers
@@ -72,3 +75,24 @@ class ZohoClient:
             elapsed = time.monotonic() - sent
         answer = classify(self._kind, status, response_headers, body, self._wall_clock())
         return replace(answer, elapsed=elapsed)
+
+
+class _EveryAttemptAdmitted:
+    """Sends each attempt of one request through the gate's rate limit and credit budget.
+
+    aiohttp re-sends a GET by itself when a reused keep-alive connection turns out closed (RFC 9112
+    9.3.1). The first attempt was admitted by `async with gate`; any later one is a request to
+    Zoho like any other and must be admitted too, or resets would let requests past the limit.
+    """
+
+    def __init__(self, gate: RequestGate) -> None:
+        self._gate = gate
+        self._attempts = 0
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        self._attempts += 1
+        if self._attempts > 1:
+            await self._gate.admit()
+        return await handler(request)

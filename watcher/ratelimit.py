@@ -52,17 +52,25 @@ class RequestGate:
         started = self._clock()
         await self._slots.acquire()
         try:
-            # A loop, not one sleep: another 429 may push the pause further while we wait.
-            while (remaining := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(remaining)
-            while (credit := self._budget.wait(self._clock())) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(credit)
-            await self._throttler.acquire()  # type: ignore[no-untyped-call]
-            self._budget.spend(self._clock())
+            await self.admit()
         except BaseException:
             self._slots.release()
             raise
         self._on_wait(self._clock() - started)
+
+    async def admit(self) -> None:
+        """Wait until one more request may leave: no pause, a credit, a rate token; spend them.
+
+        `async with gate` does this once; a request that goes out again inside the same slot
+        (aiohttp's own retry on a dropped keep-alive connection) must do it again.
+        """
+        # Loops, not one sleep: another 429 may push the pause further while we wait.
+        while (remaining := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
+        while (credit := self._budget.wait(self._clock())) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(credit)
+        await self._throttler.acquire()  # type: ignore[no-untyped-call]
+        self._budget.spend(self._clock())
 
     async def __aexit__(
         self,
