@@ -17,7 +17,7 @@ import aiohttp
 
 from watcher.zoho_api import (
     CREDITS_REMAINING,
-    ERROR_EFFECTS,
+    ERRORS,
     INVALID_DATA,
     RETRY_AFTER,
     Effect,
@@ -121,7 +121,8 @@ def _error_answer(
     assert isinstance(error, dict)
     code = error.get("code")
     code = code if isinstance(code, str) and code else f"http_{http_status}"
-    effect = ERROR_EFFECTS.get(code)
+    known = ERRORS.get(code)
+    effect = known.effect if known is not None else None
     if code == INVALID_DATA and _names_param(error.get("details"), kind.id_param):
         effect = Effect.NOT_FOUND
     if effect is None:

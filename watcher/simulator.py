@@ -30,22 +30,12 @@ from typing import Literal, TypeVar
 from aiohttp import web
 from yarl import URL
 
-_STATUSES = ("SCHEDULED", "RUNNING", "COMPLETED", "FAILED")
-_OUTCOMES = ("COMPLETED", "FAILED")
+from watcher.zoho_api import ERRORS, MASS_UPDATE
+
+_STATUSES = tuple(sorted(MASS_UPDATE.statuses))
+_OUTCOMES = tuple(sorted(MASS_UPDATE.terminal))
 # Zoho's documented error codes for this endpoint, with the HTTP status each comes with.
-_ERROR_STATUS = {
-    "MANDATORY_NOT_FOUND": 400,
-    "INVALID_URL_PATTERN": 404,
-    "OAUTH_SCOPE_MISMATCH": 401,
-    "NO_PERMISSION": 403,
-    "AUTHORIZATION_FAILED": 400,
-    "INVALID_MODULE": 400,
-    "INVALID_REQUEST_METHOD": 400,
-    "INTERNAL_ERROR": 500,
-    "INVALID_TOKEN": 401,
-    "AUTHENTICATION_FAILURE": 401,
-    "TOO_MANY_REQUESTS": 429,
-}
+_ERROR_STATUS = {code: error.http_status for code, error in ERRORS.items()}
 _TOKEN_ERRORS: Mapping[str, dict[str, str]] = {
     "invalid_code": {"error": "invalid_code"},
     "invalid_client": {"error": "invalid_client"},

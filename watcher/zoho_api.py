@@ -62,22 +62,31 @@ DEFAULT_API_DOMAIN = "https://www.zohoapis.com"
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "Zoho-oauthtoken"
 
-# Documented error codes and what each means to us. A code not listed here falls back to its HTTP
-# status (see `effect_of_http_status`): an undocumented 4xx is retried with backoff rather than
-# abandoning a job the user cares about.
-ERROR_EFFECTS: Mapping[str, Effect] = {
-    "INVALID_MODULE": Effect.REJECTED,
-    "MANDATORY_NOT_FOUND": Effect.REJECTED,
-    "INVALID_URL_PATTERN": Effect.REJECTED,
-    "NO_PERMISSION": Effect.REJECTED,
-    "AUTHORIZATION_FAILED": Effect.REJECTED,
-    "OAUTH_SCOPE_MISMATCH": Effect.REJECTED,
-    "INVALID_REQUEST_METHOD": Effect.REJECTED,
-    "INVALID_TOKEN": Effect.AUTH,
-    "AUTHENTICATION_FAILURE": Effect.AUTH,
-    "TOO_MANY_REQUESTS": Effect.RATE_LIMITED,
-    "INTERNAL_ERROR": Effect.TRANSIENT,
-    "NOT_FOUND": Effect.NOT_FOUND,
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """A documented error code: the HTTP status Zoho sends it with, and what it means to us."""
+
+    http_status: int
+    effect: Effect
+
+
+# Documented error codes. A code not listed here falls back to its HTTP status (see
+# `effect_of_http_status`): an undocumented 4xx is retried with backoff rather than abandoning a
+# job the user cares about.
+ERRORS: Mapping[str, ErrorCode] = {
+    "INVALID_MODULE": ErrorCode(400, Effect.REJECTED),
+    "MANDATORY_NOT_FOUND": ErrorCode(400, Effect.REJECTED),
+    "INVALID_URL_PATTERN": ErrorCode(404, Effect.REJECTED),
+    "NO_PERMISSION": ErrorCode(403, Effect.REJECTED),
+    "AUTHORIZATION_FAILED": ErrorCode(400, Effect.REJECTED),
+    "OAUTH_SCOPE_MISMATCH": ErrorCode(401, Effect.REJECTED),
+    "INVALID_REQUEST_METHOD": ErrorCode(400, Effect.REJECTED),
+    "INVALID_TOKEN": ErrorCode(401, Effect.AUTH),
+    "AUTHENTICATION_FAILURE": ErrorCode(401, Effect.AUTH),
+    "TOO_MANY_REQUESTS": ErrorCode(429, Effect.RATE_LIMITED),
+    "INTERNAL_ERROR": ErrorCode(500, Effect.TRANSIENT),
+    "NOT_FOUND": ErrorCode(404, Effect.NOT_FOUND),
 }
 
 # 400 INVALID_DATA is "not found" only when it names the job id parameter.
