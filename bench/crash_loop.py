@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, help="default: enough to outlast the kills")
     args = parser.parse_args(argv)
-    jobs = args.jobs or max(JOBS_PER_KILL * args.kills, 10)
+    jobs = args.jobs or max(int(JOBS_PER_KILL * args.kills), 10)
     found, problems = asyncio.run(_bench(args.kills, args.seed, jobs))
     for key, value in found.items():
         print(f"{key:32} {value}")

@@ -99,7 +99,7 @@ def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
         return _unusable(http_status)
     error = document.get("error")
     if error is not None:
-        code = error if isinstance(error, str) else "unknown_error"
+        code = error if isinstance(error, str) and error else "unknown_error"
         return Refusal(code, code in OAUTH_PERMANENT_ERRORS)
     token = document.get("access_token")
     if http_status != 200 or not isinstance(token, str) or not token:
