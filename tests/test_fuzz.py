@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from tests.harness import PRINTED, SECRETS, leaked_secrets
+from tests.harness import PRINTED, SECRETS, leaked_secrets, run_cli
 from watcher.auth import MAX_LIFETIME_S, Grant, Refusal, read_token_answer
 from watcher.classify import classify
 from watcher.cli import main
@@ -360,3 +360,31 @@ def test_any_config_file_through_the_cli(
     assert lines
     assert all(line.startswith("zoho-job-watcher: config error: ") for line in lines)
     assert cli("run", "--config", str(path)) == (2, "", stderr)
+
+
+def _alias_bomb() -> bytes:
+    """Billion laughs: nine aliases of nine aliases, eleven levels deep, under every section."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 12)]
+    lines += ["jobs: *a11", "polling: *a11", "zoho: {auth: {access_token: *a11}}"]
+    return "\n".join(lines).encode()
+
+
+NASTY = {
+    "alias bomb": _alias_bomb(),
+    "deep nesting": b"jobs: " + b"[" * 3000 + b"]" * 3000,
+    "nul bytes": b"zoho:\x00\n  auth: {}\n",
+    "not utf-8": b"\xff\xfe\x00jobs: []",
+    "a megabyte on one line": b"jobs: " + b"x" * 1_000_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NASTY))
+@pytest.mark.parametrize("command", ["check-config", "run"])
+async def test_nasty_files_through_the_real_cli(tmp_path: Path, name: str, command: str) -> None:
+    path = tmp_path / "watcher.yaml"
+    path.write_bytes(NASTY[name])
+    code, stdout, stderr = await run_cli(command, "--config", str(path))
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()
+    assert all(line.startswith("zoho-job-watcher: config error: ") for line in stderr.splitlines())
