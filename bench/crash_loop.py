@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import random
 import signal
 import sqlite3
@@ -33,7 +35,14 @@ from pathlib import Path
 # A bare `python bench/crash_loop.py` must find the packages without installing them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import Event, WatcherProcess, refresh_auth, run_cli, write_config
+from tests.harness import (
+    CREDENTIALS_ENV,
+    PRINTED,
+    Event,
+    WatcherProcess,
+    refresh_auth,
+    write_config,
+)
 from watcher.simulator import Simulator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crash_loop.json"
@@ -147,10 +156,30 @@ async def crash_loop(sim: Simulator, workdir: Path, *, kills: int, seed: int, jo
     loop.wall_s = time.monotonic() - started
     loop.requests = [(r.module, r.job_id) for r in sim.requests]
     loop.integrity = _integrity(state)
-    loop.status_code, stdout, _ = await run_cli("status", "--config", str(config), "--json")
+    loop.status_code, stdout = await _status(config)
     if loop.status_code == 0:
         loop.status_jobs = json.loads(stdout)
     return loop
+
+
+async def _status(config: Path) -> tuple[int, str]:
+    """`status --json`: one line that outgrows the harness's line reader for many jobs."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        "status",
+        "--config",
+        str(config),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    stdout, stderr = await process.communicate()
+    PRINTED.extend([stdout.decode(), stderr.decode()])
+    assert process.returncode is not None
+    return process.returncode, stdout.decode()
 
 
 async def _one_run(loop: Loop, sim: Simulator, config: Path, stop: str, rng: random.Random) -> None:
@@ -368,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, help="default: enough to outlast the kills")
     args = parser.parse_args(argv)
+    # Each SIGKILL leaves the simulator an answer it cannot deliver; aiohttp logs each one.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     jobs = args.jobs or max(int(JOBS_PER_KILL * args.kills), 10)
     found, problems = asyncio.run(_bench(args.kills, args.seed, jobs))
     for key, value in found.items():
