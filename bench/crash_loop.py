@@ -8,7 +8,7 @@ lands the kill right after a commit, where replays come from. Now and then a run
 SIGTERM instead: a clean stop must leave nothing to replay. The watcher refreshes its own token,
 so the loop also shows that the kept token spares Zoho's scarce refreshes.
 
-    python bench/crash_loop.py [--kills 300] [--seed 1] [--jobs 40]
+    python bench/crash_loop.py [--kills 300] [--seed 1] [--jobs N (default: 0.8 per kill)]
 
 Prints the figures and any violation, writes bench/results/crash_loop.json, exits 1 on a
 violation. tests/test_crash_loop.py runs the same loop with 50 kills.
