@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.harness import ACCESS_TOKEN, PRINTED, SECRETS
+from tests.harness import ACCESS_TOKEN, PRINTED, SECRETS, leaked_secrets
 from watcher.simulator import Simulator
 
 
@@ -33,10 +33,14 @@ async def sim(sim_factory: Callable[..., Awaitable[Simulator]]) -> Simulator:
     return await sim_factory()
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if anything any test's watcher printed contains a secret the tests used."""
-    leaked = sorted({secret for secret in SECRETS for text in PRINTED if secret in text})
+@pytest.fixture(autouse=True)
+def no_secret_in_output() -> Iterator[None]:
+    """Fail the test (at teardown, so after every simulator has named its tokens) if anything a
+    watcher printed during it contains a secret the tests used. The secrets are not shown."""
+    start = len(PRINTED)
+    yield
+    leaked = leaked_secrets(PRINTED[start:], SECRETS)
     if leaked:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        count = len(leaked)
-        print(f"\nSECRET LEAK: {count} secret(s) appeared in watcher output", flush=True)
+        pytest.fail(
+            f"SECRET LEAK: {len(leaked)} secret(s) appeared in watcher output", pytrace=False
+        )

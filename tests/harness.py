@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,12 @@ class WatcherProcess:
 
     def named(self, name: str) -> list[Event]:
         return [e for e in self.events if e["event"] == name]
+
+
+def leaked_secrets(printed: Iterable[str], secrets: Iterable[str]) -> set[str]:
+    """The `secrets` that occur anywhere in `printed`."""
+    text = "\n".join(printed)
+    return {secret for secret in secrets if secret in text}
 
 
 def _has(event: Event, fields: Mapping[str, object]) -> bool:

@@ -20,7 +20,7 @@ import aiohttp
 
 from watcher.backoff import backoff_delay
 from watcher.classify import failure_kind
-from watcher.config import AuthSettings, Secret
+from watcher.config import AuthSettings, Secret, url_problem
 from watcher.job import Event
 from watcher.state import StoredToken
 from watcher.zoho_api import OAUTH_PERMANENT_ERRORS, OAUTH_TOKEN_PATH
@@ -28,6 +28,7 @@ from watcher.zoho_api import OAUTH_PERMANENT_ERRORS, OAUTH_TOKEN_PATH
 # Refresh this long before expiry, but never more than a tenth of a token's life ahead.
 REFRESH_AHEAD_S = 300.0
 DEFAULT_LIFETIME_S = 3600.0
+MAX_LIFETIME_S = 24 * 3600.0
 
 
 class AuthFailed(Exception):
@@ -98,13 +99,20 @@ def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
         return _unusable(http_status)
     error = document.get("error")
     if error is not None:
-        code = error if isinstance(error, str) else "unknown_error"
+        code = error if isinstance(error, str) and error else "unknown_error"
         return Refusal(code, code in OAUTH_PERMANENT_ERRORS)
     token = document.get("access_token")
     if http_status != 200 or not isinstance(token, str) or not token:
         return _unusable(http_status)
-    domain = document.get("api_domain")
-    return Grant(token, _lifetime(document), domain if isinstance(domain, str) else None)
+    return Grant(token, _lifetime(document), _api_domain(document.get("api_domain")))
+
+
+def _api_domain(value: object) -> str | None:
+    """The API domain the answer names, if it is one the config would accept: the token is sent
+    there, so an http:// URL to another host (no TLS) or one with a path or query is ignored."""
+    if not isinstance(value, str) or url_problem(value) is not None:
+        return None
+    return value.removesuffix("/")
 
 
 def _unusable(http_status: int) -> Refusal:
@@ -113,9 +121,13 @@ def _unusable(http_status: int) -> Refusal:
 
 
 def _lifetime(document: dict[str, object]) -> float:
+    """Seconds the token lives. A claimed life beyond a day is not believed: Zoho's last an hour,
+    an infinite one would never be refreshed ahead, and a huge integer does not fit a float."""
     for key in ("expires_in_sec", "expires_in"):
         value = document.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if 0 < value <= MAX_LIFETIME_S:
             return float(value)
     return DEFAULT_LIFETIME_S
 

@@ -42,9 +42,12 @@ class ZohoClient:
         self._wall_clock = wall_clock
 
     def url(self, spec: JobSpec) -> str:
-        """The status URL; module and id can only ever fill their own path segment or value."""
+        """The status URL; module and id can only ever fill their own path segment or value.
+
+        ValueError for a module that cannot be a segment at all (the config refuses them).
+        """
         path = self._kind.path.format(
-            version=quote(self._api_version, safe=""), module=quote(spec.module, safe="")
+            version=_segment(self._api_version), module=_segment(spec.module)
         )
         return f"{self._api_domain}{path}?{self._kind.id_param}={quote(spec.job_id, safe='')}"
 
@@ -57,12 +60,16 @@ class ZohoClient:
         return answer
 
     async def _request(self, spec: JobSpec, token: str) -> Answer:
+        try:
+            url = self.url(spec)
+        except ValueError:
+            return Answer(Effect.REJECTED, None, code="invalid_module")
         headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
         async with self._gate:
             sent = time.monotonic()
             try:
                 async with self._session.get(
-                    self.url(spec),
+                    url,
                     headers=headers,
                     allow_redirects=False,
                     middlewares=(_EveryAttemptAdmitted(self._gate),),
@@ -75,6 +82,14 @@ class ZohoClient:
             elapsed = time.monotonic() - sent
         answer = classify(self._kind, status, response_headers, body, self._wall_clock())
         return replace(answer, elapsed=elapsed)
+
+
+def _segment(text: str) -> str:
+    """`text` as one path segment. Quoting cannot protect "", "." or "..": URL libraries (yarl
+    among them, even for %2E) and servers resolve them, which would move the request elsewhere."""
+    if text in ("", ".", ".."):
+        raise ValueError(f"{text!r} cannot be a path segment")
+    return quote(text, safe="")
 
 
 class _EveryAttemptAdmitted:

@@ -654,7 +654,7 @@ class _Reader:
         text = self.scalar(node, path)
         if text is None:
             return None
-        problem = _url_problem(text)
+        problem = url_problem(text)
         if problem:
             self.report(node, path, problem)
             return None
@@ -724,7 +724,7 @@ def _redact(problems: Iterable[str], secrets: Iterable[str]) -> list[str]:
     return redacted
 
 
-def _url_problem(text: str) -> str | None:
+def url_problem(text: str) -> str | None:
     """What keeps `text` from being a base URL the watcher may send a token to, if anything."""
     not_url = "expected an absolute URL such as https://www.zohoapis.com"
     try:

@@ -7,6 +7,8 @@ once, never lost — and a job that had finished is neither polled nor announced
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -15,7 +17,7 @@ from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import Event, JobState, finished_event, status_changed
 from watcher.schedule import estimate
-from watcher.state import JobRecord, StateStore
+from watcher.state import JobRecord, StateError, StateStore
 
 # Events whose loss would matter: their state is committed before they go out.
 DURABLE_EVENTS = frozenset({"job.status_changed", "job.finished"})
@@ -85,9 +87,23 @@ class Tracker:
                 self.store.save(_replace_removed(record, self._wall()))
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
-        """Persist what `events` record, then emit them, then note that they went out."""
+        """Persist what `events` record, then emit them, then note that they went out.
+
+        A stop that cancels this mid-commit still waits for the commit and emits: otherwise a
+        clean stop would leave committed events unsaid until a restart replays them.
+        """
         if self.store is not None and any(e.name in DURABLE_EVENTS for e in events):
-            await self.store.save_durably(self.as_record(job))
+            saving = asyncio.ensure_future(self.store.save_durably(self.as_record(job)))
+            try:
+                await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                with contextlib.suppress(StateError):  # not committed: nothing to say
+                    await saving
+                    self._emit(job, events)
+                raise
+        self._emit(job, events)
+
+    def _emit(self, job: JobState, events: Sequence[Event]) -> None:
         for event in events:
             self._log.emit(event)
         job.emitted_status = job.status
