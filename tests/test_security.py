@@ -52,6 +52,7 @@ from tests.harness import (
 from watcher.auth import FixedToken, Grant, read_token_answer
 from watcher.client import ZohoClient
 from watcher.config import ConfigError, HttpSettings, JobSpec, Secret, parse_config
+from watcher.credits import CreditBudget
 from watcher.ratelimit import RequestGate
 from watcher.simulator import Simulator
 from watcher.zoho_api import MASS_UPDATE, Effect
@@ -246,7 +247,7 @@ def test_any_ids_stay_in_their_place_or_are_refused(module: str, job_id: str) ->
 
 async def test_an_id_no_url_can_hold_is_rejected_without_a_request(sim: Simulator) -> None:
     async with aiohttp.ClientSession() as session:
-        gate = RequestGate(10, 1.0, 1)
+        gate = RequestGate(10, 1.0, 1, CreditBudget(None, 0))
         tokens = FixedToken(Secret("sim-token"))
         watcher = ZohoClient(session, gate, tokens, sim.url, "v2", MASS_UPDATE)
         answer = await watcher.poll(JobSpec("..", "1"))
