@@ -1,17 +1,17 @@
 """The one gate every request to Zoho passes: in-flight cap, org-wide pause, request rate.
 
-Zoho's limits are per organisation, so they are enforced here once for all jobs. The rate itself
-comes from asyncio-throttle; it is wrapped so the rest of the watcher does not depend on it (its
-waiters poll every 10 ms, which is why only a bounded set of workers ever waits here).
+Zoho's limits are per organisation, so they are enforced here once for all jobs. The rate is a
+sliding window: at most `rate_limit` requests in any `rate_period`. Only the send times of the
+last `rate_limit` requests matter for that, so each check is one look at the oldest of them, and a
+request that must wait sleeps until exactly the moment it may go (no polling).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-
-from asyncio_throttle.throttler import Throttler
 
 
 class RequestGate:
@@ -29,7 +29,9 @@ class RequestGate:
         max_concurrency: int,
         on_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        self._throttler = Throttler(rate_limit=rate_limit, period=rate_period)
+        self._rate_limit = rate_limit
+        self._rate_period = rate_period
+        self._sent: deque[float] = deque()  # send times of the last `rate_limit` requests
         self._slots = asyncio.Semaphore(max_concurrency)
         self._clock = asyncio.get_running_loop().time
         self._resume_at = 0.0
@@ -37,8 +39,8 @@ class RequestGate:
 
     def set_rate(self, rate_limit: int, rate_period: float) -> None:
         """Apply a reloaded rate from the next request on; the recent history still counts."""
-        self._throttler.rate_limit = rate_limit
-        self._throttler.period = rate_period
+        self._rate_limit = rate_limit
+        self._rate_period = rate_period
 
     def pause(self, seconds: float) -> None:
         """Hold every request not yet sent for `seconds` (Zoho said the whole org is too busy)."""
@@ -51,7 +53,7 @@ class RequestGate:
             # A loop, not one sleep: another 429 may push the pause further while we wait.
             while (remaining := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(remaining)
-            await self._throttler.acquire()  # type: ignore[no-untyped-call]
+            await self._take_rate_token()
         except BaseException:
             self._slots.release()
             raise
@@ -64,3 +66,18 @@ class RequestGate:
         tb: TracebackType | None,
     ) -> None:
         self._slots.release()
+
+    async def _take_rate_token(self) -> None:
+        sent = self._sent
+        # A loop: another waiter may take the token that came free first, or the rate may change.
+        while len(sent) >= self._rate_limit:
+            if len(sent) > self._rate_limit:  # the limit was lowered: older sends no longer count
+                sent.popleft()
+                continue
+            free_at = sent[0] + self._rate_period
+            now = self._clock()
+            if free_at <= now:
+                sent.popleft()
+                break
+            await asyncio.sleep(free_at - now)
+        sent.append(self._clock())

@@ -86,10 +86,14 @@ class Tracker:
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
         """Persist what `events` record, then emit them, then note that they went out."""
-        if self.store is not None and any(e.name in DURABLE_EVENTS for e in events):
-            await self.store.save_durably(self.as_record(job))
+        durable = self.store is not None and any(e.name in DURABLE_EVENTS for e in events)
+        store = self.store if durable else None
+        if store is not None:
+            await store.save_durably(self.as_record(job))
         for event in events:
             self._log.emit(event)
+        if store is not None:  # out before the save below can record that they went out
+            self._log.flush()
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
             job.finished_at = self._wall()
