@@ -74,6 +74,8 @@ class Idle:
     rss_mb: float
     peak_rss_mb: float
     first_round_s: float
+    reload_cpu_s: float  # noticing, re-reading and applying the config with one job more
+    peak_rss_after_reload_mb: float
 
 
 class SimServer:
@@ -201,8 +203,8 @@ def count_events(events: Path, name: str) -> int:
 
 
 def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
-    """Start the watcher, wait for its first round (one job.status_changed per job), then watch
-    its CPU over `window_s` seconds."""
+    """Start the watcher, wait for its first round (one job.status_changed per job), watch its
+    CPU over `window_s` seconds, then add a job to the config and measure the reload."""
     env = {**os.environ, "BENCH_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     with events.open("w") as sink:
@@ -215,6 +217,12 @@ def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
         time.sleep(window_s)
         ticks, at = cpu_ticks(process.pid) - ticks, time.monotonic() - at
         memory = proc_status(process.pid)
+        reload_ticks = cpu_ticks(process.pid)
+        with config.open("a") as more:
+            more.write(f'  - module: {RUNNING}\n    job_id: "{job_ids(jobs + 1)[-1]}"\n')
+        wait_for_events(events, "config.reloaded", 1, process)
+        reload_ticks = cpu_ticks(process.pid) - reload_ticks
+        after_reload = proc_status(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -226,6 +234,8 @@ def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
         rss_mb=memory["VmRSS"],
         peak_rss_mb=memory["VmHWM"],
         first_round_s=first_round,
+        reload_cpu_s=reload_ticks / CLOCK_TICKS,
+        peak_rss_after_reload_mb=after_reload["VmHWM"],
     )
 
 
@@ -235,7 +245,7 @@ def wait_for_events(events: Path, name: str, count: int, process: subprocess.Pop
     with events.open() as stream:
         while seen < count:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"idle watcher: {seen}/{count} {name} events, then gave up")
+                raise RuntimeError(f"watcher: {seen}/{count} {name} events, then gave up")
             chunk = stream.read()
             seen += chunk.count(needle)
             if not chunk:
@@ -374,12 +384,14 @@ def table(results: dict[str, object]) -> str:
         )
     lines += [
         "",
-        f"{'idle (nothing due)':<28}{'CPU %':>8}{'window s':>9}{'RSS MB':>8}{'peak MB':>9}",
+        f"{'idle (nothing due)':<28}{'CPU %':>8}{'window s':>9}{'RSS MB':>8}{'peak MB':>9}"
+        f"{'reload s':>10}{'then MB':>9}",
     ]
     for name, measured in idle_runs.items():
         lines.append(
             f"  {name:<26}{measured['cpu_percent']:>8.2f}{measured['window_s']:>9.0f}"
             f"{measured['rss_mb']:>8.0f}{measured['peak_rss_mb']:>9.0f}"
+            f"{measured['reload_cpu_s']:>10.2f}{measured['peak_rss_after_reload_mb']:>9.0f}"
         )
     lines.append(
         f"\ntargets: flat-out CPU <= {CPU_RATIO_TARGET}x bare, idle CPU <= {IDLE_CPU_TARGET} %,"

@@ -53,7 +53,9 @@ class RequestGate:
             # A loop, not one sleep: another 429 may push the pause further while we wait.
             while (remaining := self._resume_at - self._clock()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(remaining)
-            await self._take_rate_token()
+            # A loop: another waiter may take the token that came free first, or the rate change.
+            while (wait := self._rate_wait()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
         except BaseException:
             self._slots.release()
             raise
@@ -67,17 +69,16 @@ class RequestGate:
     ) -> None:
         self._slots.release()
 
-    async def _take_rate_token(self) -> None:
+    def _rate_wait(self) -> float:
+        """Seconds until one more request fits the rate; 0.0 if it fits now, its send recorded."""
         sent = self._sent
-        # A loop: another waiter may take the token that came free first, or the rate may change.
-        while len(sent) >= self._rate_limit:
-            if len(sent) > self._rate_limit:  # the limit was lowered: older sends no longer count
-                sent.popleft()
-                continue
+        while len(sent) > self._rate_limit:  # the limit was lowered: older sends no longer count
+            sent.popleft()
+        now = self._clock()
+        if len(sent) == self._rate_limit:
             free_at = sent[0] + self._rate_period
-            now = self._clock()
-            if free_at <= now:
-                sent.popleft()
-                break
-            await asyncio.sleep(free_at - now)
-        sent.append(self._clock())
+            if free_at > now:
+                return free_at - now
+            sent.popleft()
+        sent.append(now)
+        return 0.0

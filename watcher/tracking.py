@@ -57,7 +57,11 @@ class Tracker:
             self.jobs[spec] = job
             if record is None or record.removed_at is not None:
                 self._log.log("info", "job.added", **job.fields())
-            await self.record(job, self._owed(job))
+            owed = self._owed(job)
+            if owed:
+                await self.record(job, owed)
+            else:  # nothing to announce again: just remember the job (most of ten thousand)
+                self._save(job)
             if job.outcome is None:
                 to_poll.append(spec)
         return to_poll
