@@ -12,7 +12,8 @@ each one's CPU is its own (os.wait4's rusage, or /proc for a window of a running
   poll per job, three events per job, exit — is compared with the bare client making the same
   requests, with the same header and concurrency, to the same server, in the same rounds.
 - Idle: every job answers RUNNING and the schedule is fixed at an hour, so once each job has been
-  polled once nothing is due; the watcher's CPU is then measured over `--idle-seconds`.
+  polled once nothing is due; the watcher's CPU is then measured over `--idle-seconds`, and then
+  the CPU it takes to notice, re-read and apply its config with one job added (a reload).
 
 `--state` runs each watcher phase a second time with a state file. Prints a table, writes
 bench/results/scale.json, exits 1 when a target is missed.
@@ -52,6 +53,7 @@ CPU_RATIO_TARGET = 1.5  # watcher CPU / bare aiohttp CPU, flat out
 IDLE_CPU_TARGET = 1.0  # % of one core when nothing is due
 RSS_TARGET_MB = 100.0  # peak resident memory, idle phase
 
+BARE, WATCHER, WITH_STATE = "bare aiohttp", "watcher", "watcher + state"
 ROUND_TIMEOUT_S = 600.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -125,8 +127,7 @@ def write_config(
     path: Path,
     url: str,
     module: str,
-    count: int,
-    concurrency: int,
+    args: argparse.Namespace,
     polling: dict[str, str],
     state_path: Path | None,
 ) -> Path:
@@ -140,13 +141,13 @@ def write_config(
         # The rate limit must not be what is measured: the comparison is CPU.
         "  rate_limit: 1000000",
         "  rate_period: 1s",
-        f"  max_concurrency: {concurrency}",
+        f"  max_concurrency: {args.concurrency}",
         *(f"  {key}: {value}" for key, value in polling.items()),
     ]
     if state_path is not None:
         lines.append(f"state_path: {state_path}")
     lines.append("jobs:")
-    for job_id in job_ids(count):
+    for job_id in job_ids(args.jobs):
         lines += [f"  - module: {module}", f'    job_id: "{job_id}"']
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -283,115 +284,130 @@ def config_load_s(config: Path) -> float:
     return time.process_time() - started
 
 
-def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+@dataclass(frozen=True)
+class Configs:
+    flat: Path  # jobs that end at their first poll
+    idle: Path  # jobs that run on, polled hourly
+
+
+def write_configs(tmp: Path, name: str, url: str, args: argparse.Namespace) -> Configs:
+    label = name.replace(" + ", "_")
+    state = tmp / f"{label}.db" if name == WITH_STATE else None
+    fast = {"interval": "10s", "max_interval": "5m", "request_timeout": "30s"}
+    slow = {"interval": "1h", "max_interval": "1h", "schedule": "fixed"}
+    return Configs(
+        write_config(tmp / f"{label}-flat.yaml", url, FINISHING, args, fast, state),
+        write_config(tmp / f"{label}-idle.yaml", url, RUNNING, args, slow, state),
+    )
+
+
+def flat_out_rounds(
+    server: SimServer, configs: dict[str, Configs], tmp: Path, args: argparse.Namespace
+) -> dict[str, list[Usage]]:
+    """Bare client and each watcher in turn, `args.rounds` times."""
+    urls_file = tmp / "urls.txt"
+    urls_file.write_text("\n".join(urls(server.url, FINISHING, args.jobs)) + "\n")
+    rounds: dict[str, list[Usage]] = {BARE: [], **{name: [] for name in configs}}
+    for _ in range(args.rounds):
+        rounds[BARE].append(bare(server, urls_file, args.concurrency, args.jobs))
+        for name, config in configs.items():
+            for db in tmp.glob("*.db*"):
+                db.unlink()  # a first poll of every job: nothing remembered
+            events = tmp / "events.jsonl"
+            rounds[name].append(flat_out(server, config.flat, events, args.jobs))
+    return rounds
+
+
+@dataclass(frozen=True)
+class Results:
+    args: argparse.Namespace
+    config_load_s: float
+    flat_out: dict[str, list[Usage]]  # every round, by who ran
+    idle: dict[str, Idle]
+
+    def median(self, name: str) -> Usage:
+        return median_usage(self.flat_out[name])
+
+    def ratio(self, name: str) -> float:
+        return self.median(name).cpu_s / self.median(BARE).cpu_s
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "jobs": self.args.jobs,
+            "concurrency": self.args.concurrency,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "config_load_s": self.config_load_s,
+            "flat_out": {
+                name: {
+                    "median": asdict(self.median(name)),
+                    "ratio": self.ratio(name),
+                    "rounds": [asdict(run) for run in runs],
+                }
+                for name, runs in self.flat_out.items()
+            },
+            "idle": {name: asdict(measured) for name, measured in self.idle.items()},
+            "missed": verdicts(self),
+        }
+
+
+def run(args: argparse.Namespace, tmp: Path) -> Results:
     # Measure the watcher as installed, with its modules compiled, not compiled at every start
     # (the environment may well say PYTHONDONTWRITEBYTECODE).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "watcher")], check=True)
-    variants = (
-        {"watcher": None, "watcher + state": tmp / "state.db"} if args.state else {"watcher": None}
-    )
-    results: dict[str, object] = {
-        "jobs": args.jobs,
-        "concurrency": args.concurrency,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
+    names = (WATCHER, WITH_STATE) if args.state else (WATCHER,)
     with sim_server(args.jobs) as server:
-        fast = {"interval": "10s", "max_interval": "5m", "request_timeout": "30s"}
-        slow = {"interval": "1h", "max_interval": "1h", "schedule": "fixed"}
-        configs = {}
-        for name, state in variants.items():
-            label = name.replace(" + ", "_")
-            configs[name] = (
-                write_config(
-                    tmp / f"{label}-flat.yaml",
-                    server.url,
-                    FINISHING,
-                    args.jobs,
-                    args.concurrency,
-                    fast,
-                    state and state.with_suffix(".flat.db"),
-                ),
-                write_config(
-                    tmp / f"{label}-idle.yaml",
-                    server.url,
-                    RUNNING,
-                    args.jobs,
-                    args.concurrency,
-                    slow,
-                    state and state.with_suffix(".idle.db"),
-                ),
-            )
-        results["config_load_s"] = config_load_s(configs["watcher"][0])
-        urls_file = tmp / "urls.txt"
-        urls_file.write_text("\n".join(urls(server.url, FINISHING, args.jobs)) + "\n")
-        rounds: dict[str, list[Usage]] = {"bare aiohttp": [], **{name: [] for name in variants}}
-        for _ in range(args.rounds):
-            rounds["bare aiohttp"].append(bare(server, urls_file, args.concurrency, args.jobs))
-            for name, (flat_config, _idle) in configs.items():
-                for db in tmp.glob("*.db*"):
-                    db.unlink()  # a first poll of every job: nothing remembered
-                events = tmp / "events.jsonl"
-                rounds[name].append(flat_out(server, flat_config, events, args.jobs))
-        results["flat_out"] = {
-            name: {"median": asdict(median_usage(runs)), "rounds": [asdict(r) for r in runs]}
-            for name, runs in rounds.items()
+        configs = {name: write_configs(tmp, name, server.url, args) for name in names}
+        load_s = config_load_s(configs[WATCHER].flat)
+        rounds = flat_out_rounds(server, configs, tmp, args)
+        idle_runs = {
+            name: idle(config.idle, tmp / "idle.jsonl", args.jobs, args.idle_seconds)
+            for name, config in configs.items()
         }
-        results["idle"] = {
-            name: asdict(idle(idle_config, tmp / "idle.jsonl", args.jobs, args.idle_seconds))
-            for name, (_flat, idle_config) in configs.items()
-        }
-    return results
+    return Results(args, load_s, rounds, idle_runs)
 
 
-def verdicts(results: dict[str, object]) -> list[str]:
+def verdicts(results: Results) -> list[str]:
     """The targets missed, one line each."""
     missed = []
-    flat: dict[str, dict[str, dict[str, float]]] = results["flat_out"]  # type: ignore[assignment]
-    idle_runs: dict[str, dict[str, float]] = results["idle"]  # type: ignore[assignment]
-    bare_cpu = flat["bare aiohttp"]["median"]["cpu_s"]
-    for name, measured in flat.items():
-        ratio = measured["median"]["cpu_s"] / bare_cpu
-        if name != "bare aiohttp" and ratio > CPU_RATIO_TARGET:
+    for name in results.flat_out:
+        ratio = results.ratio(name)
+        if name != BARE and ratio > CPU_RATIO_TARGET:
             missed.append(f"{name}: flat-out CPU {ratio:.2f}x bare > {CPU_RATIO_TARGET}x")
-    for name, measured in idle_runs.items():
-        if measured["cpu_percent"] > IDLE_CPU_TARGET:
-            missed.append(f"{name}: idle CPU {measured['cpu_percent']:.2f} % > {IDLE_CPU_TARGET} %")
-        if measured["peak_rss_mb"] > RSS_TARGET_MB:
-            missed.append(f"{name}: peak RSS {measured['peak_rss_mb']:.0f} MB > {RSS_TARGET_MB} MB")
+    for name, measured in results.idle.items():
+        if measured.cpu_percent > IDLE_CPU_TARGET:
+            missed.append(f"{name}: idle CPU {measured.cpu_percent:.2f} % > {IDLE_CPU_TARGET} %")
+        if measured.peak_rss_mb > RSS_TARGET_MB:
+            missed.append(f"{name}: peak RSS {measured.peak_rss_mb:.0f} MB > {RSS_TARGET_MB} MB")
     return missed
 
 
-def table(results: dict[str, object]) -> str:
-    flat: dict[str, dict[str, dict[str, float]]] = results["flat_out"]  # type: ignore[assignment]
-    idle_runs: dict[str, dict[str, float]] = results["idle"]  # type: ignore[assignment]
-    bare_cpu = flat["bare aiohttp"]["median"]["cpu_s"]
-    jobs = int(results["jobs"])  # type: ignore[call-overload]
+def table(results: Results) -> str:
+    jobs = results.args.jobs
     lines = [
-        f"scale: {jobs:,} jobs, concurrency {results['concurrency']}, {results['cpus']} CPUs,"
-        f" Python {results['python']}; config load {results['config_load_s']:.2f} s CPU",
+        f"scale: {jobs:,} jobs, concurrency {results.args.concurrency}, {os.cpu_count()} CPUs,"
+        f" Python {platform.python_version()}; config load {results.config_load_s:.2f} s CPU",
         "",
         f"{'flat out (median of rounds)':<28}{'CPU s':>8}{'µs/job':>8}{'wall s':>8}"
         f"{'peak MB':>9}{'vs bare':>9}",
     ]
-    for name, measured in flat.items():
-        median = measured["median"]
+    for name in results.flat_out:
+        median = results.median(name)
         lines.append(
-            f"  {name:<26}{median['cpu_s']:>8.2f}{median['cpu_s'] / jobs * 1e6:>8.0f}"
-            f"{median['wall_s']:>8.2f}{median['peak_rss_mb']:>9.0f}"
-            f"{median['cpu_s'] / bare_cpu:>8.2f}x"
+            f"  {name:<26}{median.cpu_s:>8.2f}{median.cpu_s / jobs * 1e6:>8.0f}"
+            f"{median.wall_s:>8.2f}{median.peak_rss_mb:>9.0f}{results.ratio(name):>8.2f}x"
         )
     lines += [
         "",
         f"{'idle (nothing due)':<28}{'CPU %':>8}{'window s':>9}{'RSS MB':>8}{'peak MB':>9}"
         f"{'reload s':>10}{'then MB':>9}",
     ]
-    for name, measured in idle_runs.items():
+    for name, measured in results.idle.items():
         lines.append(
-            f"  {name:<26}{measured['cpu_percent']:>8.2f}{measured['window_s']:>9.0f}"
-            f"{measured['rss_mb']:>8.0f}{measured['peak_rss_mb']:>9.0f}"
-            f"{measured['reload_cpu_s']:>10.2f}{measured['peak_rss_after_reload_mb']:>9.0f}"
+            f"  {name:<26}{measured.cpu_percent:>8.2f}{measured.window_s:>9.0f}"
+            f"{measured.rss_mb:>8.0f}{measured.peak_rss_mb:>9.0f}"
+            f"{measured.reload_cpu_s:>10.2f}{measured.peak_rss_after_reload_mb:>9.0f}"
         )
     lines.append(
         f"\ntargets: flat-out CPU <= {CPU_RATIO_TARGET}x bare, idle CPU <= {IDLE_CPU_TARGET} %,"
@@ -411,9 +427,8 @@ def main() -> int:
     with TemporaryDirectory(prefix="scale-bench-") as tmp:
         results = run(args, Path(tmp))
     missed = verdicts(results)
-    results["missed"] = missed
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(results.as_json(), indent=2) + "\n")
     print(table(results))
     for line in missed:
         print(f"MISSED {line}")
