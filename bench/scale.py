@@ -292,13 +292,14 @@ class Configs:
 
 def write_configs(tmp: Path, name: str, url: str, args: argparse.Namespace) -> Configs:
     label = name.replace(" + ", "_")
-    state = tmp / f"{label}.db" if name == WITH_STATE else None
     fast = {"interval": "10s", "max_interval": "5m", "request_timeout": "30s"}
     slow = {"interval": "1h", "max_interval": "1h", "schedule": "fixed"}
-    return Configs(
-        write_config(tmp / f"{label}-flat.yaml", url, FINISHING, args, fast, state),
-        write_config(tmp / f"{label}-idle.yaml", url, RUNNING, args, slow, state),
-    )
+
+    def config(phase: str, module: str, polling: dict[str, str]) -> Path:
+        state = tmp / f"{label}-{phase}.db" if name == WITH_STATE else None  # one file per phase
+        return write_config(tmp / f"{label}-{phase}.yaml", url, module, args, polling, state)
+
+    return Configs(config("flat", FINISHING, fast), config("idle", RUNNING, slow))
 
 
 def flat_out_rounds(
