@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from watcher.metrics import Metrics
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 # How long stop() lets a request in progress finish; every route answers at once, so this only
 # bounds a stuck client. Idle keep-alive connections are closed without waiting.
@@ -49,10 +47,6 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError, with nothing left running."""
-        # Imported here: aiohttp's server side is a sizeable import that a watcher without an
-        # HTTP listener (the common case) need not pay for at every start.
-        from aiohttp import web
-
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
@@ -74,20 +68,14 @@ class HttpServer:
             await runner.cleanup()
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        from aiohttp import web  # already imported by start()
-
         health = self._health()
         if health.ok:
             return web.json_response({"status": "ok"})
         return web.json_response({"status": "unhealthy", "reason": health.reason}, status=503)
 
     async def _metrics_page(self, _: web.Request) -> web.Response:
-        from aiohttp import web  # already imported by start()
-
         body, content_type = self._metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _jobs_page(self, _: web.Request) -> web.Response:
-        from aiohttp import web  # already imported by start()
-
         return web.json_response(self._jobs())
