@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
@@ -1382,3 +1383,29 @@ def test_any_jobs_file_gives_jobs_or_a_config_error(text: str) -> None:
         assert all(len(found.splitlines()) == 1 for found in result.problems)
     else:
         assert all(isinstance(job, JobSpec) for job in result)
+
+
+def test_job_specs_equal_by_value_hash_alike_and_sort_by_module_then_id() -> None:
+    spec = JobSpec("Leads", "2")
+    assert spec == JobSpec("Leads", "2")
+    assert hash(spec) == hash(JobSpec("Leads", "2"))
+    assert {spec: 1}[JobSpec("Leads", "2")] == 1
+    assert sorted([JobSpec("Leads", "2"), JobSpec("Deals", "3"), JobSpec("Leads", "1")]) == [
+        JobSpec("Deals", "3"),
+        JobSpec("Leads", "1"),
+        JobSpec("Leads", "2"),
+    ]
+    assert repr(spec) == "JobSpec(module='Leads', job_id='2')"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_reading_a_file_leaves_garbage_collection_as_it_was(enabled: bool) -> None:
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        parse_jobs_file("jobs:\n  - {module: Leads, job_id: '1'}\n", "jobs.yaml")
+        with pytest.raises(ConfigError):
+            parse_jobs_file("jobs: [", "broken.yaml")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()

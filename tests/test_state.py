@@ -297,3 +297,12 @@ async def test_a_durable_save_survives_sigkill(path: Path) -> None:
 
 def test_a_stored_token_never_shows_in_its_repr() -> None:
     assert TOKEN.access_token not in repr(TOKEN)
+
+
+async def test_the_writes_of_one_turn_of_the_event_loop_share_one_commit(path: Path) -> None:
+    store = await StateStore.open(path)
+    for n in range(100):
+        store.save(job(str(n)))
+    await store.save_durably(job("100"))
+    assert store.commits == 1
+    await store.close()

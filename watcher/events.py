@@ -1,14 +1,24 @@
-"""The event stream: one JSON object per line on stdout, rendered by structlog.
+"""The event stream: one JSON object per line on stdout (or structlog's console format for people).
 
-Every line carries `event`, `level` and an ISO-8601 UTC `timestamp` first, so that `tail`, `jq` and
-log pipelines read it directly. Known secret values are scrubbed from every field as a last line of
-defence: nothing should ever put one there, and if something does, it still does not leak.
+Every line carries `timestamp` (ISO-8601 UTC), `level` and `event` first, so that `tail`, `jq` and
+log pipelines read it directly. Known secret values are scrubbed from every rendered line as a
+last line of defence: nothing should ever put one there, and if something does, it still does not
+leak.
+
+structlog renders; the chain is kept short because ten thousand jobs make tens of thousands of
+events: one processor stamps and orders, the renderer (with a JSON encoder built once), one scrub.
+Lines are written in batches, once per turn of the event loop, rather than with one system call
+each; `flush` writes what is pending at once, for the moments when an event must be out before
+something else happens (see `Tracker.record`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -19,71 +29,127 @@ from watcher.job import Event
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "console")
 REDACTED = "***"
-_FIRST = ("timestamp", "level", "event")
+_LEADING = frozenset({"timestamp", "level", "event"})
+
+# What structlog's JSONRenderer writes by default (separators, repr for anything else), with the
+# encoder built once rather than for every line.
+_ENCODER = json.JSONEncoder(default=repr)
 
 
-class _Redactor:
-    """Replaces any registered secret found in a string field with a placeholder."""
+def _encode(document: Any, **_: Any) -> str:
+    return _ENCODER.encode(document)
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets: set[str] = set()
-        self.add(secrets)
+
+class _Stamp:
+    """Puts timestamp (UTC, microseconds), level and event first. The date and time of day are
+    formatted once a second rather than for every event."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: WrappedLogger, level: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        name = event_dict.pop("event")
+        return {"timestamp": stamp, "level": level, "event": name, **event_dict}
+
+
+class _Scrub:
+    """Replaces any registered secret in a rendered line. A JSON string holds a secret as its
+    escaped text, so both spellings are looked for."""
+
+    def __init__(self) -> None:
+        self.spellings: set[str] = set()
 
     def add(self, secrets: Iterable[str]) -> None:
-        self._secrets.update(s for s in secrets if s)
+        for secret in secrets:
+            if secret:
+                self.spellings.update({secret, json.dumps(secret)[1:-1]})
 
-    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        if self._secrets:
-            for key, value in event_dict.items():
-                event_dict[key] = self._scrub(value)
-        return event_dict
-
-    def _scrub(self, value: object) -> object:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                value = value.replace(secret, REDACTED)
-        return value
+    def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
+        for spelling in self.spellings:
+            if spelling in line:
+                line = line.replace(spelling, REDACTED)
+        return line
 
 
-def _leading_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Put timestamp, level and event first: what a person scanning `tail -f` looks for."""
-    ordered: MutableMapping[str, Any] = {k: event_dict.pop(k) for k in _FIRST if k in event_dict}
-    ordered.update(event_dict)
-    return dict(ordered)
+class _Lines:
+    """structlog's output: rendered lines, written once per turn of the event loop."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        self._broken: OSError | ValueError | None = None  # a batch could not be written
+
+    def msg(self, line: str) -> None:
+        if self._broken is not None:
+            raise self._broken
+        self._pending.append(line)
+        if len(self._pending) > 1:
+            return  # a flush is already scheduled
+        try:
+            asyncio.get_running_loop().call_soon(self._flush_later)
+        except RuntimeError:  # no loop (start-up errors, tests): write at once
+            self.flush()
+
+    debug = info = warning = error = msg
+
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+
+    def _flush_later(self) -> None:
+        """A scheduled flush has no caller to tell: a dead stream (stdout closed) is reported to
+        the next event instead, as if that one had been written directly."""
+        try:
+            self.flush()
+        except (OSError, ValueError) as exc:
+            self._broken = exc
 
 
 class EventLog:
-    """Where the watcher's events go. One per process; configures structlog on creation."""
+    """Where the watcher's events go, at or above `level`, in `fmt` ("json" or "console")."""
 
     def __init__(self, stream: TextIO, fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
-        self._redactor = _Redactor(secrets)
+        self._scrub = _Scrub()
+        self._scrub.add(secrets)
+        self._lines = _Lines(stream)
         renderer: Processor = (
-            structlog.processors.JSONRenderer()
+            structlog.processors.JSONRenderer(serializer=_encode)
             if fmt == "json"
             else structlog.dev.ConsoleRenderer(colors=stream.isatty())
         )
-        structlog.configure(
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                self._redactor,
-                _leading_keys,
-                renderer,
-            ],
+        self._logger: Any = structlog.wrap_logger(
+            self._lines,
+            processors=[_Stamp(), renderer, self._scrub],
             wrapper_class=structlog.make_filtering_bound_logger(
                 logging.getLevelNamesMapping()[level.upper()]
             ),
-            logger_factory=structlog.PrintLoggerFactory(stream),
             cache_logger_on_first_use=True,
         )
-        self._logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         """Scrub these values too (a token obtained at run time)."""
-        self._redactor.add(secrets)
+        self._scrub.add(secrets)
 
     def emit(self, event: Event) -> None:
-        self.log(event.level, event.name, **event.fields)
+        self._write(event.level, event.name, event.fields)
 
     def log(self, level: str, name: str, **fields: object) -> None:
+        self._write(level, name, fields)
+
+    def _write(self, level: str, name: str, fields: Mapping[str, object]) -> None:
+        if not _LEADING.isdisjoint(fields):  # a field named like one of ours: ours win
+            fields = {key: value for key, value in fields.items() if key not in _LEADING}
         getattr(self._logger, level)(name, **fields)
+
+    def flush(self) -> None:
+        """Write every pending line now."""
+        self._lines.flush()

@@ -80,8 +80,9 @@ class Metrics:
         self._credits.set(math.nan)
         self._job_statuses = dict.fromkeys(JOB_STATUSES)
         self.set_job_counts({})
+        # Looking a label's child up costs more than counting with it: done once, not per poll.
+        self._polls_by_result = {result: self._polls.labels(result) for result in POLL_RESULTS}
         for collector, values in (
-            (self._polls, POLL_RESULTS),
             (self._token_refreshes, TOKEN_RESULTS),
             (self._config_reloads, RELOAD_RESULTS),
         ):
@@ -96,7 +97,8 @@ class Metrics:
 
     def poll_done(self, result: str, seconds: float | None) -> None:
         """Count one poll; `seconds` is None when no request went out (e.g. no token to send)."""
-        self._polls.labels(result=result).inc()
+        polls = self._polls_by_result.get(result) or self._polls.labels(result)
+        polls.inc()
         if seconds is not None:
             self._request_seconds.observe(seconds)
 

@@ -59,7 +59,11 @@ class Tracker:
             self.jobs[spec] = job
             if record is None or record.removed_at is not None:
                 self._log.log("info", "job.added", **job.fields())
-            await self.record(job, self._owed(job))
+            owed = self._owed(job)
+            if owed:
+                await self.record(job, owed)
+            else:  # nothing to announce again: just remember the job (most of ten thousand)
+                self._save(job)
             if job.outcome is None:
                 to_poll.append(spec)
         return to_poll
@@ -106,6 +110,8 @@ class Tracker:
     def _emit(self, job: JobState, events: Sequence[Event]) -> None:
         for event in events:
             self._log.emit(event)
+        if any(e.name in DURABLE_EVENTS for e in events):
+            self._log.flush()  # out before the save below can record that they went out
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
             job.finished_at = self._wall()

@@ -1,0 +1,99 @@
+"""The event stream: JSON lines, leading keys first, levels, scrubbed secrets, batched writes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+
+import pytest
+
+from watcher.events import REDACTED, EventLog
+from watcher.job import Event
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_line_starts_with_timestamp_level_and_event_then_the_fields() -> None:
+    stream = io.StringIO()
+    EventLog(stream, "json", "info").log("info", "job.added", module="Leads", job_id="1")
+    (line,) = lines(stream)
+    assert list(line) == ["timestamp", "level", "event", "module", "job_id"]
+    assert ISO_UTC.fullmatch(str(line["timestamp"]))
+    assert (line["level"], line["event"], line["job_id"]) == ("info", "job.added", "1")
+
+
+def test_a_field_cannot_overwrite_the_leading_keys() -> None:
+    stream = io.StringIO()
+    fields: dict[str, object] = {"level": "info", "event": "y", "timestamp": "z"}
+    EventLog(stream, "json", "info").emit(Event("x", "warning", fields))
+    (line,) = lines(stream)
+    assert (line["level"], line["event"]) == ("warning", "x")
+    assert ISO_UTC.fullmatch(str(line["timestamp"]))
+
+
+def test_events_below_the_level_are_dropped() -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "warning")
+    log.log("info", "quiet")
+    log.emit(Event("loud", "error", {"n": 1}))
+    assert [line["event"] for line in lines(stream)] == ["loud"]
+
+
+def test_values_json_cannot_encode_are_written_as_their_repr() -> None:
+    stream = io.StringIO()
+    EventLog(stream, "json", "info").log("info", "x", where=b"raw")
+    assert lines(stream)[0]["where"] == "b'raw'"
+
+
+@pytest.mark.parametrize("secret", ["plain-token-123", 'quo"te\\slash', "ünïcode-tøken"])
+def test_secrets_are_scrubbed_however_json_escapes_them(secret: str) -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info", [secret])
+    log.log("error", "auth.failed", error=f"refused {secret}!", other="fine")
+    (line,) = lines(stream)
+    assert line["error"] == f"refused {REDACTED}!"
+    assert line["other"] == "fine"
+    assert secret not in stream.getvalue()
+
+
+def test_a_secret_added_at_run_time_is_scrubbed_from_then_on() -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "console", "info")
+    log.add_secrets(["fresh-token-456"])
+    log.log("info", "auth.token_refreshed", note="got fresh-token-456")
+    assert "fresh-token-456" not in stream.getvalue()
+    assert REDACTED in stream.getvalue()
+
+
+async def test_lines_of_one_turn_of_the_loop_are_written_together_after_it() -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info")
+    for n in range(3):
+        log.log("info", "job.added", job_id=str(n))
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)  # one turn of the loop: the scheduled flush runs
+    assert [line["job_id"] for line in lines(stream)] == ["0", "1", "2"]
+
+
+async def test_flush_writes_pending_lines_at_once() -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info")
+    log.log("info", "job.finished")
+    log.flush()
+    assert [line["event"] for line in lines(stream)] == ["job.finished"]
+
+
+async def test_a_stream_that_failed_in_a_scheduled_flush_fails_the_next_event() -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info")
+    log.log("info", "first")
+    stream.close()
+    await asyncio.sleep(0)  # the scheduled flush meets the closed stream
+    with pytest.raises(ValueError, match="closed"):
+        log.log("info", "second")

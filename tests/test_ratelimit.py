@@ -1,0 +1,94 @@
+"""The request gate: in-flight cap, org-wide pause, and a sliding-window rate that never polls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from watcher import ratelimit
+from watcher.ratelimit import RequestGate
+
+
+async def pass_through(gate: RequestGate, sent: list[float]) -> None:
+    async with gate:
+        sent.append(asyncio.get_running_loop().time())
+
+
+def most_in_any_window(sent: list[float], period: float) -> int:
+    """The most sends within any `period` starting at a send (a hair short, for float noise)."""
+    return max(sum(1 for t in sent if start <= t < start + period - 1e-3) for start in sent)
+
+
+async def test_no_more_than_the_rate_in_any_period() -> None:
+    gate = RequestGate(rate_limit=3, rate_period=0.1, max_concurrency=10)
+    sent: list[float] = []
+    await asyncio.gather(*(pass_through(gate, sent) for _ in range(9)))
+    assert len(sent) == 9
+    assert most_in_any_window(sent, 0.1) == 3
+    assert sent[-1] - sent[0] >= 0.2 - 1e-3  # three full windows
+
+
+async def test_a_request_that_must_wait_sleeps_once_until_its_slot_frees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    def recording_sleep(delay: float) -> Coroutine[Any, Any, None]:
+        sleeps.append(delay)
+        return real_sleep(delay)
+
+    gate = RequestGate(rate_limit=1, rate_period=0.2, max_concurrency=1)
+    await pass_through(gate, [])
+    monkeypatch.setattr(ratelimit.asyncio, "sleep", recording_sleep)
+    await pass_through(gate, [])
+    monkeypatch.undo()
+    assert len(sleeps) <= 2  # one sleep, and at most one more for a timer firing a hair early
+    assert 0.15 < sleeps[0] <= 0.2
+
+
+async def test_a_lowered_rate_applies_to_the_next_request() -> None:
+    gate = RequestGate(rate_limit=5, rate_period=0.1, max_concurrency=10)
+    sent: list[float] = []
+    await asyncio.gather(*(pass_through(gate, sent) for _ in range(4)))
+    gate.set_rate(2, 0.1)
+    await asyncio.gather(*(pass_through(gate, sent) for _ in range(4)))
+    later = sent[4:]
+    assert later[0] - sent[0] >= 0.1 - 1e-3  # the earlier four still count against the new rate
+    assert most_in_any_window(later, 0.1) == 2
+
+
+async def test_in_flight_requests_never_exceed_max_concurrency() -> None:
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, max_concurrency=2)
+    in_flight, most = 0, 0
+    full, release = asyncio.Event(), asyncio.Event()
+
+    async def request() -> None:
+        nonlocal in_flight, most
+        async with gate:
+            in_flight += 1
+            most = max(most, in_flight)
+            if in_flight == 2:
+                full.set()
+            await release.wait()
+            in_flight -= 1
+
+    tasks = [asyncio.create_task(request()) for _ in range(5)]
+    await full.wait()  # by now the other three have started and queue for a slot
+    release.set()
+    await asyncio.gather(*tasks)
+    assert most == 2
+
+
+async def test_a_pause_holds_requests_and_counts_as_waiting() -> None:
+    waited: list[float] = []
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, max_concurrency=5, on_wait=waited.append)
+    gate.pause(0.1)
+    sent: list[float] = []
+    started = asyncio.get_running_loop().time()
+    await pass_through(gate, sent)
+    assert sent[0] - started >= 0.1 - 1e-3
+    assert waited[0] >= 0.1 - 1e-3
