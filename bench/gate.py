@@ -66,7 +66,8 @@ def main() -> None:
     print(f"{args.workers} waiters held at {args.rate}/s for {args.seconds:g} s")
     for name, figures in results.items():
         print(
-            f"{name:18} {figures['acquired']:6} acquired  {figures['cpu_s']:7.3f} s CPU  {figures['core_pct']:5.2f} % of a core"
+            f"{name:18} {figures['acquired']:6} acquired  {figures['cpu_s']:7.3f} s CPU"
+            f"  {figures['core_pct']:5.2f} % of a core"
         )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
