@@ -50,13 +50,20 @@ class Answer:
 
 
 def classify(
-    kind: JobKind, http_status: int, headers: Mapping[str, str], body: bytes, now: float
+    kind: JobKind,
+    http_status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float,
+    elapsed: float | None = None,
 ) -> Answer:
-    """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After."""
+    """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After,
+    `elapsed` (seconds on the wire) is passed through."""
     answer = _classify(kind, http_status, headers, body, now)
     credits = headers.get(CREDITS_REMAINING, "").strip()
-    if credits.isdigit() and len(credits) <= 18:
-        answer = replace(answer, credits_remaining=int(credits))
+    remaining = int(credits) if credits.isdigit() and len(credits) <= 18 else None
+    if elapsed is not None or remaining is not None:
+        answer = replace(answer, elapsed=elapsed, credits_remaining=remaining)
     return answer
 
 

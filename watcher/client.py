@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from urllib.parse import quote
 
 import aiohttp
@@ -40,16 +39,22 @@ class ZohoClient:
         self._api_version = api_version
         self._kind = kind
         self._wall_clock = wall_clock
+        self._prefixes: dict[str, str] = {}  # per module: the URL up to the job id's value
 
     def url(self, spec: JobSpec) -> str:
         """The status URL; module and id can only ever fill their own path segment or value.
 
         ValueError for a module that cannot be a segment at all (the config refuses them).
         """
-        path = self._kind.path.format(
-            version=_segment(self._api_version), module=_segment(spec.module)
-        )
-        return f"{self._api_domain}{path}?{self._kind.id_param}={quote(spec.job_id, safe='')}"
+        prefix = self._prefixes.get(spec.module)
+        if prefix is None:
+            path = self._kind.path.format(
+                version=_segment(self._api_version), module=_segment(spec.module)
+            )
+            prefix = self._prefixes[spec.module] = (
+                f"{self._api_domain}{path}?{self._kind.id_param}="
+            )
+        return prefix + quote(spec.job_id, safe="")
 
     async def poll(self, spec: JobSpec) -> Answer:
         """Ask for the job's status once; after a refused token, once more with a fresh one."""
@@ -80,8 +85,7 @@ class ZohoClient:
                 elapsed = time.monotonic() - sent
                 return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed)
             elapsed = time.monotonic() - sent
-        answer = classify(self._kind, status, response_headers, body, self._wall_clock())
-        return replace(answer, elapsed=elapsed)
+        return classify(self._kind, status, response_headers, body, self._wall_clock(), elapsed)
 
 
 def _segment(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import signal
 import time
@@ -136,7 +137,9 @@ class Watcher:
 
     async def _serve(self, server: HttpServer | None) -> None:
         timeout = aiohttp.ClientTimeout(total=self._config.polling.request_timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # Zoho's API sets no cookie we need; not keeping a jar saves work on every answer.
+        jar = aiohttp.DummyCookieJar()
+        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=jar) as session:
             self._started(server)
             watching = asyncio.create_task(self._watch(session))
             ending = asyncio.create_task(self._finished.wait())
@@ -164,6 +167,9 @@ class Watcher:
         except StateError as exc:
             self._state_failed(exc)
             return
+        # What start-up built (config, one state per job) lives as long as the watcher: the cyclic
+        # collector need not walk it again at every collection.
+        gc.freeze()
         self._check_done()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._runtime.scheduler.run())
