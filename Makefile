@@ -19,7 +19,7 @@ test: setup
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check watcher tests
-	$(BIN)/ruff format --check watcher tests
+	$(BIN)/ruff check watcher tests bench
+	$(BIN)/ruff format --check watcher tests bench
 	$(BIN)/mypy --strict watcher
 	$(BIN)/hadolint Dockerfile
