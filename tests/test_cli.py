@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.harness import WatcherProcess, run_cli
 
@@ -31,8 +32,6 @@ BAD = {
 
 def config_with(tmp_path: Path, override: str) -> Path:
     """The good config with one top-level section replaced by `override`."""
-    import yaml
-
     document = yaml.safe_load(GOOD)
     try:
         replacement = yaml.safe_load(override)
