@@ -291,3 +291,17 @@ async def test_sigterm_during_a_burst_flushes_state_and_exits_0(
     remembered = json.loads(stdout)
     assert len(remembered) == 60
     assert all(job["status"] == "RUNNING" or job["outcome"] for job in remembered)
+
+
+async def test_sigterm_during_a_reload_exits_0_promptly(tmp_path: Path, sim: Simulator) -> None:
+    jobs = [("Leads", str(n)) for n in range(2000)]  # a reload with real work to do
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed")
+    daemon.write([A, *jobs])
+    watcher.process.send_signal(signal.SIGHUP)
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+    assert watcher.events[-1]["event"] == "watcher.stopped"
