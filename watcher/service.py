@@ -410,6 +410,7 @@ class Watcher:
             outcomes={k: v for k, v in self._tracker.outcomes.items() if v},
             unfinished=self._tracker.unfinished,
         )
+        self._log.flush()  # the last line: out before the process ends, not at the next loop turn
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
