@@ -74,12 +74,6 @@ class Scheduler(Generic[K]):
         self._wake = asyncio.Event()
         self.busy = 0  # workers inside `poll` right now
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __contains__(self, key: K) -> bool:
-        return key in self._queue
-
     def schedule(self, key: K, delay: float) -> None:
         """Poll `key` after `delay` seconds, replacing any earlier plan for it."""
         self._queue.schedule(key, self._clock() + delay)

@@ -88,7 +88,7 @@ class Tracker:
             spec = JobSpec(module, job_id)
             if record.removed_at is None and spec not in configured:
                 self._log.log("info", "job.removed", module=module, job_id=job_id)
-                self.store.save(_replace_removed(record, self._wall()))
+                self.store.save(replace(record, removed_at=self._wall()))
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
         """Persist what `events` record, then emit them, then note that they went out.
@@ -96,21 +96,22 @@ class Tracker:
         A stop that cancels this mid-commit still waits for the commit and emits: otherwise a
         clean stop would leave committed events unsaid until a restart replays them.
         """
-        if self.store is not None and any(e.name in DURABLE_EVENTS for e in events):
+        durable = any(e.name in DURABLE_EVENTS for e in events)
+        if durable and self.store is not None:
             saving = asyncio.ensure_future(self.store.save_durably(self.as_record(job)))
             try:
                 await asyncio.shield(saving)
             except asyncio.CancelledError:
                 with contextlib.suppress(StateError):  # not committed: nothing to say
                     await saving
-                    self._emit(job, events)
+                    self._emit(job, events, durable)
                 raise
-        self._emit(job, events)
+        self._emit(job, events, durable)
 
-    def _emit(self, job: JobState, events: Sequence[Event]) -> None:
+    def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         for event in events:
             self._log.emit(event)
-        if any(e.name in DURABLE_EVENTS for e in events):
+        if durable:
             self._log.flush()  # out before the save below can record that they went out
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
@@ -173,7 +174,3 @@ class Tracker:
             finished_at=job.finished_at,
             removed_at=removed_at,
         )
-
-
-def _replace_removed(record: JobRecord, when: float) -> JobRecord:
-    return replace(record, removed_at=when)

@@ -54,8 +54,6 @@ MASS_UPDATE = JobKind(
     },
 )
 
-JOB_KINDS: Mapping[str, JobKind] = {MASS_UPDATE.name: MASS_UPDATE}
-
 # Where requests go when neither the config nor Zoho's token answer names an API domain.
 DEFAULT_API_DOMAIN = "https://www.zohoapis.com"
 
