@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint audit
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -11,6 +11,18 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(BIN)/.installed
+
+# The dependency audit runs from a virtualenv of its own (see pyproject.toml, extra "audit").
+AUDIT_VENV ?= .venv-audit
+$(AUDIT_VENV)/bin/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AUDIT_VENV)/bin/python -m pip install --quiet -c constraints.txt pip-audit
+	touch $@
+
+audit: $(AUDIT_VENV)/bin/.installed setup
+	$(BIN)/python .ci/audit.py $(AUDIT_VENV)/bin/pip-audit -r constraints.txt --no-deps \
+	    --disable-pip --progress-spinner off
 
 demo: setup
 	$(BIN)/zoho-job-watcher demo

@@ -198,9 +198,8 @@ def check_counts(requests: int, finished: int, jobs: int) -> None:
 
 
 def count_events(events: Path, name: str) -> int:
-    needle = f'"event": "{name}"'
     with events.open() as lines:
-        return sum(needle in line for line in lines)
+        return sum(json.loads(line)["event"] == name for line in lines)
 
 
 def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
@@ -241,7 +240,7 @@ def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
 
 
 def wait_for_events(events: Path, name: str, count: int, process: subprocess.Popen[bytes]) -> None:
-    needle = f'"event": "{name}"'
+    needle = f'"event":"{name}"'  # the watcher writes compact JSON
     seen, deadline = 0, time.monotonic() + ROUND_TIMEOUT_S
     with events.open() as stream:
         while seen < count:

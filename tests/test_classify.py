@@ -54,6 +54,14 @@ def test_counts_that_are_not_ints_are_unknown_not_guessed() -> None:
     assert result.observation.counts["total_count"] is None
 
 
+def test_counts_beyond_64_bits_are_unknown() -> None:
+    """No real job has them, and the event stream could not write them as numbers."""
+    huge = b'{"data": [{"Status": "RUNNING", "Total_Count": 99999999999999999999999}]}'
+    result = answer(200, huge)
+    assert result.observation is not None
+    assert result.observation.counts["total_count"] is None
+
+
 @pytest.mark.parametrize(
     ("status", "body"),
     [

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +52,32 @@ def test_values_json_cannot_encode_are_written_as_their_repr() -> None:
     stream = io.StringIO()
     EventLog(stream, "json", "info").log("info", "x", where=b"raw")
     assert lines(stream)[0]["where"] == "b'raw'"
+
+
+def test_lines_are_compact_utf8_json() -> None:
+    stream = io.StringIO()
+    EventLog(stream, "json", "info").log("info", "x", error="DONNÉES_INVALIDES", n=1)
+    assert stream.getvalue().endswith('"error":"DONNÉES_INVALIDES","n":1}\n')
+
+
+def test_a_value_the_fast_encoder_refuses_still_makes_a_json_line() -> None:
+    stream = io.StringIO()
+    EventLog(stream, "json", "info").log("info", "x", big=2**70, odd="\ud800")
+    (line,) = lines(stream)
+    assert (line["event"], line["big"], line["odd"]) == ("x", 2**70, "\ud800")
+    assert stream.getvalue().isascii()  # written so that any output encoding can take it
+
+
+def test_the_cli_writes_utf8_whatever_the_locale_says() -> None:
+    program = (
+        "import argparse, asyncio\n"
+        "from watcher.cli import _event_log\n"
+        "args = argparse.Namespace(log_format='json', log_level='info')\n"
+        "_event_log(args).log('info', 'x', error='DONNÉES')\n"
+    )
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, check=True)
+    assert json.loads(done.stdout.decode("utf-8"))["error"] == "DONNÉES"
 
 
 @pytest.mark.parametrize("secret", ["plain-token-123", 'quo"te\\slash', "ünïcode-tøken"])

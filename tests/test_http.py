@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -287,3 +289,13 @@ async def test_two_metrics_objects_count_separately(
     assert math.isnan(value(second_samples, "zoho_watcher_api_credits_remaining"))
     global_names = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "zoho_watcher" not in global_names
+
+
+def test_without_a_port_neither_the_server_nor_prometheus_is_imported() -> None:
+    """Both cost start-up time and memory that a watcher without `http.port` does not need."""
+    program = (
+        "import sys, watcher.cli, watcher.service\n"
+        "print(sorted(m for m in ('aiohttp.web', 'prometheus_client') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr

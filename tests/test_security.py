@@ -214,9 +214,9 @@ def client(api_domain: str = "https://www.zohoapis.com") -> ZohoClient:
     return ZohoClient(None, None, None, api_domain, "v2", MASS_UPDATE)  # type: ignore[arg-type]
 
 
-def assert_in_place(url: str, module: str, job_id: str) -> None:
+def assert_in_place(url: URL, module: str, job_id: str) -> None:
     """`url`, as aiohttp will send it, asks for `module` and `job_id` on Zoho and nothing else."""
-    sent = URL(url)  # what aiohttp does with a str: yarl may normalise it
+    sent = URL(url)  # what aiohttp sends: yarl must not have normalised anything away
     segments = sent.raw_path.split("/")
     assert (sent.scheme, sent.host, sent.fragment) == ("https", "www.zohoapis.com", "")
     assert segments[:3] == ["", "crm", "v2"]
@@ -442,13 +442,13 @@ def test_the_audit_step_fails_on_findings_only(
 
 
 def test_ci_runs_the_audit_over_the_locked_dependencies() -> None:
-    script = (ROOT / ".ci" / "run").read_text()
-    assert ".ci/audit.py .venv/bin/pip-audit -r constraints.txt --no-deps" in script
-    test_extra = " ".join(
-        line.strip() for line in (ROOT / "pyproject.toml").read_text().splitlines()
-    )
-    pinned = re.search(r'"pip-audit==([0-9.]+)"', test_extra)
+    assert "make audit" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert ".ci/audit.py $(AUDIT_VENV)/bin/pip-audit -r constraints.txt --no-deps" in makefile
+    extras = " ".join(line.strip() for line in (ROOT / "pyproject.toml").read_text().splitlines())
+    pinned = re.search(r'audit = \["pip-audit==([0-9.]+)"\]', extras)
     assert pinned is not None
+    assert "-c constraints.txt pip-audit" in makefile  # the audit venv installs that pin
     assert f"pip-audit=={pinned[1]}" in (ROOT / "constraints.txt").read_text().replace("_", "-")
 
 

@@ -7,13 +7,13 @@ module folds all of them into one `Effect` so the rest of the watcher never look
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+import orjson
 
 from watcher.zoho_api import (
     CREDITS_REMAINING,
@@ -26,6 +26,7 @@ from watcher.zoho_api import (
 )
 
 Counts = Mapping[str, int | None]
+_MAX_COUNT = 2**63  # what the event stream's JSON encoder can write as a number
 
 
 @dataclass(frozen=True)
@@ -59,31 +60,40 @@ def classify(
 ) -> Answer:
     """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After,
     `elapsed` (seconds on the wire) is passed through."""
-    answer = _classify(kind, http_status, headers, body, now)
-    credits = headers.get(CREDITS_REMAINING, "").strip()
-    remaining = int(credits) if credits.isdigit() and len(credits) <= 18 else None
-    if elapsed is not None or remaining is not None:
-        answer = replace(answer, elapsed=elapsed, credits_remaining=remaining)
-    return answer
+    effect, code, observation = _read(kind, http_status, body)
+    return Answer(
+        effect,
+        http_status,
+        observation,
+        code,
+        parse_retry_after(headers.get(RETRY_AFTER), now),
+        elapsed,
+        _credits(headers.get(CREDITS_REMAINING)),
+    )
 
 
-def _classify(
-    kind: JobKind, http_status: int, headers: Mapping[str, str], body: bytes, now: float
-) -> Answer:
-    retry_after = parse_retry_after(headers.get(RETRY_AFTER), now)
+def _read(
+    kind: JobKind, http_status: int, body: bytes
+) -> tuple[Effect, str | None, Observation | None]:
+    """What the status and body say: the effect, Zoho's code or ours, the status row if any."""
     if http_status == 204:
-        return Answer(Effect.NOT_FOUND, http_status, code="NO_CONTENT", retry_after=retry_after)
+        return Effect.NOT_FOUND, "NO_CONTENT", None
     ok = 200 <= http_status < 300
     document = _parse_json(body)
     row = _first_row(document)
     error = next((part for part in (row, document) if _is_error(part)), None)
     if error is not None:
-        return _error_answer(kind, http_status, error, retry_after)
+        return _error_effect(kind, http_status, error)
     if not ok or not isinstance(document, dict):
         code = "malformed_response" if ok else f"http_{http_status}"
-        effect = effect_of_http_status(http_status)
-        return Answer(effect, http_status, code=code, retry_after=retry_after)
-    return _status_answer(kind, http_status, row)
+        return effect_of_http_status(http_status), code, None
+    return _status_row(kind, row)
+
+
+def _credits(value: str | None) -> int | None:
+    """The org's remaining API credits, when the header says a plausible number."""
+    text = (value or "").strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else None
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -106,8 +116,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def _parse_json(body: bytes) -> object:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # also for invalid UTF-8 and for nesting too deep
         return None
 
 
@@ -122,9 +132,9 @@ def _is_error(value: object) -> bool:
     return isinstance(value, dict) and (value.get("status") == "error" or "code" in value)
 
 
-def _error_answer(
-    kind: JobKind, http_status: int, error: object, retry_after: float | None
-) -> Answer:
+def _error_effect(
+    kind: JobKind, http_status: int, error: object
+) -> tuple[Effect, str | None, Observation | None]:
     assert isinstance(error, dict)
     code = error.get("code")
     code = code if isinstance(code, str) and code else f"http_{http_status}"
@@ -134,26 +144,29 @@ def _error_answer(
         effect = Effect.NOT_FOUND
     if effect is None:
         effect = effect_of_http_status(http_status)
-    return Answer(effect, http_status, code=code, retry_after=retry_after)
+    return effect, code, None
 
 
 def _names_param(details: object, param: str) -> bool:
     return isinstance(details, dict) and details.get("param_name") == param
 
 
-def _status_answer(kind: JobKind, http_status: int, row: object) -> Answer:
+def _status_row(kind: JobKind, row: object) -> tuple[Effect, str | None, Observation | None]:
     if not isinstance(row, dict):
-        return Answer(Effect.TRANSIENT, http_status, code="malformed_response")
+        return Effect.TRANSIENT, "malformed_response", None
     status = row.get(kind.status_field)
     if not isinstance(status, str) or status not in kind.statuses:
-        return Answer(Effect.TRANSIENT, http_status, code="unknown_status")
+        return Effect.TRANSIENT, "unknown_status", None
     counts = {ours: _count(row.get(theirs)) for ours, theirs in kind.counts.items()}
-    return Answer(Effect.OBSERVED, http_status, observation=Observation(status, counts))
+    return Effect.OBSERVED, None, Observation(status, counts)
 
 
 def _count(value: object) -> int | None:
-    """Counts are ints; anything else (missing, bool, text) is reported as unknown, not guessed."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """Counts are ints; anything else (missing, bool, text, beyond 64 bits) is reported as unknown,
+    not guessed."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
+        return value
+    return None
 
 
 def failure_kind(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,10 @@ def _config_failed(exc: ConfigError) -> int:
 
 def _event_log(args: argparse.Namespace, secrets: Sequence[str] = ()) -> EventLog:
     fmt = args.log_format or ("console" if sys.stdout.isatty() else "json")
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # JSON lines are UTF-8 whatever the locale says: a job id in another script must not
+        # make writing the event fail.
+        sys.stdout.reconfigure(encoding="utf-8")
     return EventLog(sys.stdout, fmt, args.log_level, secrets)
 
 

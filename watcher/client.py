@@ -11,6 +11,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from watcher.auth import TokenSource
 from watcher.classify import Answer, classify, failure_kind
@@ -35,26 +36,32 @@ class ZohoClient:
         self._session = session
         self._gate = gate
         self._tokens = tokens
-        self._api_domain = api_domain
+        self._api_domain = URL(api_domain)
         self._api_version = api_version
         self._kind = kind
         self._wall_clock = wall_clock
-        self._prefixes: dict[str, str] = {}  # per module: the URL up to the job id's value
+        self._paths: dict[str, str] = {}  # per module: the URL's path, encoded
 
-    def url(self, spec: JobSpec) -> str:
+    def url(self, spec: JobSpec) -> URL:
         """The status URL; module and id can only ever fill their own path segment or value.
 
-        ValueError for a module that cannot be a segment at all (the config refuses them).
+        Built from parts this client has already percent-encoded, so yarl need not parse it
+        again. ValueError for a module that cannot be a segment at all (the config refuses them).
         """
-        prefix = self._prefixes.get(spec.module)
-        if prefix is None:
-            path = self._kind.path.format(
+        path = self._paths.get(spec.module)
+        if path is None:
+            path = self._paths[spec.module] = self._kind.path.format(
                 version=_segment(self._api_version), module=_segment(spec.module)
             )
-            prefix = self._prefixes[spec.module] = (
-                f"{self._api_domain}{path}?{self._kind.id_param}="
-            )
-        return prefix + quote(spec.job_id, safe="")
+        query = f"{self._kind.id_param}={quote(spec.job_id, safe='')}"
+        base = self._api_domain
+        return URL.build(
+            scheme=base.scheme,
+            authority=base.raw_authority,
+            path=path,
+            query_string=query,
+            encoded=True,
+        )
 
     async def poll(self, spec: JobSpec) -> Answer:
         """Ask for the job's status once; after a refused token, once more with a fresh one."""

@@ -33,7 +33,7 @@ class RequestGate:
         rate_period: float,
         max_concurrency: int,
         budget: CreditBudget,
-        on_wait: Callable[[float], None] = lambda seconds: None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._rate_limit = rate_limit
         self._rate_period = rate_period
@@ -61,7 +61,8 @@ class RequestGate:
         except BaseException:
             self._slots.release()
             raise
-        self._on_wait(self._clock() - started)
+        if self._on_wait is not None:
+            self._on_wait(self._clock() - started)
 
     async def admit(self) -> None:
         """Wait until one more request may leave: no pause, a credit, room in the rate; take them.

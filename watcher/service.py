@@ -9,29 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
 import signal
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
+from watcher import collector
 from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.config import Config, ConfigError, JobSpec
 from watcher.credits import CreditBudget, Demand
 from watcher.events import EventLog
-from watcher.http import Health, HttpServer
 from watcher.job import Event, apply_answer
-from watcher.metrics import Metrics
 from watcher.ratelimit import RequestGate
 from watcher.reload import ConfigWatcher
 from watcher.scheduler import Scheduler
 from watcher.state import StateError, StateStore, record_view
 from watcher.tracking import Tracker
 from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, Effect, JobKind
+
+if TYPE_CHECKING:  # imported when a listener is configured: most runs never pay for aiohttp.web
+    from watcher.http import Health, HttpServer
+    from watcher.metrics import Metrics
 
 EXIT_OK = 0
 EXIT_JOB_NOT_COMPLETED = 1
@@ -77,7 +80,8 @@ class Watcher:
         self._exit_when_done = exit_when_done
         self._kind = kind
         self._rng = rng or random.Random()
-        self._metrics = Metrics(self._job_counts)
+        # Counted only where they can be read: with no HTTP listener nobody can scrape them.
+        self._metrics: Metrics | None = None
         self._finished = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._exit_code = EXIT_OK
@@ -125,6 +129,10 @@ class Watcher:
         settings = self._config.http
         if settings.port is None:
             return None
+        from watcher.http import HttpServer
+        from watcher.metrics import Metrics
+
+        self._metrics = Metrics(self._job_counts)
         server = HttpServer(
             settings.host, settings.port, self._metrics, self._health, self._jobs_view
         )
@@ -162,14 +170,13 @@ class Watcher:
             return
         self._runtime = self._build(session, tokens)
         try:
-            await self._track(self._config.jobs)
-            self._tracker.forget_missing(set(self._config.jobs))
+            with collector.paused():
+                await self._track(self._config.jobs)
+                self._tracker.forget_missing(set(self._config.jobs))
         except StateError as exc:
             self._state_failed(exc)
             return
-        # What start-up built (config, one state per job) lives as long as the watcher: the cyclic
-        # collector need not walk it again at every collection.
-        gc.freeze()
+        collector.settle()
         self._check_done()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._runtime.scheduler.run())
@@ -185,7 +192,7 @@ class Watcher:
             polling.rate_period,
             polling.max_concurrency,
             budget,
-            self._metrics.rate_limit_waited,
+            self._metrics.rate_limit_waited if self._metrics is not None else None,
         )
         client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
         loop = asyncio.get_running_loop()
@@ -209,8 +216,9 @@ class Watcher:
 
     def _auth_event(self, event: Event) -> None:
         self._log.emit(event)
-        ok = event.name == "auth.token_refreshed"
-        self._metrics.token_refreshed("ok" if ok else "failed")
+        if self._metrics is not None:
+            ok = event.name == "auth.token_refreshed"
+            self._metrics.token_refreshed("ok" if ok else "failed")
 
     async def _track(self, specs: tuple[JobSpec, ...]) -> None:
         assert self._runtime is not None
@@ -232,7 +240,8 @@ class Watcher:
             return
         except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
             answer = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
-        self._metrics.poll_done(answer.effect.value, answer.elapsed)
+        if self._metrics is not None:
+            self._metrics.poll_done(answer.effect.value, answer.elapsed)
         job.last_seen = time.time()
         now = asyncio.get_running_loop().time()
         if answer.credits_remaining is not None:
@@ -267,7 +276,8 @@ class Watcher:
         """Zoho said how many API credits the org has left: a gauge always, and `credits.low`
         once each time it falls below the floor (not at every poll while it stays there)."""
         assert self._runtime is not None
-        self._metrics.credits_remaining(remaining)
+        if self._metrics is not None:
+            self._metrics.credits_remaining(remaining)
         low = self._runtime.budget.remaining(now, remaining)
         if low and not self._credits_low:
             floor = self._config.polling.credits_floor
@@ -289,7 +299,8 @@ class Watcher:
             try:
                 config = await asyncio.to_thread(follower.check, report_now=asked)
             except ConfigError as exc:
-                self._metrics.config_reloaded("invalid")
+                if self._metrics is not None:
+                    self._metrics.config_reloaded("invalid")
                 self._log.log("error", "config.invalid", problems=list(exc.problems))
                 continue
             if config is not None:
@@ -315,7 +326,8 @@ class Watcher:
         except StateError as exc:
             self._state_failed(exc)
             return
-        self._metrics.config_reloaded("ok")
+        if self._metrics is not None:
+            self._metrics.config_reloaded("ok")
         self._log.log(
             "info",
             "config.reloaded",
@@ -364,6 +376,8 @@ class Watcher:
             self._finished.set()
 
     def _health(self) -> Health:
+        from watcher.http import Health  # only ever asked by the listener, which imported it
+
         if self._reason == "auth_failed":
             return Health(False, "auth_failed")
         runtime = self._runtime

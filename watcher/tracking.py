@@ -111,7 +111,7 @@ class Tracker:
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         for event in events:
             self._log.emit(event)
-        if durable:
+        if durable and self.store is not None:
             self._log.flush()  # out before the save below can record that they went out
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
