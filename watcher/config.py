@@ -7,13 +7,11 @@ the text as written, which YAML 1.1 would otherwise mangle (`job_id: 0123` is th
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -22,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from watcher import collector
 from watcher.durations import format_duration, parse_duration
 
 _T = TypeVar("_T")
@@ -210,7 +209,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
 def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
     """Validates YAML `text`, naming it `source` in messages and expanding ${VAR} from `env`."""
     reader = _Reader(source, env)
-    with _collector_paused():
+    with collector.paused():
         config = _config(reader, _compose(text, source))
     if config is None or reader.problems:
         raise ConfigError(reader.redacted_problems())
@@ -252,7 +251,7 @@ def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
     environment, and a module or job id can never contain a `$` anyway.
     """
     reader = _Reader(source, None)
-    with _collector_paused():
+    with collector.paused():
         sections = reader.mapping(_compose(text, source), "", ("jobs",)) or {}
         jobs = _jobs(reader, sections.get("jobs", SequenceNode(_SEQ_TAG, [])))
     if reader.problems:
@@ -295,24 +294,6 @@ def _reason(error: OSError | ValueError) -> str:
     if isinstance(error, UnicodeDecodeError):
         return f"not UTF-8 text (bad byte at offset {error.start})"
     return getattr(error, "strerror", None) or str(error)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a file is read.
-
-    A 10,000-job file becomes a tree of some 60,000 nodes that all live until the file is read,
-    and allocating them makes the cyclic collector scan the growing tree over and over (half the
-    load time of such a file) without ever finding anything to free. Reference counting still
-    frees as usual; the collector resumes afterwards if it was on.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _compose(text: str, source: str) -> Node:

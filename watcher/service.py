@@ -12,6 +12,7 @@ import contextlib
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ class _Runtime:
     scheduler: Scheduler[JobSpec]
     budget: CreditBudget
     demand: Demand
+    clock: Callable[[], float]  # the loop's monotonic clock, the scheduler's too
 
 
 class Watcher:
@@ -197,7 +199,7 @@ class Watcher:
         client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
         loop = asyncio.get_running_loop()
         scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
-        return _Runtime(gate, client, scheduler, budget, Demand())
+        return _Runtime(gate, client, scheduler, budget, Demand(), loop.time)
 
     def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
         auth = self._config.zoho.auth
@@ -243,7 +245,7 @@ class Watcher:
         if self._metrics is not None:
             self._metrics.poll_done(answer.effect.value, answer.elapsed)
         job.last_seen = time.time()
-        now = asyncio.get_running_loop().time()
+        now = runtime.clock()
         if answer.credits_remaining is not None:
             self._credits_reported(answer.credits_remaining, now)
         decision = apply_answer(

@@ -96,9 +96,11 @@ class Tracker:
         A stop that cancels this mid-commit still waits for the commit and emits: otherwise a
         clean stop would leave committed events unsaid until a restart replays them.
         """
-        durable = any(e.name in DURABLE_EVENTS for e in events)
-        if durable and self.store is not None:
-            saving = asyncio.ensure_future(self.store.save_durably(self.as_record(job)))
+        store = self.store
+        # Without a store nothing is durable: no commit to wait for, no flush to force.
+        durable = store is not None and any(e.name in DURABLE_EVENTS for e in events)
+        if store is not None and durable:
+            saving = asyncio.ensure_future(store.save_durably(self.as_record(job)))
             try:
                 await asyncio.shield(saving)
             except asyncio.CancelledError:
@@ -111,7 +113,7 @@ class Tracker:
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         for event in events:
             self._log.emit(event)
-        if durable and self.store is not None:
+        if durable:
             self._log.flush()  # out before the save below can record that they went out
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
