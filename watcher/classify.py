@@ -29,7 +29,7 @@ Counts = Mapping[str, int | None]
 _MAX_COUNT = 2**63  # what the event stream's JSON encoder can write as a number
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """A status row as Zoho reported it, with counts under the watcher's own names."""
 
@@ -37,7 +37,7 @@ class Observation:
     counts: Counts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
     """What one poll told us. `code` is Zoho's error code or a short name for what went wrong."""
 

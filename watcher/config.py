@@ -152,7 +152,7 @@ class PollingSettings:
     credits_floor: int = 1000
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class JobSpec:
     module: str
     job_id: str

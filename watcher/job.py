@@ -18,7 +18,7 @@ from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_dela
 from watcher.zoho_api import Effect, JobKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One line of the event stream, before rendering."""
 
@@ -27,7 +27,7 @@ class Event:
     fields: dict[str, object]
 
 
-@dataclass
+@dataclass(slots=True)
 class JobState:
     """What the watcher knows about one job.
 
@@ -55,7 +55,7 @@ class JobState:
         return {"module": self.spec.module, "job_id": self.spec.job_id}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What the scheduler must do after a poll. `next_poll_in` is None once the job has ended."""
 

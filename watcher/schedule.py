@@ -38,7 +38,7 @@ LOOKAHEAD = 2.0
 FEW_GAPS_DOUBT = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One status row; `done` (Updated_Count + Failed_Count) and `total` are None when unknown."""
 
@@ -48,13 +48,13 @@ class Sample:
     total: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Estimate:
     progress: float | None  # 0..1, None when unknown
     eta_s: float | None  # predicted seconds from the last sample to the finish, None if unknown
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Fit:
     """The job's pace over its recent samples: a prediction and how far to trust it."""
 
