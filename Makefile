@@ -20,8 +20,8 @@ $(AUDIT_VENV)/bin/.installed: pyproject.toml constraints.txt
 	$(AUDIT_VENV)/bin/python -m pip install --quiet -c constraints.txt pip-audit
 	touch $@
 
-audit: $(AUDIT_VENV)/bin/.installed setup
-	$(BIN)/python .ci/audit.py $(AUDIT_VENV)/bin/pip-audit -r constraints.txt --no-deps \
+audit: $(AUDIT_VENV)/bin/.installed
+	$(AUDIT_VENV)/bin/python .ci/audit.py $(AUDIT_VENV)/bin/pip-audit -r constraints.txt --no-deps \
 	    --disable-pip --progress-spinner off
 
 demo: setup

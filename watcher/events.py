@@ -87,7 +87,8 @@ class _Scrub:
 
 
 class _Lines:
-    """structlog's output: rendered lines, written once per turn of the event loop."""
+    """structlog's output (`_Logger` hands it each line through `msg`): rendered lines, written
+    once per turn of the event loop."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -104,8 +105,6 @@ class _Lines:
             asyncio.get_running_loop().call_soon(self._flush_later)
         except RuntimeError:  # no loop (start-up errors, tests): write at once
             self.flush()
-
-    debug = info = warning = error = msg
 
     def flush(self) -> None:
         if self._pending:
