@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
 import aiohttp
 import orjson
@@ -29,17 +29,20 @@ Counts = Mapping[str, int | None]
 _MAX_COUNT = 2**63  # what the event stream's JSON encoder can write as a number
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """A status row as Zoho reported it, with counts under the watcher's own names."""
 
     status: str
     counts: Counts
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What one poll told us. `code` is Zoho's error code or a short name for what went wrong."""
+class Answer(NamedTuple):
+    """What one poll told us. `code` is Zoho's error code or a short name for what went wrong.
+
+    The values made at every poll (this, `Observation`, `Sample`, `Event`, `Decision`) are named
+    tuples: as immutable as a frozen dataclass, at a fifth of its cost to make, since a frozen
+    dataclass's `__init__` sets each field through `object.__setattr__`.
+    """
 
     effect: Effect
     http_status: int | None

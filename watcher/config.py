@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -152,18 +152,12 @@ class PollingSettings:
     credits_floor: int = 1000
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class JobSpec:
+class JobSpec(NamedTuple):
+    """One job to watch. A tuple: it keys every per-job dict and the scheduler's queue, and a
+    tuple is made, hashed and compared in C, where a frozen dataclass runs Python each time."""
+
     module: str
     job_id: str
-    # Specs key every per-job dict and the scheduler's queue: hashed once, not on each lookup.
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.module, self.job_id)))
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from watcher.backoff import backoff_delay
 from watcher.classify import Answer, Counts, Observation
@@ -18,8 +19,7 @@ from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_dela
 from watcher.zoho_api import Effect, JobKind
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One line of the event stream, before rendering."""
 
     name: str
@@ -55,8 +55,7 @@ class JobState:
         return {"module": self.spec.module, "job_id": self.spec.job_id}
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What the scheduler must do after a poll. `next_poll_in` is None once the job has ended."""
 
     events: tuple[Event, ...]

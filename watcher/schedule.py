@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SCHEDULES = ("adaptive", "fixed")
 
@@ -38,8 +38,7 @@ LOOKAHEAD = 2.0
 FEW_GAPS_DOUBT = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One status row; `done` (Updated_Count + Failed_Count) and `total` are None when unknown."""
 
     at: float  # seconds on the caller's clock (monotonic or virtual)
@@ -48,14 +47,12 @@ class Sample:
     total: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(NamedTuple):
     progress: float | None  # 0..1, None when unknown
     eta_s: float | None  # predicted seconds from the last sample to the finish, None if unknown
 
 
-@dataclass(frozen=True, slots=True)
-class _Fit:
+class _Fit(NamedTuple):
     """The job's pace over its recent samples: a prediction and how far to trust it."""
 
     eta_s: float  # seconds from the last sample to the finish, at the best pace seen lately
