@@ -49,7 +49,7 @@ async def held(
 
 async def compare(workers: int, rate: int, seconds: float) -> dict[str, dict[str, float]]:
     throttler = Throttler(rate_limit=rate, period=1.0)
-    gate = RequestGate(rate, 1.0, workers, CreditBudget(None, 0))
+    gate = RequestGate(rate, 1.0, CreditBudget(None, 0))
     return {
         "asyncio-throttle": await held(throttler.acquire, workers, seconds),  # type: ignore[no-untyped-call]
         "RequestGate": await held(gate.admit, workers, seconds),

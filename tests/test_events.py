@@ -68,6 +68,18 @@ def test_a_value_the_fast_encoder_refuses_still_makes_a_json_line() -> None:
     assert stream.getvalue().isascii()  # written so that any output encoding can take it
 
 
+@pytest.mark.parametrize("fallback", [False, True])
+def test_a_non_ascii_secret_is_scrubbed_from_utf8_and_ascii_lines(fallback: bool) -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info", secrets=["sécret-tōken"])
+    extra = {"big": 2**70} if fallback else {}  # a value only the ASCII fallback can write
+    log.log("info", "x", leaked="sécret-tōken", note="é", **extra)
+    text = stream.getvalue()
+    assert text.isascii() == fallback
+    assert lines(stream)[0]["leaked"] == "***"
+    assert "cret" not in text
+
+
 def test_the_cli_writes_utf8_whatever_the_locale_says() -> None:
     program = (
         "import argparse, asyncio\n"

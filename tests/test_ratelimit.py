@@ -1,4 +1,4 @@
-"""The request gate: in-flight cap, org-wide pause, and a sliding-window rate that never polls."""
+"""The request gate: org-wide pause and a sliding-window rate that never polls."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ NO_BUDGET = CreditBudget(None, 0)
 
 
 async def pass_through(gate: RequestGate, sent: list[float]) -> None:
-    async with gate:
-        sent.append(asyncio.get_running_loop().time())
+    await gate.admit()
+    sent.append(asyncio.get_running_loop().time())
 
 
 def most_in_any_window(sent: list[float], period: float) -> int:
@@ -26,7 +26,7 @@ def most_in_any_window(sent: list[float], period: float) -> int:
 
 
 async def test_no_more_than_the_rate_in_any_period() -> None:
-    gate = RequestGate(rate_limit=3, rate_period=0.1, max_concurrency=10, budget=NO_BUDGET)
+    gate = RequestGate(rate_limit=3, rate_period=0.1, budget=NO_BUDGET)
     sent: list[float] = []
     await asyncio.gather(*(pass_through(gate, sent) for _ in range(9)))
     assert len(sent) == 9
@@ -44,7 +44,7 @@ async def test_a_request_that_must_wait_sleeps_once_until_its_slot_frees(
         sleeps.append(delay)
         return real_sleep(delay)
 
-    gate = RequestGate(rate_limit=1, rate_period=0.2, max_concurrency=1, budget=NO_BUDGET)
+    gate = RequestGate(rate_limit=1, rate_period=0.2, budget=NO_BUDGET)
     await pass_through(gate, [])
     monkeypatch.setattr(ratelimit.asyncio, "sleep", recording_sleep)
     await pass_through(gate, [])
@@ -54,7 +54,7 @@ async def test_a_request_that_must_wait_sleeps_once_until_its_slot_frees(
 
 
 async def test_a_lowered_rate_applies_to_the_next_request() -> None:
-    gate = RequestGate(rate_limit=5, rate_period=0.1, max_concurrency=10, budget=NO_BUDGET)
+    gate = RequestGate(rate_limit=5, rate_period=0.1, budget=NO_BUDGET)
     sent: list[float] = []
     await asyncio.gather(*(pass_through(gate, sent) for _ in range(4)))
     gate.set_rate(2, 0.1)
@@ -64,33 +64,9 @@ async def test_a_lowered_rate_applies_to_the_next_request() -> None:
     assert most_in_any_window(later, 0.1) == 2
 
 
-async def test_in_flight_requests_never_exceed_max_concurrency() -> None:
-    gate = RequestGate(rate_limit=1000, rate_period=1.0, max_concurrency=2, budget=NO_BUDGET)
-    in_flight, most = 0, 0
-    full, release = asyncio.Event(), asyncio.Event()
-
-    async def request() -> None:
-        nonlocal in_flight, most
-        async with gate:
-            in_flight += 1
-            most = max(most, in_flight)
-            if in_flight == 2:
-                full.set()
-            await release.wait()
-            in_flight -= 1
-
-    tasks = [asyncio.create_task(request()) for _ in range(5)]
-    await full.wait()  # by now the other three have started and queue for a slot
-    release.set()
-    await asyncio.gather(*tasks)
-    assert most == 2
-
-
 async def test_a_pause_holds_requests_and_counts_as_waiting() -> None:
     waited: list[float] = []
-    gate = RequestGate(
-        rate_limit=1000, rate_period=1.0, max_concurrency=5, budget=NO_BUDGET, on_wait=waited.append
-    )
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET, on_wait=waited.append)
     gate.pause(0.1)
     sent: list[float] = []
     started = asyncio.get_running_loop().time()

@@ -42,6 +42,18 @@ def test_cancelled_keys_never_come_out() -> None:
     assert drain(queue) == ["b"]
 
 
+def test_only_keys_due_by_now_are_popped() -> None:
+    queue: DueQueue[str] = DueQueue()
+    queue.schedule("a", 2.0)
+    queue.schedule("b", 1.0)
+    queue.schedule("b", 3.0)  # its stale entry at 1.0 must not make it due early
+    assert queue.pop_due(1.5) is None
+    assert queue.pop_due(2.0) == "a"
+    assert queue.pop_due(2.5) is None
+    assert queue.pop_due(3.0) == "b"
+    assert queue.pop_due(9.0) is None
+
+
 @given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 100)), max_size=60))
 def test_drains_in_due_order_with_each_key_once(plan: list[tuple[int, float]]) -> None:
     queue: DueQueue[int] = DueQueue()

@@ -247,7 +247,7 @@ def test_any_ids_stay_in_their_place_or_are_refused(module: str, job_id: str) ->
 
 async def test_an_id_no_url_can_hold_is_rejected_without_a_request(sim: Simulator) -> None:
     async with aiohttp.ClientSession() as session:
-        gate = RequestGate(10, 1.0, 1, CreditBudget(None, 0))
+        gate = RequestGate(10, 1.0, CreditBudget(None, 0))
         tokens = FixedToken(Secret("sim-token"))
         watcher = ZohoClient(session, gate, tokens, sim.url, "v2", MASS_UPDATE)
         answer = await watcher.poll(JobSpec("..", "1"))

@@ -64,14 +64,15 @@ def classify(
     """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After,
     `elapsed` (seconds on the wire) is passed through."""
     effect, code, observation = _read(kind, http_status, body)
+    retry_after, credits = headers.get(RETRY_AFTER), headers.get(CREDITS_REMAINING)
     return Answer(
         effect,
         http_status,
         observation,
         code,
-        parse_retry_after(headers.get(RETRY_AFTER), now),
+        None if retry_after is None else parse_retry_after(retry_after, now),
         elapsed,
-        _credits(headers.get(CREDITS_REMAINING)),
+        None if credits is None else _credits(credits),
     )
 
 
@@ -84,18 +85,19 @@ def _read(
     ok = 200 <= http_status < 300
     document = _parse_json(body)
     row = _first_row(document)
-    error = next((part for part in (row, document) if _is_error(part)), None)
-    if error is not None:
-        return _error_effect(kind, http_status, error)
+    if _is_error(row):
+        return _error_effect(kind, http_status, row)
+    if _is_error(document):
+        return _error_effect(kind, http_status, document)
     if not ok or not isinstance(document, dict):
         code = "malformed_response" if ok else f"http_{http_status}"
         return effect_of_http_status(http_status), code, None
     return _status_row(kind, row)
 
 
-def _credits(value: str | None) -> int | None:
+def _credits(value: str) -> int | None:
     """The org's remaining API credits, when the header says a plausible number."""
-    text = (value or "").strip()
+    text = value.strip()
     return int(text) if text.isdigit() and len(text) <= 18 else None
 
 
@@ -160,16 +162,13 @@ def _status_row(kind: JobKind, row: object) -> tuple[Effect, str | None, Observa
     status = row.get(kind.status_field)
     if not isinstance(status, str) or status not in kind.statuses:
         return Effect.TRANSIENT, "unknown_status", None
-    counts = {ours: _count(row.get(theirs)) for ours, theirs in kind.counts.items()}
+    # Counts are ints; anything else (missing, bool, text, beyond 64 bits) is reported as
+    # unknown, not guessed. `type` rather than isinstance: a bool is an int subclass.
+    counts = {
+        ours: value if type(value := row.get(theirs)) is int and 0 <= value < _MAX_COUNT else None
+        for ours, theirs in kind.counts.items()
+    }
     return Effect.OBSERVED, None, Observation(status, counts)
-
-
-def _count(value: object) -> int | None:
-    """Counts are ints; anything else (missing, bool, text, beyond 64 bits) is reported as unknown,
-    not guessed."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
-        return value
-    return None
 
 
 def failure_kind(exc: BaseException) -> str:

@@ -77,21 +77,21 @@ class ZohoClient:
         except ValueError:
             return Answer(Effect.REJECTED, None, code="invalid_module")
         headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
-        async with self._gate:
-            sent = time.monotonic()
-            try:
-                async with self._session.get(
-                    url,
-                    headers=headers,
-                    allow_redirects=False,
-                    middlewares=(_EveryAttemptAdmitted(self._gate),),
-                ) as response:
-                    body = await response.read()
-                    status, response_headers = response.status, response.headers
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                elapsed = time.monotonic() - sent
-                return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed)
+        await self._gate.admit()
+        sent = time.monotonic()
+        try:
+            async with self._session.get(
+                url,
+                headers=headers,
+                allow_redirects=False,
+                middlewares=(_ResendsAdmitted(self._gate),),
+            ) as response:
+                body = await response.read()
+                status, response_headers = response.status, response.headers
+        except (TimeoutError, aiohttp.ClientError) as exc:
             elapsed = time.monotonic() - sent
+            return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed)
+        elapsed = time.monotonic() - sent
         return classify(self._kind, status, response_headers, body, self._wall_clock(), elapsed)
 
 
@@ -103,11 +103,11 @@ def _segment(text: str) -> str:
     return quote(text, safe="")
 
 
-class _EveryAttemptAdmitted:
-    """Sends each attempt of one request through the gate's rate limit and credit budget.
+class _ResendsAdmitted:
+    """Sends each re-send of one request through the gate's rate limit and credit budget.
 
     aiohttp re-sends a GET by itself when a reused keep-alive connection turns out closed (RFC 9112
-    9.3.1). The first attempt was admitted by `async with gate`; any later one is a request to
+    9.3.1). The first attempt was admitted before the request began; any later one is a request to
     Zoho like any other and must be admitted too, or resets would let requests past the limit.
     """
 

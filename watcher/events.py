@@ -34,18 +34,22 @@ _LEADING = ("timestamp", "level", "event")
 _OURS = frozenset(_LEADING)
 
 
-def _encode(document: Any, **_: Any) -> str:
-    """One compact JSON line; anything JSON has no word for is written as its repr.
+def _json_line(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
+    """The renderer: one compact JSON line; anything JSON has no word for is written as its repr.
 
     orjson writes UTF-8, as JSON Lines are defined, and refuses what cannot be written that way
     (integers beyond 64 bits, lone surrogates), which no field of ours should hold; should one get
     there anyway, the standard library writes the line in plain ASCII rather than the event being
-    lost.
+    lost. (structlog's JSONRenderer would only add a call around the same `dumps`.)
     """
     try:
-        return orjson.dumps(document, default=repr).decode()
+        return orjson.dumps(event_dict, default=repr).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(document, default=repr, separators=(",", ":"))
+        return _ascii_json(event_dict)
+
+
+def _ascii_json(document: object) -> str:
+    return json.dumps(document, default=repr, separators=(",", ":"))
 
 
 class _Stamp:
@@ -69,7 +73,7 @@ class _Stamp:
 
 class _Scrub:
     """Replaces any registered secret in a rendered line. A JSON string holds a secret as its
-    escaped text, so both spellings are looked for."""
+    escaped text (orjson's, or the ASCII of the fallback), so every spelling is looked for."""
 
     def __init__(self) -> None:
         self.spellings: set[str] = set()
@@ -77,7 +81,8 @@ class _Scrub:
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
             if secret:
-                self.spellings.update({secret, _encode(secret)[1:-1]})
+                escaped = (orjson.dumps(secret).decode()[1:-1], _ascii_json(secret)[1:-1])
+                self.spellings.update({secret, *escaped})
 
     def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
         for spelling in self.spellings:
@@ -130,8 +135,8 @@ class _Logger(structlog.BoundLoggerBase):
     """
 
     def write(self, level: str, name: str, fields: dict[str, object]) -> None:
-        args, kwargs = self._process_event(level, name, fields)
-        self._logger.msg(*args, **kwargs)
+        args, _ = self._process_event(level, name, fields)  # the chain ends with a line
+        self._logger.msg(*args)
 
 
 class EventLog:
@@ -142,9 +147,7 @@ class EventLog:
         self._scrub.add(secrets)
         self._lines = _Lines(stream)
         renderer: Processor = (
-            structlog.processors.JSONRenderer(serializer=_encode)
-            if fmt == "json"
-            else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+            _json_line if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
         )
         self._enabled = frozenset(LEVELS[LEVELS.index(level) :])
         # Bound first, so that every event dict starts with these keys in this order (the fields

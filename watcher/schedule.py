@@ -107,7 +107,7 @@ def _progress(sample: Sample) -> float | None:
 def _fit(samples: Sequence[Sample]) -> _Fit | None:
     """The pace over the latest run of comparable samples; None while it cannot be told."""
     last = samples[-1]
-    if last.done is None or last.total is None:
+    if last.done is None or last.total is None or len(samples) < 2:  # one sample shows no pace
         return None
     run = _comparable_run(samples, last.done)
     (started, first_done), (ended, last_done) = run[0], run[-1]

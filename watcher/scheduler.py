@@ -57,6 +57,11 @@ class DueQueue(Generic[K]):
         del self._current[key]
         return key
 
+    def pop_due(self, now: float) -> K | None:
+        """Remove and return the earliest key if it is due by `now`; None if none is."""
+        due = self.next_due()
+        return self.pop() if due is not None and due <= now else None
+
 
 class Scheduler(Generic[K]):
     """Calls `poll(key)` for each key when it falls due, at most `workers` at a time."""
@@ -93,21 +98,22 @@ class Scheduler(Generic[K]):
                 group.create_task(self._work())
 
     async def _work(self) -> None:
+        """One worker: one poll at a time, so `workers` is also the cap on requests in flight."""
         while True:
-            key = await self._next_due()
+            key = self._queue.pop_due(self._clock())
+            if key is None:
+                await self._until_due()
+                continue
             self.busy += 1
             try:
                 await self._poll(key)
             finally:
                 self.busy -= 1
 
-    async def _next_due(self) -> K:
-        while True:
-            due = self._queue.next_due()
-            now = self._clock()
-            if due is not None and due <= now:
-                return self._queue.pop()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if due is None else due - now):
-                    await self._wake.wait()
+    async def _until_due(self) -> None:
+        """Sleep until the earliest key falls due or another is scheduled."""
+        due = self._queue.next_due()
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if due is None else due - self._clock()):
+                await self._wake.wait()

@@ -192,7 +192,6 @@ class Watcher:
         gate = RequestGate(
             polling.rate_limit,
             polling.rate_period,
-            polling.max_concurrency,
             budget,
             self._metrics.rate_limit_waited if self._metrics is not None else None,
         )

@@ -58,8 +58,8 @@ class Tracker:
             job = self._resume(spec, record) if record else self._new(spec)
             self.jobs[spec] = job
             if record is None or record.removed_at is not None:
-                self._log.log("info", "job.added", **job.fields())
-            owed = self._owed(job)
+                self._log.emit(Event("job.added", "info", job.fields()))
+            owed = self._owed(job) if record else None  # a new job owes nothing
             if owed:
                 await self.record(job, owed)
             else:  # nothing to announce again: just remember the job (most of ten thousand)
