@@ -53,7 +53,10 @@ class ZohoClient:
             path = self._paths[spec.module] = self._kind.path.format(
                 version=_segment(self._api_version), module=_segment(spec.module)
             )
-        query = f"{self._kind.id_param}={quote(spec.job_id, safe='')}"
+        job_id = spec.job_id
+        if not (job_id.isascii() and job_id.isdigit()):  # Zoho's ids are digits: nothing to quote
+            job_id = quote(job_id, safe="")
+        query = f"{self._kind.id_param}={job_id}"
         base = self._api_domain
         return URL.build(
             scheme=base.scheme,

@@ -7,7 +7,6 @@ the text as written, which YAML 1.1 would otherwise mangle (`job_id: 0123` is th
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -826,6 +825,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _unknown_key(key: str, allowed: tuple[str, ...]) -> str:
+    import difflib  # only ever needed for a mistyped key: a clean start does without it
+
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
     return f"unknown key {key!r} ({hint})"

@@ -8,7 +8,6 @@ when to poll next (or never), whether every request must pause, whether the watc
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -48,7 +47,7 @@ class JobState:
     last_seen: float | None = None
     emitted_status: str | None = None  # the status of the last job.status_changed that went out
     finished_at: float | None = None  # when job.finished went out
-    samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
+    samples: tuple[Sample, ...] = ()  # the latest SAMPLES_KEPT; a tuple: none costs nothing
     tenths_reported: int = 0  # the highest tenth of the total a job.progress event announced
 
     def fields(self) -> dict[str, object]:
@@ -101,7 +100,7 @@ def _observed(
 ) -> Decision:
     job.failures = 0
     job.not_found = 0
-    job.samples.append(_sample(observation, now))
+    job.samples = (*job.samples, _sample(observation, now))[-SAMPLES_KEPT:]
     seen = estimate(job.samples)
     previous, job.status, job.counts = job.status, observation.status, observation.counts
     events = [status_changed(job, previous, seen)] if job.status != previous else []
