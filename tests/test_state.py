@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import random
 import signal
@@ -35,7 +34,7 @@ def job(job_id: str = "554023000000506003", **changes: object) -> JobRecord:
         finished_at=None,
         removed_at=None,
     )
-    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+    return record._replace(**changes)
 
 
 def finished(job_id: str, finished_at: float, removed_at: float | None) -> JobRecord:
@@ -70,7 +69,7 @@ async def test_jobs_and_token_survive_close_and_reopen(path: Path) -> None:
     records = [
         job("1"),
         job("2", status=None, counts={}, emitted_status=None, polls=0, last_seen=None),
-        dataclasses.replace(finished("3", 1_700_000_100.0, 1_700_000_200.0), module="Deals"),
+        finished("3", 1_700_000_100.0, 1_700_000_200.0)._replace(module="Deals"),
     ]
     for record in records:
         store.save(record)
@@ -82,6 +81,16 @@ async def test_jobs_and_token_survive_close_and_reopen(path: Path) -> None:
     again = await StateStore.open(path)
     assert (again.jobs, again.token) == (expected, TOKEN)
     await again.close()
+
+
+async def test_counts_any_json_can_hold_survive_a_reopen(path: Path) -> None:
+    store = await StateStore.open(path)
+    big = job("big", counts={"updated_count": 2**70, "failed_count": None})
+    await store.save_durably(big)
+    await store.close()
+    reopened = await StateStore.open(path)
+    assert reopened.jobs[("Leads", "big")].counts == {"updated_count": 2**70, "failed_count": None}
+    await reopened.close()
 
 
 async def test_the_last_save_of_a_job_wins(path: Path) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 
 from watcher.config import JobSpec
 from watcher.events import EventLog
@@ -88,7 +87,7 @@ class Tracker:
             spec = JobSpec(module, job_id)
             if record.removed_at is None and spec not in configured:
                 self._log.log("info", "job.removed", module=module, job_id=job_id)
-                self.store.save(replace(record, removed_at=self._wall()))
+                self.store.save(record._replace(removed_at=self._wall()))
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
         """Persist what `events` record, then emit them, then note that they went out.
@@ -100,7 +99,7 @@ class Tracker:
         # Without a store nothing is durable: no commit to wait for, no flush to force.
         durable = store is not None and any(e.name in DURABLE_EVENTS for e in events)
         if store is not None and durable:
-            saving = asyncio.ensure_future(store.save_durably(self.as_record(job)))
+            saving = store.save_durably(self.as_record(job))
             try:
                 await asyncio.shield(saving)
             except asyncio.CancelledError:
