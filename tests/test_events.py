@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,30 @@ async def test_flush_writes_pending_lines_at_once() -> None:
     log.log("info", "job.finished")
     log.flush()
     assert [line["event"] for line in lines(stream)] == ["job.finished"]
+
+
+async def test_one_flush_is_scheduled_per_turn_even_after_an_explicit_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def counting_call_soon(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return real_call_soon(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon", counting_call_soon)
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info")
+    for n in range(3):  # as durable events do: a line, then a flush, within one turn
+        log.log("info", "job.finished", job_id=str(n))
+        log.flush()
+    log.log("info", "last")
+    monkeypatch.undo()
+    assert len(scheduled) == 1
+    await asyncio.sleep(0)  # the one scheduled flush runs
+    assert [line["event"] for line in lines(stream)][-1] == "last"
 
 
 async def test_a_stream_that_failed_in_a_scheduled_flush_fails_the_next_event() -> None:

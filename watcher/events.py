@@ -98,18 +98,21 @@ class _Lines:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._pending: list[str] = []
+        self._scheduled = False  # a flush is due at the end of this turn of the loop
         self._broken: OSError | ValueError | None = None  # a batch could not be written
 
     def msg(self, line: str) -> None:
         if self._broken is not None:
             raise self._broken
         self._pending.append(line)
-        if len(self._pending) > 1:
-            return  # a flush is already scheduled
+        if self._scheduled:  # even if `flush` has emptied the batch since: one flush per turn
+            return
         try:
             asyncio.get_running_loop().call_soon(self._flush_later)
         except RuntimeError:  # no loop (start-up errors, tests): write at once
             self.flush()
+        else:
+            self._scheduled = True
 
     def flush(self) -> None:
         if self._pending:
@@ -120,6 +123,7 @@ class _Lines:
     def _flush_later(self) -> None:
         """A scheduled flush has no caller to tell: a dead stream (stdout closed) is reported to
         the next event instead, as if that one had been written directly."""
+        self._scheduled = False
         try:
             self.flush()
         except (OSError, ValueError) as exc:
