@@ -81,6 +81,13 @@ def test_a_non_ascii_secret_is_scrubbed_from_utf8_and_ascii_lines(fallback: bool
     assert "cret" not in text
 
 
+def test_a_secret_no_utf8_can_hold_is_still_scrubbed() -> None:
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info", secrets=["tok-\udcff-en"])  # from a non-UTF-8 env var
+    log.log("info", "x", leaked="tok-\udcff-en")
+    assert lines(stream)[0]["leaked"] == "***"
+
+
 def test_the_cli_writes_utf8_whatever_the_locale_says() -> None:
     program = (
         "import argparse, asyncio\n"

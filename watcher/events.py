@@ -16,6 +16,7 @@ something else happens (see `Tracker.record`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -80,9 +81,11 @@ class _Scrub:
 
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
-            if secret:
-                escaped = (orjson.dumps(secret).decode()[1:-1], _ascii_json(secret)[1:-1])
-                self.spellings.update({secret, *escaped})
+            if not secret:
+                continue
+            self.spellings.update({secret, _ascii_json(secret)[1:-1]})
+            with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: ASCII only
+                self.spellings.add(orjson.dumps(secret).decode()[1:-1])
 
     def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
         for spelling in self.spellings:
