@@ -174,7 +174,7 @@ class Watcher:
         try:
             with collector.paused():
                 await self._track(self._config.jobs)
-                self._tracker.forget_missing(set(self._config.jobs))
+                self._tracker.forget_missing(self._config.jobs)
         except StateError as exc:
             self._state_failed(exc)
             return

@@ -78,11 +78,12 @@ class Tracker:
             self._log.log("info", "job.removed", **job.fields())
             self._save(job, removed_at=self._wall())
 
-    def forget_missing(self, configured: set[JobSpec]) -> None:
+    def forget_missing(self, configured: Iterable[JobSpec]) -> None:
         """Jobs the store still tracks but the config no longer names (removed while we were
         down) are marked removed, so that retention can prune them."""
         if self.store is None:
             return
+        configured = set(configured)
         for (module, job_id), record in list(self.store.jobs.items()):
             spec = JobSpec(module, job_id)
             if record.removed_at is None and spec not in configured:
