@@ -6,8 +6,9 @@ last line of defence: nothing should ever put one there, and if something does, 
 leak.
 
 structlog renders; the chain is kept short because ten thousand jobs make tens of thousands of
-events: the leading keys are bound first (so every line starts with them), then one processor
-stamps, the renderer (orjson: a sixth of the standard library's cost per line), one scrub.
+events: each event dict starts with the leading keys (so every line starts with them), then one
+processor stamps, the renderer (orjson: a sixth of the standard library's cost per line), one
+scrub.
 Lines are written in batches, once per turn of the event loop, rather than with one system call
 each; `flush` writes what is pending at once, for the moments when an event must be out before
 something else happens (see `Tracker.record`).
@@ -31,8 +32,7 @@ from watcher.job import Event
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "console")
 REDACTED = "***"
-_LEADING = ("timestamp", "level", "event")
-_OURS = frozenset(_LEADING)
+_OURS = frozenset({"timestamp", "level", "event"})  # the leading keys, which fields cannot replace
 
 
 def _json_line(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
@@ -54,21 +54,19 @@ def _ascii_json(document: object) -> str:
 
 
 class _Stamp:
-    """Fills in timestamp (UTC, microseconds) and level. The date and time of day are formatted
-    once a second rather than for every event."""
+    """Fills in the timestamp (UTC, microseconds). The date and time of day are formatted once a
+    second rather than for every event."""
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _: WrappedLogger, level: str, event_dict: EventDict) -> EventDict:
-        now = time.time()
-        second = int(now)
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
-        event_dict["level"] = level
+        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z"
         return event_dict
 
 
@@ -136,14 +134,17 @@ class _Lines:
 class _Logger(structlog.BoundLoggerBase):
     """A structlog wrapper class with one method: the chain, then the line to the output.
 
-    structlog's own level methods take the fields as keyword arguments and pass them on twice
-    more before the chain runs; with tens of thousands of events that is worth skipping, and
-    `_process_event` is the documented building block for wrappers of one's own.
+    It runs the chain itself rather than through `_process_event`, which for every event copies
+    the bound context, copies the fields twice more (`update(**fields)`), and then tells apart the
+    five shapes a chain may end in. Here the event dict is made once, already in line order, and
+    the chain always ends in a line.
     """
 
     def write(self, level: str, name: str, fields: dict[str, object]) -> None:
-        args, _ = self._process_event(level, name, fields)  # the chain ends with a line
-        self._logger.msg(*args)
+        event_dict: Any = {"timestamp": None, "level": level, "event": name, **fields}
+        for processor in self._processors:
+            event_dict = processor(self._logger, level, event_dict)
+        self._logger.msg(event_dict)
 
 
 class EventLog:
@@ -157,10 +158,7 @@ class EventLog:
             _json_line if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
         )
         self._enabled = frozenset(LEVELS[LEVELS.index(level) :])
-        # Bound first, so that every event dict starts with these keys in this order (the fields
-        # follow; the stamp and the event name fill these in place).
-        processors: list[Processor] = [_Stamp(), renderer, self._scrub]
-        self._logger = _Logger(self._lines, processors, dict.fromkeys(_LEADING))
+        self._logger = _Logger(self._lines, [_Stamp(), renderer, self._scrub], {})
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         """Scrub these values too (a token obtained at run time)."""
