@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from watcher.events import REDACTED, EventLog
+from watcher.events import REDACTED, TOKENS_SCRUBBED, EventLog
 from watcher.job import Event
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -111,13 +111,27 @@ def test_secrets_are_scrubbed_however_json_escapes_them(secret: str) -> None:
     assert secret not in stream.getvalue()
 
 
-def test_a_secret_added_at_run_time_is_scrubbed_from_then_on() -> None:
+def test_a_token_added_at_run_time_is_scrubbed_from_then_on() -> None:
     stream = io.StringIO()
     log = EventLog(stream, "console", "info")
-    log.add_secrets(["fresh-token-456"])
+    log.add_token("fresh-token-456")
     log.log("info", "auth.token_refreshed", note="got fresh-token-456")
     assert "fresh-token-456" not in stream.getvalue()
     assert REDACTED in stream.getvalue()
+
+
+def test_only_the_latest_run_time_tokens_are_looked_for_while_configured_secrets_stay() -> None:
+    """Months of hourly refreshes must not make every line search thousands of dead tokens."""
+    stream = io.StringIO()
+    log = EventLog(stream, "json", "info", secrets=["configured-refresh-token"])
+    tokens = [f"access-token-{n:04d}" for n in range(1000)]
+    for token in tokens:
+        log.add_token(token)
+    log.log("info", "x", text=" ".join([*tokens, "configured-refresh-token"]))
+    (line,) = lines(stream)
+    words = str(line["text"]).split()
+    assert words[-1 - TOKENS_SCRUBBED :] == [REDACTED] * (TOKENS_SCRUBBED + 1)
+    assert words[: -1 - TOKENS_SCRUBBED] == tokens[:-TOKENS_SCRUBBED]  # expired hours ago
 
 
 async def test_lines_of_one_turn_of_the_loop_are_written_together_after_it() -> None:

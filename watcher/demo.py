@@ -64,6 +64,6 @@ async def run_demo(log: EventLog) -> int:
     async with Simulator(tokens=(DEMO_TOKEN,)) as simulator:
         _script(simulator)
         config = parse_config(CONFIG.format(url=simulator.url), "demo", {"DEMO_TOKEN": DEMO_TOKEN})
-        log.add_secrets([DEMO_TOKEN])
+        log.add_token(DEMO_TOKEN)
         code = await serve(Watcher(config, log, exit_when_done=True))
     return EXIT_OK if code == EXIT_JOB_NOT_COMPLETED else code

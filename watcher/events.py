@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -32,6 +33,7 @@ from watcher.job import Event
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "console")
 REDACTED = "***"
+TOKENS_SCRUBBED = 8  # run-time tokens looked for in every line: the latest, an hour's life each
 _OURS = frozenset({"timestamp", "level", "event"})  # the leading keys, which fields cannot replace
 
 
@@ -72,24 +74,38 @@ class _Stamp:
 
 class _Scrub:
     """Replaces any registered secret in a rendered line. A JSON string holds a secret as its
-    escaped text (orjson's, or the ASCII of the fallback), so every spelling is looked for."""
+    escaped text (orjson's, or the ASCII of the fallback), so every spelling is looked for.
 
-    def __init__(self) -> None:
-        self.spellings: set[str] = set()
+    The configured secrets are looked for in every line for good; tokens obtained at run time only
+    while they are among the latest `TOKENS_SCRUBBED`. An access token dies within an hour, and a
+    watcher that refreshes one every hour for months must not search every line for thousands of
+    dead ones.
+    """
 
-    def add(self, secrets: Iterable[str]) -> None:
-        for secret in secrets:
-            if not secret:
-                continue
-            self.spellings.update({secret, _ascii_json(secret)[1:-1]})
-            with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: ASCII only
-                self.spellings.add(orjson.dumps(secret).decode()[1:-1])
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._fixed = frozenset().union(*map(_spellings, secrets))
+        self._tokens: deque[frozenset[str]] = deque(maxlen=TOKENS_SCRUBBED)
+        self._all = tuple(self._fixed)
+
+    def add_token(self, token: str) -> None:
+        self._tokens.append(_spellings(token))
+        self._all = tuple(self._fixed.union(*self._tokens))
 
     def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
-        for spelling in self.spellings:
+        for spelling in self._all:
             if spelling in line:
                 line = line.replace(spelling, REDACTED)
         return line
+
+
+def _spellings(secret: str) -> frozenset[str]:
+    """How `secret` can appear in a line: as itself, and as the inside of a JSON string."""
+    if not secret:
+        return frozenset()
+    spellings = {secret, _ascii_json(secret)[1:-1]}
+    with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: ASCII only
+        spellings.add(orjson.dumps(secret).decode()[1:-1])
+    return frozenset(spellings)
 
 
 class _Lines:
@@ -151,8 +167,7 @@ class EventLog:
     """Where the watcher's events go, at or above `level`, in `fmt` ("json" or "console")."""
 
     def __init__(self, stream: TextIO, fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
-        self._scrub = _Scrub()
-        self._scrub.add(secrets)
+        self._scrub = _Scrub(secrets)
         self._lines = _Lines(stream)
         renderer: Processor = (
             _json_line if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
@@ -160,9 +175,9 @@ class EventLog:
         self._enabled = frozenset(LEVELS[LEVELS.index(level) :])
         self._logger = _Logger(self._lines, [_Stamp(), renderer, self._scrub], {})
 
-    def add_secrets(self, secrets: Iterable[str]) -> None:
-        """Scrub these values too (a token obtained at run time)."""
-        self._scrub.add(secrets)
+    def add_token(self, token: str) -> None:
+        """Scrub a token obtained at run time too (while it is among the latest few)."""
+        self._scrub.add_token(token)
 
     def emit(self, event: Event) -> None:
         self._write(event.level, event.name, event.fields)

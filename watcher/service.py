@@ -209,7 +209,7 @@ class Watcher:
             session,
             auth,
             self._auth_event,
-            lambda token: self._log.add_secrets([token]),
+            self._log.add_token,
             self._rng,
             stored=store.token if store is not None else None,
             persist=store.save_token if store is not None else None,
