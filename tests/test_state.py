@@ -142,22 +142,24 @@ async def test_ten_thousand_lazy_saves_are_committed_together(path: Path) -> Non
     await again.close()
 
 
-async def test_prune_forgets_only_jobs_finished_before_the_cutoff_and_out_of_the_config(
-    path: Path,
-) -> None:
+async def test_prune_forgets_jobs_out_of_the_config_since_before_the_cutoff(path: Path) -> None:
+    """Finished ones by when they finished; unfinished ones (removed while running) by when they
+    were removed, or each removal would leave a record behind for good."""
     cutoff = 1_700_001_000.0
     store = await StateStore.open(path)
     records = [
-        finished("old-removed", cutoff - 1, removed_at=cutoff + 5),  # the only one to go
+        finished("old-removed", cutoff - 1, removed_at=cutoff + 5),  # these two go
+        job("running-removed-long-ago", removed_at=cutoff - 1),
         finished("at-cutoff-removed", cutoff, removed_at=cutoff),
         finished("new-removed", cutoff + 1, removed_at=cutoff + 5),
         finished("old-configured", cutoff - 1, removed_at=None),
-        job("running-removed", removed_at=cutoff - 1),
+        job("running-removed-lately", removed_at=cutoff + 1),
+        job("running-configured", removed_at=None),
     ]
     for record in records:
         store.save(record)
-    assert await store.prune(cutoff) == 1
-    kept = {r.job_id for r in records[1:]}
+    assert await store.prune(cutoff) == 2
+    kept = {r.job_id for r in records[2:]}
     assert {job_id for _, job_id in store.jobs} == kept
     await store.close()
     again = await StateStore.open(path)

@@ -339,7 +339,8 @@ class Watcher:
         self._check_done()
 
     async def _prune(self) -> None:
-        """Forget finished jobs that left the config more than `retention` ago."""
+        """Forget jobs that left the config, `retention` after they finished (or, if they never
+        did, after they left)."""
         store = self._tracker.store
         if store is None:
             return

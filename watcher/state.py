@@ -185,14 +185,15 @@ class StateStore:
         self.token = token
         await done
 
-    async def prune(self, finished_before: float) -> int:
-        """Forget jobs that finished before `finished_before` and have left the config.
+    async def prune(self, before: float) -> int:
+        """Forget jobs that have left the config and finished before `before`, and jobs removed
+        before it that never finished.
 
         The records to delete are chosen here, from memory, which holds exactly what the queue
         will have written by the time the deletion runs; a job saved again after this call is
         therefore kept.
         """
-        keys = [key for key, record in self.jobs.items() if _prunable(record, finished_before)]
+        keys = [key for key, record in self.jobs.items() if _prunable(record, before)]
         done: asyncio.Future[int] = self._loop.create_future()
         self._put(_DELETE_JOB, keys, done)
         for key in keys:
@@ -298,13 +299,13 @@ def _counts_json(counts: Mapping[str, int | None]) -> str:
         return json.dumps(dict(counts))
 
 
-def _prunable(record: JobRecord, finished_before: float) -> bool:
-    return (
-        record.outcome is not None
-        and record.removed_at is not None
-        and record.finished_at is not None
-        and record.finished_at < finished_before
-    )
+def _prunable(record: JobRecord, before: float) -> bool:
+    """Out of the config, and finished before `before`; or, never finished, removed before it."""
+    if record.removed_at is None:
+        return False
+    if record.outcome is None:
+        return record.removed_at < before
+    return record.finished_at is not None and record.finished_at < before
 
 
 # --- opening, in a worker thread ---
