@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,36 @@ async def test_removal_stops_polls(tmp_path: Path, sim: Simulator) -> None:
     assert len(sim.requests_for(*A)) <= polls_of_a + 1  # at most one already on its way
     watcher.process.terminate()
     assert await watcher.finish() == 0
+
+
+async def test_an_answer_arriving_after_its_job_was_removed_is_dropped(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """The removal is the job's last word: its late answer neither announces it, nor counts it
+    as ended (which would end an --exit-when-done run early), nor undoes the removal in the
+    state file (which would keep it there for good)."""
+    sim.add_job(*A, ["slow:1:COMPLETED"])  # inside the 2 s request timeout
+    sim.add_job(*B, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    daemon.write([A, B])
+    watcher = await daemon.start("--exit-when-done")
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) == 1)  # A's answer is on its way
+    daemon.write([B])
+    watcher.process.send_signal(signal.SIGHUP)
+    await watcher.wait_event("job.removed", job_id=A[1])
+    await sim.wait_for(lambda s: s.served(*A) == ["COMPLETED"])
+    polls_of_b = len(sim.requests_for(*B))
+    await sim.wait_for(lambda s: len(s.requests_for(*B)) >= polls_of_b + 3)  # after A's answer
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert [e["event"] for e in watcher.events if e.get("job_id") == A[1]] == [
+        "job.added",
+        "job.removed",
+    ]
+    assert watcher.named("watcher.stopped")[0]["reason"] == "signal"
+    with sqlite3.connect(daemon.top["state_path"]) as state:
+        query = "SELECT removed_at FROM jobs WHERE job_id = ?"
+        assert state.execute(query, (A[1],)).fetchone()[0] is not None
 
 
 async def test_a_broken_edit_is_refused_while_watching_goes_on(

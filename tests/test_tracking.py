@@ -3,6 +3,7 @@ the event is out before the save that records it went out."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -31,3 +32,46 @@ async def test_a_durable_event_is_written_before_record_returns(tmp_path: Path) 
     assert written[-1] == "job.status_changed"
     assert store.jobs[(spec.module, spec.job_id)].emitted_status == "RUNNING"
     await store.close()
+
+
+async def test_a_job_removed_during_its_durable_save_says_nothing_and_stays_removed(
+    tmp_path: Path,
+) -> None:
+    store = await StateStore.open(tmp_path / "state.db")
+    stream = io.StringIO()
+    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
+    spec = JobSpec("Leads", "554023000000506003")
+    await tracker.track([spec])
+    job = tracker.jobs[spec]
+    job.status, job.outcome = "COMPLETED", "completed"
+    recording = asyncio.ensure_future(
+        tracker.record(job, [status_changed(job, None, Estimate(None, None))])
+    )
+    await asyncio.sleep(0)  # the durable save is queued; its commit is still to come
+    tracker.untrack([spec])
+    await recording
+    await store.close()
+    written = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert written == ["job.added", "job.removed"]
+    assert tracker.outcomes.total() == 0
+    again = await StateStore.open(tmp_path / "state.db")
+    assert again.jobs[(spec.module, spec.job_id)].removed_at is not None
+    await again.close()
+
+
+async def test_an_answer_for_a_removed_job_is_neither_said_nor_saved(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.db")
+    stream = io.StringIO()
+    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
+    spec = JobSpec("Leads", "554023000000506003")
+    await tracker.track([spec])
+    job = tracker.jobs[spec]
+    tracker.untrack([spec])
+    job.status = "RUNNING"
+    await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
+    await store.close()
+    assert "job.status_changed" not in stream.getvalue()
+    again = await StateStore.open(tmp_path / "state.db")
+    record = again.jobs[(spec.module, spec.job_id)]
+    assert (record.status, record.removed_at is not None) == (None, True)
+    await again.close()

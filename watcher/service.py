@@ -263,6 +263,8 @@ class Watcher:
         except StateError as exc:
             self._state_failed(exc)
             return
+        if not self._tracker.tracks(job):  # removed meanwhile: what it answered is not ours now
+            return
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif decision.next_poll_in is not None:

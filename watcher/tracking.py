@@ -67,13 +67,18 @@ class Tracker:
                 to_poll.append(spec)
         return to_poll
 
+    def tracks(self, job: JobState) -> bool:
+        """Whether `job` is still tracked. Its removal from the config is a job's last word: an
+        answer that arrives after it is neither announced nor saved, nor counted as an end."""
+        return self.jobs.get(job.spec) is job
+
     def untrack(self, specs: Iterable[JobSpec]) -> None:
         """Stop tracking `specs` (gone from the config); a finished one is pruned later."""
         for spec in specs:
             job = self.jobs.pop(spec, None)
             if job is None:
                 continue
-            if job.outcome is not None:
+            if job.outcome is not None and job.finished_at is not None:  # counted once out
                 self.outcomes[job.outcome] -= 1
             self._log.log("info", "job.removed", **job.fields())
             self._save(job, removed_at=self._wall())
@@ -96,6 +101,8 @@ class Tracker:
         A stop that cancels this mid-commit still waits for the commit and emits: otherwise a
         clean stop would leave committed events unsaid until a restart replays them.
         """
+        if not self.tracks(job):  # removed while its answer was on its way
+            return
         store = self.store
         # Without a store nothing is durable: no commit to wait for, no flush to force.
         durable = store is not None and any(e.name in DURABLE_EVENTS for e in events)
@@ -111,6 +118,8 @@ class Tracker:
         self._emit(job, events, durable)
 
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
+        if not self.tracks(job):  # removed while its state was being saved
+            return
         for event in events:
             self._log.emit(event)
         if durable:
