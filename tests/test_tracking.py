@@ -11,19 +11,25 @@ from pathlib import Path
 
 from watcher.config import JobSpec
 from watcher.events import EventLog
-from watcher.job import status_changed
+from watcher.job import JobState, status_changed
 from watcher.schedule import Estimate
 from watcher.state import StateStore
 from watcher.tracking import Tracker
 
 
-async def test_a_durable_event_is_written_before_record_returns(tmp_path: Path) -> None:
+async def one_tracked_job(tmp_path: Path) -> tuple[StateStore, io.StringIO, Tracker, JobState]:
+    """A tracker with a state file and one job, tracked: its `job.added` is out."""
     store = await StateStore.open(tmp_path / "state.db")
     stream = io.StringIO()
     tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
     spec = JobSpec("Leads", "554023000000506003")
     await tracker.track([spec])
-    job = tracker.jobs[spec]
+    return store, stream, tracker, tracker.jobs[spec]
+
+
+async def test_a_durable_event_is_written_before_record_returns(tmp_path: Path) -> None:
+    store, stream, tracker, job = await one_tracked_job(tmp_path)
+    spec = job.spec
     job.status = "RUNNING"
     await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
     # No turn of the event loop since the event: it went out with an explicit flush, before the
@@ -37,12 +43,8 @@ async def test_a_durable_event_is_written_before_record_returns(tmp_path: Path) 
 async def test_a_job_removed_during_its_durable_save_says_nothing_and_stays_removed(
     tmp_path: Path,
 ) -> None:
-    store = await StateStore.open(tmp_path / "state.db")
-    stream = io.StringIO()
-    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
-    spec = JobSpec("Leads", "554023000000506003")
-    await tracker.track([spec])
-    job = tracker.jobs[spec]
+    store, stream, tracker, job = await one_tracked_job(tmp_path)
+    spec = job.spec
     job.status, job.outcome = "COMPLETED", "completed"
     recording = asyncio.ensure_future(
         tracker.record(job, [status_changed(job, None, Estimate(None, None))])
@@ -60,12 +62,8 @@ async def test_a_job_removed_during_its_durable_save_says_nothing_and_stays_remo
 
 
 async def test_an_answer_for_a_removed_job_is_neither_said_nor_saved(tmp_path: Path) -> None:
-    store = await StateStore.open(tmp_path / "state.db")
-    stream = io.StringIO()
-    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
-    spec = JobSpec("Leads", "554023000000506003")
-    await tracker.track([spec])
-    job = tracker.jobs[spec]
+    store, stream, tracker, job = await one_tracked_job(tmp_path)
+    spec = job.spec
     tracker.untrack([spec])
     job.status = "RUNNING"
     await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
