@@ -152,6 +152,23 @@ async def test_a_broken_edit_is_refused_while_watching_goes_on(
     assert await watcher.finish() == 0
 
 
+async def test_an_edit_made_while_the_watcher_starts_is_picked_up(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["COMPLETED"])
+    sim.script_tokens(["slow:1.5"])  # start-up waits for a token: the user edits meanwhile
+    daemon = Daemon(tmp_path, sim)
+    auth = refresh_auth(sim.url)
+    write_config(daemon.config, sim.url, [A], auth=auth, top=daemon.top)
+    watcher = await daemon.start()
+    await watcher.wait_event("watcher.started")
+    write_config(daemon.config, sim.url, [A, B], auth=auth, top=daemon.top)
+    await watcher.wait_event("job.finished", job_id=B[1], outcome="completed")
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
 async def test_sighup_reloads_at_once(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["RUNNING"])
     sim.add_job(*B, ["COMPLETED"])

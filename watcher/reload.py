@@ -25,12 +25,17 @@ class ConfigWatcher:
     def __init__(self, path: Path, config: Config, env: Mapping[str, str] | None = None) -> None:
         self._path = path
         self._env = env
+        self._running = config
         self._jobs_dir = config.jobs_dir
-        self._loaded = self._fingerprint()
+        # None: the first check reads the files whatever they hold. The running config was read
+        # before start-up (a token fetch can take minutes); an edit made since must not be taken
+        # for what is running. What reads the same as the running config is no change.
+        self._loaded: bytes | None = None
         self._broken: bytes | None = None
 
     def check(self, *, report_now: bool = False) -> Config | None:
-        """The new Config if the files changed and validate; None if unchanged or not yet settled.
+        """The new Config if the files changed and validate (or, asked with `report_now`, whatever
+        they hold if it validates); None if unchanged or not yet settled.
 
         Raises ConfigError for content that does not validate and has settled.
         """
@@ -47,7 +52,8 @@ class ConfigWatcher:
                 raise
             return None
         self._loaded, self._broken, self._jobs_dir = fingerprint, None, config.jobs_dir
-        return config
+        unchanged, self._running = config == self._running, config
+        return None if unchanged and not report_now else config
 
     def _fingerprint(self) -> bytes:
         digest = hashlib.sha256()
