@@ -143,13 +143,14 @@ async def test_ten_thousand_lazy_saves_are_committed_together(path: Path) -> Non
 
 
 async def test_prune_forgets_jobs_out_of_the_config_since_before_the_cutoff(path: Path) -> None:
-    """Finished ones by when they finished; unfinished ones (removed while running) by when they
-    were removed, or each removal would leave a record behind for good."""
+    """Finished ones by when they finished; the others (removed while running, or while their end
+    was being saved) by when they were removed, or each would leave a record behind for good."""
     cutoff = 1_700_001_000.0
     store = await StateStore.open(path)
     records = [
-        finished("old-removed", cutoff - 1, removed_at=cutoff + 5),  # these two go
+        finished("old-removed", cutoff - 1, removed_at=cutoff + 5),  # these three go
         job("running-removed-long-ago", removed_at=cutoff - 1),
+        job("end-unsaid-removed-long-ago", outcome="completed", removed_at=cutoff - 1),
         finished("at-cutoff-removed", cutoff, removed_at=cutoff),
         finished("new-removed", cutoff + 1, removed_at=cutoff + 5),
         finished("old-configured", cutoff - 1, removed_at=None),
@@ -158,8 +159,8 @@ async def test_prune_forgets_jobs_out_of_the_config_since_before_the_cutoff(path
     ]
     for record in records:
         store.save(record)
-    assert await store.prune(cutoff) == 2
-    kept = {r.job_id for r in records[2:]}
+    assert await store.prune(cutoff) == 3
+    kept = {r.job_id for r in records[3:]}
     assert {job_id for _, job_id in store.jobs} == kept
     await store.close()
     again = await StateStore.open(path)

@@ -58,6 +58,7 @@ async def test_a_job_removed_during_its_durable_save_says_nothing_and_stays_remo
     assert tracker.outcomes.total() == 0
     again = await StateStore.open(tmp_path / "state.db")
     assert again.jobs[(spec.module, spec.job_id)].removed_at is not None
+    assert await again.prune(time.time() + 1) == 1  # its end was never said: gone by removal
     await again.close()
 
 

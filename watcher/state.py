@@ -300,12 +300,13 @@ def _counts_json(counts: Mapping[str, int | None]) -> str:
 
 
 def _prunable(record: JobRecord, before: float) -> bool:
-    """Out of the config, and finished before `before`; or, never finished, removed before it."""
+    """Out of the config, and finished before `before`; or, never announced as finished (still
+    running, or removed while its end was being saved), removed before it."""
     if record.removed_at is None:
         return False
-    if record.outcome is None:
+    if record.outcome is None or record.finished_at is None:
         return record.removed_at < before
-    return record.finished_at is not None and record.finished_at < before
+    return record.finished_at < before
 
 
 # --- opening, in a worker thread ---
