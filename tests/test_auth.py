@@ -259,3 +259,17 @@ def test_data_center_mapping(data_center: str, accounts: str, api: str) -> None:
 )
 def test_token_answers(status: int, body: bytes, expected: Grant | Refusal) -> None:
     assert read_token_answer(status, body) == expected
+
+
+async def test_a_stop_during_a_refresh_is_not_a_failed_refresh(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Stopping closes the HTTP session; the refresh it cuts short is not Zoho's failure."""
+    sim.add_job(*JOB, ["RUNNING"])
+    sim.script_tokens(["slow:5"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    await sim.wait_for(lambda s: s.token_arrivals == 1)  # the refresh is on its way
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert watcher.named("auth.refresh_failed") == []
+    assert watcher.named("watcher.stopped")[0]["reason"] == "signal"

@@ -53,6 +53,10 @@ class TokenSource(Protocol):
         """Zoho refused `token`; True if a different token is now worth one retry."""
         ...
 
+    async def close(self) -> None:
+        """Stop any work in flight: the HTTP session it uses is about to close."""
+        ...
+
 
 class FixedToken:
     """A token given in the configuration: nothing can replace it once Zoho refuses it."""
@@ -66,6 +70,9 @@ class FixedToken:
 
     async def rejected(self, token: str) -> bool:
         return False
+
+    async def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,14 @@ class RefreshingToken:
             self._refreshing = asyncio.ensure_future(self._refresh_until_granted(reason))
             self._refreshing.add_done_callback(self._refreshed)
         await asyncio.shield(self._refreshing)
+
+    async def close(self) -> None:
+        """Cancel a refresh in flight: with its session closed it would fail, and that failure
+        would be reported as Zoho's."""
+        refreshing = self._refreshing
+        if refreshing is not None:
+            refreshing.cancel()
+            await asyncio.wait({refreshing})
 
     def _refreshed(self, future: asyncio.Future[None]) -> None:
         self._refreshing = None

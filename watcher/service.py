@@ -163,6 +163,12 @@ class Watcher:
         """Get a token before the first poll, then serve the jobs until the run ends."""
         tokens = self._token_source(session)
         try:
+            await self._watch_with(session, tokens)
+        finally:
+            await tokens.close()  # while the session is still open
+
+    async def _watch_with(self, session: aiohttp.ClientSession, tokens: TokenSource) -> None:
+        try:
             await tokens.token()
         except AuthFailed as exc:
             self._auth_failed(exc.code)

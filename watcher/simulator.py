@@ -409,7 +409,8 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.requests: list[RequestRecord] = []
-        self.token_requests: list[TokenRecord] = []
+        self.token_requests: list[TokenRecord] = []  # listed once over
+        self.token_arrivals = 0  # token requests that arrived, answered or not (one may hang)
         self.issued_tokens: list[str] = []  # so tests can check none of them was ever printed
         self.max_in_flight = 0
 
@@ -575,6 +576,8 @@ class Simulator:
     async def _token_endpoint(self, request: web.Request) -> web.StreamResponse:
         at = self._now()
         answer = "gone"
+        self.token_arrivals += 1
+        self._notify()
         try:
             step = self._token_script.popleft() if self._token_script else self._token_step()
             if _is_slow_token_step(step):
