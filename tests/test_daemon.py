@@ -129,6 +129,44 @@ async def test_an_answer_arriving_after_its_job_was_removed_is_dropped(
         assert state.execute(query, (A[1],)).fetchone()[0] is not None
 
 
+async def test_saves_failing_after_every_job_ended_stop_the_watcher_with_exit_2(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Removals save without waiting, so nothing hears when such a save fails; the next save
+    (another removal) or the final flush must say so, in one line, not a traceback."""
+    for job in (A, B, C):
+        sim.add_job(*job, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A, B, C])
+    watcher = await daemon.start()
+    await watcher.wait_for(
+        lambda events: len([e for e in events if e["event"] == "job.finished"]) == 3
+    )
+    with sqlite3.connect(daemon.top["state_path"]) as state:  # every save fails from now on
+        state.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON jobs BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+        )
+    state.close()
+    for jobs in ([B, C], [C]):  # removals, whose saves nobody waits on
+        if watcher.named("state.failed"):
+            break
+        reloads = len(watcher.named("config.reloaded"))
+        daemon.write(jobs)
+        await watcher.wait_for(
+            lambda events, reloads=reloads: (
+                any(e["event"] == "state.failed" for e in events)
+                or sum(e["event"] == "config.reloaded" for e in events) > reloads
+            )
+        )
+    if not watcher.named("state.failed"):
+        watcher.process.terminate()  # no save has heard of the failure yet: the final flush does
+    assert await watcher.finish() == 2
+    (failed,) = watcher.named("state.failed")
+    assert "disk full" in failed["error"]
+    assert watcher.named("watcher.stopped")[0]["reason"] == "state_failed"
+    assert "Traceback" not in watcher.stderr
+
+
 async def test_a_broken_edit_is_refused_while_watching_goes_on(
     tmp_path: Path, sim: Simulator
 ) -> None:

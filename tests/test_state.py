@@ -205,8 +205,26 @@ def newer_schema(path: Path) -> None:
     db.close()
 
 
-async def _close_new_store(path: Path) -> None:
-    await (await StateStore.open(path)).close()
+def without_meta(path: Path) -> None:
+    """Our mark in the header, but not all of our tables: a file we never wrote whole."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA application_id = 2053797681")  # 0x7A6A7731, "zjw1"
+        db.execute("CREATE TABLE jobs (module TEXT)")
+    db.close()
+
+
+def counts_not_an_object(path: Path) -> None:
+    asyncio.run(_close_new_store(path, job("edited")))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE jobs SET counts = '[1, 2]'")
+    db.close()
+
+
+async def _close_new_store(path: Path, *records: JobRecord) -> None:
+    store = await StateStore.open(path)
+    for record in records:
+        store.save(record)
+    await store.close()
 
 
 @pytest.mark.parametrize(
@@ -215,7 +233,9 @@ async def _close_new_store(path: Path) -> None:
         (random_bytes, "file is not a database"),
         (truncated, "malformed"),
         (foreign, "is not a zoho-job-watcher state file"),
-        (newer_schema, "schema version 99"),
+        (newer_schema, "written by a newer zoho-job-watcher (schema version 99"),
+        (without_meta, "has schema version none"),
+        (counts_not_an_object, "counts of job edited are not a JSON object"),
     ],
 )
 def test_a_bad_file_is_refused_and_left_as_it_was(
@@ -245,14 +265,26 @@ async def test_an_unusable_path_is_refused(tmp_path: Path, where: str) -> None:
     assert "\n" not in message
 
 
-async def test_a_writer_failure_fails_pending_and_later_saves(path: Path) -> None:
-    store = await StateStore.open(path)
-    await store.save_durably(job("before"))
-    with sqlite3.connect(path) as other:  # the next insert fails as a full disk would
+def fill_up(path: Path) -> None:
+    """From now on every save fails, as it would on a full disk."""
+    with contextlib.closing(sqlite3.connect(path)) as other, other:
         other.execute(
             "CREATE TRIGGER full BEFORE INSERT ON jobs BEGIN SELECT RAISE(FAIL, 'disk full'); END"
         )
-    other.close()
+
+
+def copy_over(path: Path) -> None:
+    """Replace the file with a copy of itself, as restoring a backup would: same content, a
+    different file."""
+    copy = path.with_name("copy.db")
+    copy.write_bytes(path.read_bytes())
+    copy.replace(path)
+
+
+async def test_a_writer_failure_fails_pending_and_later_saves(path: Path) -> None:
+    store = await StateStore.open(path)
+    await store.save_durably(job("before"))
+    fill_up(path)
     results = await asyncio.gather(
         *(store.save_durably(job(str(n))) for n in range(20)), return_exceptions=True
     )
@@ -263,7 +295,37 @@ async def test_a_writer_failure_fails_pending_and_later_saves(path: Path) -> Non
         store.save(job("after"))
     with pytest.raises(StateError):
         await store.save_durably(job("after"))
-    await store.close()
+    with pytest.raises(StateError, match="disk full"):
+        await store.close()
+
+
+async def test_a_failed_save_nobody_waited_on_fails_close(path: Path) -> None:
+    store = await StateStore.open(path)
+    fill_up(path)
+    store.save(job("lazy"))
+    with pytest.raises(StateError, match="disk full"):
+        await store.close()
+
+
+async def test_a_state_file_deleted_while_running_fails_the_next_save(path: Path) -> None:
+    store = await StateStore.open(path)
+    await store.save_durably(job("before"))
+    for file in path.parent.glob(f"{path.name}*"):
+        file.unlink()
+    with pytest.raises(StateError, match="deleted while the watcher ran"):
+        await store.save_durably(job("after"))
+    with pytest.raises(StateError):
+        await store.close()
+
+
+async def test_a_state_file_replaced_while_running_fails_the_next_save(path: Path) -> None:
+    store = await StateStore.open(path)
+    await store.save_durably(job("before"))
+    copy_over(path)
+    with pytest.raises(StateError, match="replaced while the watcher ran"):
+        await store.save_durably(job("after"))
+    with pytest.raises(StateError):
+        await store.close()
 
 
 async def test_close_is_idempotent_and_later_saves_are_refused(path: Path) -> None:

@@ -114,8 +114,10 @@ class Watcher:
                     await server.stop()
         finally:
             if store is not None:
-                with contextlib.suppress(StateError):
+                try:
                     await store.close()
+                except StateError as exc:
+                    self._last_writes_failed(exc)
         self._stopped()
         return self._exit_code
 
@@ -324,13 +326,13 @@ class Watcher:
         for spec in removed:
             self._runtime.scheduler.cancel(spec)
             self._runtime.demand.drop(spec)
-        self._tracker.untrack(removed)
         restart = _needs_restart(self._config, config)
         self._config = config
         polling = config.polling
         self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
         self._runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
         try:
+            self._tracker.untrack(removed)
             await self._track(tuple(added))
         except StateError as exc:
             self._state_failed(exc)
@@ -379,6 +381,16 @@ class Watcher:
         if not self._finished.is_set():
             self._log.log("error", "state.failed", error=str(exc))
         self._end("state_failed", EXIT_CONFIG)
+
+    def _last_writes_failed(self, exc: StateError) -> None:
+        """Writes no save waited on failed, and nothing saved after them to hear of it: said at
+        the end, and a clean end is no longer one, since the state file does not hold what
+        happened."""
+        if self._reason == "state_failed":  # said already
+            return
+        self._log.log("error", "state.failed", error=str(exc))
+        if self._exit_code in (EXIT_OK, EXIT_JOB_NOT_COMPLETED):
+            self._reason, self._exit_code = "state_failed", EXIT_CONFIG
 
     def _end(self, reason: str, exit_code: int) -> None:
         if not self._finished.is_set():

@@ -145,10 +145,12 @@ class StateStore:
         connection: sqlite3.Connection,
         jobs: dict[JobKey, JobRecord],
         token: StoredToken | None,
+        identity: tuple[int, int],
     ) -> None:
         self.path = path
         self.jobs = jobs
         self.token = token
+        self._identity = identity  # (device, inode) of the file opened
         self.commits = 0  # transactions committed, so that group commit can be observed
         self._connection = connection
         self._loop = asyncio.get_running_loop()
@@ -162,8 +164,8 @@ class StateStore:
     @classmethod
     async def open(cls, path: Path) -> StateStore:
         """Open or create the state file and load all of it; StateError if it cannot be used."""
-        connection, jobs, token = await asyncio.to_thread(_load, path)
-        return cls(path, connection, jobs, token)
+        connection, jobs, token, identity = await asyncio.to_thread(_load, path)
+        return cls(path, connection, jobs, token, identity)
 
     def save(self, record: JobRecord) -> None:
         """Queue `record` for the next commit: for changes whose loss in a crash costs nothing
@@ -201,12 +203,15 @@ class StateStore:
         return await done
 
     async def close(self) -> None:
-        """Commit everything queued and stop the writer. Safe to call more than once."""
+        """Commit everything queued and stop the writer. Safe to call more than once. StateError
+        if any write failed, those no save waited on included."""
         if self._stopped is None:
             self._hand_over()
             self._queue.put(None)
             self._stopped = asyncio.ensure_future(asyncio.to_thread(self._writer.join))
         await asyncio.shield(self._stopped)
+        if self._failure is not None:
+            raise StateError(self._failure)
 
     def _save(self, record: JobRecord, done: asyncio.Future[int] | None) -> None:
         # Serialised now, on the loop: the writer thread must never read a caller's objects.
@@ -267,6 +272,7 @@ class StateStore:
 
     def _execute(self, writes: list[_Write]) -> list[int]:
         """Run the batch in one transaction; the row count each write changed."""
+        self._check_same_file()
         connection = self._connection
         connection.execute("BEGIN")
         try:
@@ -278,6 +284,16 @@ class StateStore:
             raise
         self.commits += 1
         return changed
+
+    def _check_same_file(self) -> None:
+        """SQLite goes on writing to a state file deleted or replaced under it, into a file no
+        restart will ever read: that is a save that cannot be made, like any other."""
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            raise StateError("it was deleted while the watcher ran") from None
+        if (found.st_dev, found.st_ino) != self._identity:
+            raise StateError("it was replaced while the watcher ran")
 
 
 def _settle(waiting: list[tuple[asyncio.Future[int], int]], failure: str | None) -> None:
@@ -314,16 +330,18 @@ def _prunable(record: JobRecord, before: float) -> bool:
 
 def _load(
     path: Path,
-) -> tuple[sqlite3.Connection, dict[JobKey, JobRecord], StoredToken | None]:
-    """Open the file, creating it if need be, and read all of it."""
+) -> tuple[sqlite3.Connection, dict[JobKey, JobRecord], StoredToken | None, tuple[int, int]]:
+    """Open the file, creating it if need be, and read all of it; and which file it is."""
     _create(path)
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as exc:
+        opened = os.stat(path)
+    except (sqlite3.Error, OSError) as exc:
         raise _unusable(path, exc) from None
     try:
         _prepare(connection, path)
-        return connection, _read_jobs(connection), _read_token(connection)
+        jobs, token = _read_jobs(connection), _read_token(connection)
+        return connection, jobs, token, (opened.st_dev, opened.st_ino)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
         connection.close()
         raise _unusable(path, exc) from None
@@ -362,16 +380,30 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     if not fresh and application_id != _APPLICATION_ID:
         raise _damaged(path, "is not a zoho-job-watcher state file")
     if not fresh:
-        version = connection.execute(
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        ).fetchone()
-        if version != (str(SCHEMA_VERSION),):
-            found = "none" if version is None else version[0]
-            raise _damaged(path, f"has schema version {found}, this watcher knows {SCHEMA_VERSION}")
+        _check_version(connection, path)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
     if fresh:
         connection.executescript(_SCHEMA)
+
+
+def _check_version(connection: sqlite3.Connection, path: Path) -> None:
+    """A file of ours must say which schema it holds; a newer watcher's is not to be discarded."""
+    try:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # our mark, but no meta table: not a file we wrote whole
+        row = None
+    found = None if row is None else str(row[0])
+    if found == str(SCHEMA_VERSION):
+        return
+    if found is not None and found.isdigit() and int(found) > SCHEMA_VERSION:
+        raise StateError(
+            f"state file {path} was written by a newer zoho-job-watcher (schema version {found},"
+            f" this one knows {SCHEMA_VERSION}); run that version, or {_RECOVER}"
+        )
+    raise _damaged(
+        path, f"has schema version {found or 'none'}, this watcher knows {SCHEMA_VERSION}"
+    )
 
 
 def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
@@ -379,6 +411,8 @@ def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
     for row in connection.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"):
         values = dict(zip(_JOB_COLUMNS, row, strict=True))
         values["counts"] = json.loads(values["counts"])
+        if not isinstance(values["counts"], dict):
+            raise ValueError(f"the counts of job {values['job_id']} are not a JSON object")
         record = JobRecord(**values)
         jobs[(record.module, record.job_id)] = record
     return jobs
