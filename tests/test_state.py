@@ -307,22 +307,23 @@ async def test_a_failed_save_nobody_waited_on_fails_close(path: Path) -> None:
         await store.close()
 
 
-async def test_a_state_file_deleted_while_running_fails_the_next_save(path: Path) -> None:
-    store = await StateStore.open(path)
-    await store.save_durably(job("before"))
+def delete(path: Path) -> None:
     for file in path.parent.glob(f"{path.name}*"):
         file.unlink()
-    with pytest.raises(StateError, match="deleted while the watcher ran"):
-        await store.save_durably(job("after"))
-    with pytest.raises(StateError):
-        await store.close()
 
 
-async def test_a_state_file_replaced_while_running_fails_the_next_save(path: Path) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [(delete, "deleted while the watcher ran"), (copy_over, "replaced while the watcher ran")],
+)
+async def test_a_state_file_deleted_or_replaced_while_running_fails_the_next_save(
+    path: Path, tamper: Callable[[Path], None], problem: str
+) -> None:
+    """SQLite would write on into a file no restart will read."""
     store = await StateStore.open(path)
     await store.save_durably(job("before"))
-    copy_over(path)
-    with pytest.raises(StateError, match="replaced while the watcher ran"):
+    tamper(path)
+    with pytest.raises(StateError, match=problem):
         await store.save_durably(job("after"))
     with pytest.raises(StateError):
         await store.close()
