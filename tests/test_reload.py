@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from watcher.config import load_all
+from watcher import reload
+from watcher.config import Config, load_all
 from watcher.reload import ConfigWatcher
 
 ENV = {"ZOHO_ACCESS_TOKEN": "reload-test-token"}
 
 
-def write(path: Path, job_ids: list[str]) -> None:
+def write(path: Path, job_ids: list[str], **top: object) -> None:
     document = {
         "zoho": {"auth": {"access_token": "${ZOHO_ACCESS_TOKEN}"}},
         "jobs": [{"module": "Leads", "job_id": job_id} for job_id in job_ids],
+        **top,
     }
     path.write_text(yaml.safe_dump(document))
 
@@ -51,3 +54,27 @@ def test_an_edit_after_a_check_is_noticed(tmp_path: Path) -> None:
     changed = follower.check()
     assert changed is not None
     assert [spec.job_id for spec in changed.jobs] == ["2"]
+
+
+def test_unchanged_files_are_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are compared with what the running config was read from, so ten thousand jobs
+    are not parsed again every few seconds just to find nothing changed."""
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / "more.yaml").write_text("jobs:\n  - {module: Deals, job_id: '2'}\n")
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"], jobs_dir=str(jobs_dir))
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+
+    def must_not_load(*_: object) -> Config:
+        raise AssertionError("loaded unchanged files")
+
+    monkeypatch.setattr(reload, "load_all", must_not_load)
+    assert follower.check() is None
+    monkeypatch.undo()
+    (jobs_dir / "more.yaml").write_text("jobs:\n  - {module: Deals, job_id: '3'}\n")
+    changed = follower.check()
+    assert changed is not None
+    assert [spec.job_id for spec in changed.jobs] == ["1", "3"]

@@ -7,6 +7,7 @@ the text as written, which YAML 1.1 would otherwise mangle (`job_id: 0123` is th
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -179,6 +180,8 @@ class Config:
     progress_events: bool = True
     http: HttpSettings = field(default_factory=HttpSettings)
     source: Path | None = None  # the file it was loaded from, so a reload knows what to re-read
+    # What load_all read, hashed (see Fingerprint); not part of what the config says.
+    fingerprint: bytes | None = field(default=None, compare=False)
 
 
 class ConfigError(Exception):
@@ -189,12 +192,29 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+class Fingerprint:
+    """A digest of files and their content, in reading order. A reload compares the files as they
+    are now with what the running config was read from, byte for byte, rather than with a second
+    reading that an edit could slip in before."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, path: Path, content: bytes) -> None:
+        self._digest.update(str(path).encode() + b"\0" + content + b"\0")
+
+    def digest(self) -> bytes:
+        return self._digest.digest()
+
+
+def load_config(
+    path: Path, env: Mapping[str, str] | None = None, seen: Fingerprint | None = None
+) -> Config:
     """Reads and validates `path`; anything wrong, the file itself included, is a ConfigError.
 
     Only the main file: load_all also reads the jobs files in jobs_dir.
     """
-    text = _read_file(path, "config file")
+    text = _read_file(path, "config file", seen)
     config = parse_config(text, str(path), os.environ if env is None else env)
     return replace(config, source=path)
 
@@ -216,25 +236,26 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
     of jobs (and of their first polls) does not depend on the directory listing. The problems of
     every jobs file are reported together, each naming its file.
     """
-    config = load_config(path, env)
+    seen = Fingerprint()
+    config = load_config(path, env, seen)
     if config.jobs_dir is None:
-        return config
+        return replace(config, fingerprint=seen.digest())
     jobs = list(config.jobs)
     problems: list[str] = []
     for jobs_file in jobs_files(config.jobs_dir):
         try:
-            jobs.extend(load_jobs_file(jobs_file))
+            jobs.extend(load_jobs_file(jobs_file, seen))
         except ConfigError as error:
             problems.extend(error.problems)
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
         raise ConfigError(_redact(problems, config.zoho.auth.secrets()))
-    return replace(config, jobs=tuple(dict.fromkeys(jobs)))
+    return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())
 
 
-def load_jobs_file(path: Path) -> tuple[JobSpec, ...]:
+def load_jobs_file(path: Path, seen: Fingerprint | None = None) -> tuple[JobSpec, ...]:
     """The jobs of one file dropped in jobs_dir; anything wrong with it is a ConfigError."""
-    return parse_jobs_file(_read_file(path, "jobs file"), str(path))
+    return parse_jobs_file(_read_file(path, "jobs file", seen), str(path))
 
 
 def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
@@ -267,19 +288,28 @@ def jobs_files(directory: Path) -> list[Path]:
     ]
 
 
-def _read_file(path: Path, what: str) -> str:
-    """The text of `path`, or a ConfigError saying in one line why it cannot be had."""
+def _read_file(path: Path, what: str, seen: Fingerprint | None = None) -> str:
+    """The text of `path` (noted in `seen`), or a ConfigError saying in one line why it cannot be
+    had."""
     try:
-        return _read_text(path)
+        content = path.read_bytes()
+        text = _text(content)
     except FileNotFoundError:
         raise ConfigError((f"{path}: {what} not found",)) from None
     except (OSError, ValueError) as error:
         raise ConfigError((f"{path}: cannot read {what}: {_reason(error)}",)) from None
+    if seen is not None:
+        seen.add(path, content)
+    return text
 
 
 def _read_text(path: Path) -> str:
-    """UTF-8 text of `path`; "-sig" drops the byte-order mark some Windows editors write."""
-    return path.read_bytes().decode("utf-8-sig")
+    return _text(path.read_bytes())
+
+
+def _text(content: bytes) -> str:
+    """UTF-8; "-sig" drops the byte-order mark some Windows editors write."""
+    return content.decode("utf-8-sig")
 
 
 def _reason(error: OSError | ValueError) -> str:

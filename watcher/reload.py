@@ -7,11 +7,10 @@ read files, so they are meant to run in a worker thread, off the event loop.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from watcher.config import Config, ConfigError, jobs_files, load_all
+from watcher.config import Config, ConfigError, Fingerprint, jobs_files, load_all
 
 
 class ConfigWatcher:
@@ -27,10 +26,9 @@ class ConfigWatcher:
         self._env = env
         self._running = config
         self._jobs_dir = config.jobs_dir
-        # None: the first check reads the files whatever they hold. The running config was read
-        # before start-up (a token fetch can take minutes); an edit made since must not be taken
-        # for what is running. What reads the same as the running config is no change.
-        self._loaded: bytes | None = None
+        # What the running config was read from: an edit made since, even while the watcher was
+        # starting (a token fetch can take minutes), differs from it. None: read at the first check.
+        self._loaded = config.fingerprint
         self._broken: bytes | None = None
 
     def check(self, *, report_now: bool = False) -> Config | None:
@@ -51,22 +49,22 @@ class ConfigWatcher:
                 self._loaded = fingerprint  # reported once; wait for the next edit
                 raise
             return None
-        self._loaded, self._broken, self._jobs_dir = fingerprint, None, config.jobs_dir
-        unchanged, self._running = config == self._running, config
+        self._loaded, self._broken, self._jobs_dir = config.fingerprint, None, config.jobs_dir
+        unchanged, self._running = config == self._running, config  # a comment is no change
         return None if unchanged and not report_now else config
 
     def _fingerprint(self) -> bytes:
-        digest = hashlib.sha256()
+        """The files as they are now, taken as load_all takes them: the same digest when nothing
+        changed. What cannot be read is noted so that its healing counts as a change."""
+        seen = Fingerprint()
         try:
             listed = jobs_files(self._jobs_dir) if self._jobs_dir is not None else []
         except ConfigError as exc:  # the directory itself is unreadable: load_all will say so
-            digest.update(str(exc).encode())
+            seen.add(Path(), str(exc).encode())
             listed = []
         for path in (self._path, *listed):
-            digest.update(str(path).encode() + b"\0")
             try:
-                digest.update(path.read_bytes())
+                seen.add(path, path.read_bytes())
             except OSError as exc:
-                digest.update(f"unreadable: {exc.errno}".encode())
-            digest.update(b"\0")
-        return digest.digest()
+                seen.add(path, f"unreadable: {exc.errno}".encode())
+        return seen.digest()
