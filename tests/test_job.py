@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -119,9 +120,14 @@ def test_rate_limit_without_retry_after_uses_the_job_backoff() -> None:
     assert 0.8 <= decision.next_poll_in <= 1.0
 
 
-def test_retry_after_is_capped_at_backoff_max() -> None:
-    decision = apply(new_job(), Answer(Effect.RATE_LIMITED, 429, retry_after=86_400.0))
-    assert decision.next_poll_in == SETTINGS.backoff_max
+@pytest.mark.parametrize(
+    ("retry_after", "delay"),
+    [(86_400.0, SETTINGS.backoff_max), (0.0, SETTINGS.backoff_initial)],
+)
+def test_retry_after_is_held_within_the_backoff_bounds(retry_after: float, delay: float) -> None:
+    decision = apply(new_job(), Answer(Effect.RATE_LIMITED, 429, retry_after=retry_after))
+    assert decision.next_poll_in == delay
+    assert decision.pause_all_for == delay
 
 
 def test_transient_failures_back_off_and_a_success_resets() -> None:

@@ -223,6 +223,45 @@ async def test_429_without_retry_after_backs_off_and_pauses(tmp_path: Path, sim:
     assert during == []
 
 
+async def test_a_retry_after_of_zero_waits_the_first_backoff(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """ "Now" from a busy server is not an invitation to hammer it (and a zero gap must not
+    break the pace bookkeeping either)."""
+    sim.add_job(*JOB, ["429:0", "COMPLETED"])
+    code, watcher = await watch_to_end(
+        tmp_path, sim, [JOB], backoff_initial="300ms", backoff_max="1s"
+    )
+    assert code == 0
+    assert watcher.named("job.poll_failed")[0]["retry_in_s"] == 0.3
+    first, second = sim.requests_for(*JOB)
+    assert second.at - first.done >= 0.25
+    assert "Traceback" not in watcher.stderr
+
+
+async def test_a_job_retrying_fast_does_not_stretch_the_others_under_a_budget(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """The credit budget paces jobs by their planned gaps; a retry's short delay is no pace, or
+    one failing job would slow every other by the ratio of its backoff to their interval."""
+    failing, steady = ("Deals", "1"), ("Deals", "2")
+    sim.add_job(*failing, ["500"] * 40 + ["COMPLETED"])
+    sim.add_job(*steady, ["RUNNING"] * 10 + ["COMPLETED"])
+    code, _ = await watch_to_end(
+        tmp_path,
+        sim,
+        [failing, steady],
+        schedule="fixed",
+        interval="100ms",
+        backoff_initial="1ms",
+        backoff_max="2ms",
+        credits_per_day=4_000_000,  # four times what 10 polls a second spend: no stretch due
+    )
+    assert code == 0
+    polls = [r.at for r in sim.requests_for(*steady)]
+    assert max(later - earlier for earlier, later in itertools.pairwise(polls)) < 0.5
+
+
 async def test_requests_stay_within_rate_limit_and_concurrency(
     tmp_path: Path, sim: Simulator
 ) -> None:

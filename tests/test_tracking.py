@@ -74,3 +74,18 @@ async def test_an_answer_for_a_removed_job_is_neither_said_nor_saved(tmp_path: P
     record = again.jobs[(spec.module, spec.job_id)]
     assert (record.status, record.removed_at is not None) == (None, True)
     await again.close()
+
+
+async def test_a_resumed_job_does_not_announce_again_the_tenths_it_had_reached(
+    tmp_path: Path,
+) -> None:
+    store, _, tracker, job = await one_tracked_job(tmp_path)
+    job.status = "RUNNING"
+    job.counts = {"updated_count": 68, "failed_count": 2, "total_count": 100}
+    await tracker.record(job, [])
+    await store.close()
+    again = await StateStore.open(tmp_path / "state.db")
+    resumed = Tracker(EventLog(io.StringIO(), "json", "info"), again, time.time, time.monotonic)
+    await resumed.track([job.spec])
+    assert resumed.jobs[job.spec].tenths_reported == 7  # job.progress comes again at 80 %
+    await again.close()

@@ -135,15 +135,22 @@ def status_changed(job: JobState, previous: str | None, seen: Estimate) -> Event
 def _progress(job: JobState, seen: Estimate) -> list[Event]:
     """One job.progress event when the job has crossed another tenth of its total since the last
     one, announcing only the highest when a poll jumps several: a heartbeat, not a flood."""
-    last = job.samples[-1]
-    if last.done is None or not last.total:
-        return []
-    tenths = min(10, last.done * 10 // last.total)  # whole numbers: 3/10 must count as 3 tenths
+    tenths = tenths_done(job.counts)
     if tenths <= job.tenths_reported:
         return []
     job.tenths_reported = tenths
     fields = {**job.fields(), **_estimate_fields(seen), **job.counts}
     return [Event("job.progress", "info", fields)]
+
+
+def tenths_done(counts: Counts) -> int:
+    """How many whole tenths of its total a job's counts say are done (0 when they cannot say).
+    Whole numbers: 3 of 10 must count as 3 tenths, which 0.3 * 10 does not."""
+    updated, failed = counts.get("updated_count"), counts.get("failed_count")
+    total = counts.get("total_count")
+    if updated is None or failed is None or not total:
+        return 0
+    return min(10, (updated + failed) * 10 // total)
 
 
 def _estimate_fields(seen: Estimate) -> dict[str, object]:
@@ -192,13 +199,14 @@ def _retry_later(
 ) -> Decision:
     """Transient trouble, rate limiting or a not-yet-conclusive not-found: back off and retry.
 
-    A Retry-After is honoured but capped at `backoff_max`, so one odd header cannot park the
-    watcher for days.
+    A Retry-After is honoured within `backoff_initial`…`backoff_max`: one odd header can neither
+    park the watcher for days nor, saying 0, have it hammer a server that has just said it is
+    too busy.
     """
     job.failures += 1
     delay = backoff_delay(job.failures, settings.backoff_initial, settings.backoff_max, rng)
     if answer.retry_after is not None:
-        delay = min(answer.retry_after, settings.backoff_max)
+        delay = min(max(answer.retry_after, settings.backoff_initial), settings.backoff_max)
     fields: dict[str, object] = {
         **job.fields(),
         "error": answer.code,

@@ -276,7 +276,8 @@ class Watcher:
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif decision.next_poll_in is not None:
-            runtime.demand.plan(spec, decision.next_poll_in)
+            if answer.effect is Effect.OBSERVED:  # a retry's delay is no pace to budget for
+                runtime.demand.plan(spec, decision.next_poll_in)
             stretch = runtime.budget.stretch(now, runtime.demand.per_s)
             runtime.scheduler.schedule(spec, decision.next_poll_in * stretch)
         else:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from watcher.config import JobSpec
 from watcher.events import EventLog
-from watcher.job import Event, JobState, finished_event, status_changed
+from watcher.job import Event, JobState, finished_event, status_changed, tenths_done
 from watcher.schedule import estimate
 from watcher.state import JobRecord, StateError, StateStore
 
@@ -149,6 +149,7 @@ class Tracker:
             emitted_status=record.emitted_status,
             finished_at=record.finished_at,
             last_seen=record.last_seen,
+            tenths_reported=tenths_done(record.counts),  # announced before the restart
         )
         if job.outcome is not None and job.finished_at is not None:
             self.outcomes[job.outcome] += 1
