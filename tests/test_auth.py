@@ -261,3 +261,16 @@ def test_data_center_mapping(data_center: str, accounts: str, api: str) -> None:
 )
 def test_token_answers(status: int, body: bytes, expected: Grant | Refusal) -> None:
     assert read_token_answer(status, body) == expected
+
+
+async def test_a_token_that_expires_while_a_request_waits_for_the_gate_is_not_sent(
+    tmp_path: Path, sim_factory: SimFactory
+) -> None:
+    """A rate-limit wait longer than the token's life: the request must carry a live token."""
+    sim = await sim_factory(token_lifetime=1.0)
+    sim.add_job(*JOB, ["RUNNING", "RUNNING", "COMPLETED"])
+    watcher = await watch(
+        tmp_path, sim, [JOB], rate_limit=1, rate_period="1500ms", max_concurrency=1
+    )
+    assert await watcher.finish() == 0
+    assert all(r.token_ok for r in sim.requests)

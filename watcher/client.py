@@ -68,19 +68,27 @@ class ZohoClient:
 
     async def poll(self, spec: JobSpec) -> Answer:
         """Ask for the job's status once; after a refused token, once more with a fresh one."""
-        token = await self._tokens.token()
-        answer = await self._request(spec, token)
+        answer, token = await self._request(spec)
         if answer.effect is Effect.AUTH and await self._tokens.rejected(token):
-            answer = await self._request(spec, await self._tokens.token())
+            answer, _ = await self._request(spec)
         return answer
 
-    async def _request(self, spec: JobSpec, token: str) -> Answer:
+    async def _request(self, spec: JobSpec) -> tuple[Answer, str]:
+        """One request, and the token it carried.
+
+        A refresh that is due happens before the gate is asked, so that requests held up by it
+        do not then leave together on slots taken long before. The token sent is asked for again
+        once the gate lets the request go: a wait there (a 429 pause, the credit budget) can
+        outlast a token's life.
+        """
         try:
             url = self.url(spec)
         except ValueError:
-            return Answer(Effect.REJECTED, None, code="invalid_module")
-        headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
+            return Answer(Effect.REJECTED, None, code="invalid_module"), ""
+        await self._tokens.token()
         await self._gate.admit()
+        token = await self._tokens.token()
+        headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
         sent = time.monotonic()
         try:
             async with self._session.get(
@@ -93,9 +101,10 @@ class ZohoClient:
                 status, response_headers = response.status, response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
             elapsed = time.monotonic() - sent
-            return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed)
+            return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed), token
         elapsed = time.monotonic() - sent
-        return classify(self._kind, status, response_headers, body, self._wall_clock(), elapsed)
+        now = self._wall_clock()
+        return classify(self._kind, status, response_headers, body, now, elapsed), token
 
 
 def _segment(text: str) -> str:
