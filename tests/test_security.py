@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
@@ -286,6 +287,36 @@ def test_the_config_takes_only_plain_names_and_digits(module: str, job_id: str) 
     (spec,) = config.jobs
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", spec.module)
     assert re.fullmatch(r"[0-9]+", spec.job_id)
+
+
+PASTED = "1000.4f8a1c2e9b7d6f3a0e5c8b2d7a9f1e3c.6b0d2f8e4a1c9b7e3d5f0a2c8e6b4d1f"  # token-shaped
+
+
+@pytest.mark.parametrize(
+    ("where", "document"),
+    [
+        ("zoho.data_center", {"zoho": {"data_center": PASTED}}),
+        ("zoho.api_version", {"zoho": {"api_version": PASTED}}),
+        ("polling.interval", {"polling": {"interval": PASTED}}),
+        ("polling.rate_limit", {"polling": {"rate_limit": PASTED}}),
+        ("polling.schedule", {"polling": {"schedule": PASTED}}),
+        ("progress_events", {"progress_events": PASTED}),
+        ("jobs[0].job_id", {"jobs": [{"module": "Leads", "job_id": PASTED}]}),
+        ("zoho", {"zoho": {PASTED: "x"}}),  # pasted where a key goes
+    ],
+)
+def test_a_credential_pasted_under_the_wrong_key_is_not_echoed(
+    where: str, document: dict[str, Any]
+) -> None:
+    """Under a secret key it would be masked; anywhere else no mask knows it, so no message
+    quotes a value that long."""
+    zoho = {"auth": {"access_token": "${ZOHO_ACCESS_TOKEN}"}, **document.get("zoho", {})}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(yaml.safe_dump({**document, "zoho": zoho}), "cfg.yaml", ENV)
+    problems = refused.value.problems
+    assert any(where in problem for problem in problems), problems
+    assert not any(PASTED in problem for problem in problems), problems
+    assert any("70-character value" in problem for problem in problems), problems
 
 
 # --- secrets in output ----------------------------------------------------------------------------

@@ -77,6 +77,9 @@ _BOOLEANS = {
     "False": False,
     "FALSE": False,
 }
+# Longer values are described in messages, not quoted: one may be a credential pasted under the
+# wrong key (Zoho's client ids have 35 characters, its tokens 70), where no mask would find it.
+_QUOTED_LENGTH = 32
 _MAX_DIGITS = 18  # keeps counts within 64 bits and clear of int()'s 4300-digit limit
 # Shorter secrets are not masked in messages: they would mangle ordinary words, and no real Zoho
 # credential is that short.
@@ -587,7 +590,9 @@ class _Reader:
             key: str = key_node.value
             if key in first_lines:
                 self.report(
-                    key_node, path, f"duplicate key {key!r} (first at line {first_lines[key]})"
+                    key_node,
+                    path,
+                    f"duplicate key {_shown(key)} (first at line {first_lines[key]})",
                 )
             elif key not in allowed:
                 self.report(key_node, path, _unknown_key(key, allowed))
@@ -651,7 +656,7 @@ class _Reader:
     def matching(self, node: Node, path: str, pattern: re.Pattern[str], rule: str) -> str | None:
         text = self.scalar(node, path)
         if text is not None and not pattern.fullmatch(text):
-            self.report(node, path, f"{text!r} {rule}")
+            self.report(node, path, f"{_shown(text)} {rule}")
             return None
         return text
 
@@ -674,7 +679,7 @@ class _Reader:
     def _one_of(self, node: Node, path: str, choices: Collection[str], what: str) -> str | None:
         text = self.scalar(node, path)
         if text is not None and text not in choices:
-            self.report(node, path, f"unknown {what} {text!r} (valid: {', '.join(choices)})")
+            self.report(node, path, f"unknown {what} {_shown(text)} (valid: {', '.join(choices)})")
             return None
         return text
 
@@ -683,7 +688,7 @@ class _Reader:
         if text is None:
             return None
         if text not in _BOOLEANS:
-            self.report(node, path, f"expected true or false, got {text!r}")
+            self.report(node, path, f"expected true or false, got {_shown(text)}")
             return None
         return _BOOLEANS[text]
 
@@ -711,7 +716,7 @@ class _Reader:
         try:
             seconds = parse_duration(text)
         except ValueError as error:
-            self.report(node, path, str(error))
+            self.report(node, path, str(error).replace(repr(text), _shown(text)))
             return None
         return self._positive(node, path, seconds)
 
@@ -721,7 +726,7 @@ class _Reader:
         if text is None:
             return None
         if not _DIGITS.fullmatch(text):
-            self.report(node, path, f"expected a whole number, got {text!r}")
+            self.report(node, path, f"expected a whole number, got {_shown(text)}")
             return None
         if len(text) > _MAX_DIGITS:
             self.report(node, path, f"{text} is too large")
@@ -859,7 +864,12 @@ def _unknown_key(key: str, allowed: tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
-    return f"unknown key {key!r} ({hint})"
+    return f"unknown key {_shown(key)} ({hint})"
+
+
+def _shown(text: str) -> str:
+    """`text` as a message quotes it, or only its length if it could be a credential."""
+    return repr(text) if len(text) <= _QUOTED_LENGTH else f"a {len(text)}-character value"
 
 
 def _line(node: Node) -> int:
