@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 
@@ -37,20 +35,45 @@ async def test_no_more_than_the_rate_in_any_period() -> None:
 async def test_a_request_that_must_wait_sleeps_once_until_its_slot_frees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sleeps: list[float] = []
-    real_sleep = asyncio.sleep
+    sleeps: list[float | None] = []
+    real_timeout = asyncio.timeout
 
-    def recording_sleep(delay: float) -> Coroutine[Any, Any, None]:
+    def recording_timeout(delay: float | None) -> asyncio.Timeout:
         sleeps.append(delay)
-        return real_sleep(delay)
+        return real_timeout(delay)
 
     gate = RequestGate(rate_limit=1, rate_period=0.2, budget=NO_BUDGET)
     await pass_through(gate, [])
-    monkeypatch.setattr(ratelimit.asyncio, "sleep", recording_sleep)
+    monkeypatch.setattr(ratelimit.asyncio, "timeout", recording_timeout)
     await pass_through(gate, [])
     monkeypatch.undo()
     assert len(sleeps) <= 2  # one sleep, and at most one more for a timer firing a hair early
+    assert sleeps[0] is not None
     assert 0.15 < sleeps[0] <= 0.2
+
+
+async def test_a_reload_that_lifts_the_budget_frees_a_request_waiting_a_day() -> None:
+    budget = CreditBudget(1, 0)
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=budget)
+    await gate.admit()  # the day's one credit
+    waiting = asyncio.ensure_future(gate.admit())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    budget.configure(None, 0)
+    gate.set_rate(1000, 1.0)
+    await asyncio.wait_for(waiting, timeout=5)
+
+
+async def test_a_rate_lowered_then_raised_still_counts_every_recent_send() -> None:
+    gate = RequestGate(rate_limit=2, rate_period=0.3, budget=NO_BUDGET)
+    sent: list[float] = []
+    await asyncio.gather(*(pass_through(gate, sent) for _ in range(2)))
+    gate.set_rate(1, 0.3)
+    waiting = asyncio.ensure_future(pass_through(gate, sent))
+    await asyncio.sleep(0)  # checked against the lowered rate: it waits
+    gate.set_rate(2, 0.3)
+    await asyncio.gather(waiting, pass_through(gate, sent))
+    assert most_in_any_window(sent, 0.3) == 2
 
 
 async def test_a_lowered_rate_applies_to_the_next_request() -> None:

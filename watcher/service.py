@@ -330,8 +330,8 @@ class Watcher:
         restart = _needs_restart(self._config, config)
         self._config = config
         polling = config.polling
-        self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
         self._runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
+        self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
         try:
             self._tracker.untrack(removed)
             await self._track(tuple(added))
