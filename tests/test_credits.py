@@ -62,8 +62,22 @@ def test_below_the_floor_zoho_reports_slow_down_in_proportion() -> None:
     assert budget.stretch(0.0, demand_per_s=1.0) == 1.0
     assert budget.remaining(10.0, 250) is True
     assert budget.stretch(10.0, demand_per_s=1.0) == 4.0
-    assert budget.remaining(20.0, 0) is True
+    assert budget.remaining(20.0, 0) is False  # the same drop: said once
     assert budget.stretch(20.0, demand_per_s=1.0) == 1_000.0
+
+
+def test_a_drop_is_said_once_and_again_only_after_a_recovery_or_a_silence() -> None:
+    budget = CreditBudget(None, floor=1_000)
+    # Answers to requests sent around the drop may come back out of order, around the floor.
+    assert [budget.remaining(t, v) for t, v in [(0, 999), (1, 1_000), (2, 998)]] == [
+        True,
+        False,
+        False,
+    ]
+    assert budget.remaining(3.0, 1_100) is False  # Zoho's daily reset, say: the drop is over
+    assert budget.remaining(4.0, 900) is True
+    later = 4.0 + REMAINING_TTL_S  # no reading for that long: usage fell, and now rises again
+    assert budget.remaining(later, 800) is True
 
 
 def test_the_stricter_of_budget_and_floor_wins_rather_than_both() -> None:

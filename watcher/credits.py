@@ -21,6 +21,10 @@ DAY_S = 86_400.0
 # has not, the next answer says so again.
 REMAINING_TTL_S = 3_600.0
 
+# A drop below the floor is over once a reading is this far above it (Zoho resets credits daily):
+# an answer to a request sent a moment before a low one may come back just above the floor.
+RECOVERED = 1.1
+
 # `now + wait(now)` could land a rounding error short of the moment a credit ages out; waiting this
 # much longer makes waiting what `wait` said always enough.
 _ROUNDING_S = 1e-6
@@ -32,6 +36,7 @@ class CreditBudget:
     def __init__(self, credits_per_day: int | None, floor: int) -> None:
         self._spent: deque[float] = deque()  # when each credit of the last 24 hours went, in order
         self._reading: tuple[float, int] | None = None  # (seen at, remaining) from Zoho's header
+        self._low = False  # within a drop below the floor
         self.configure(credits_per_day, floor)
 
     def configure(self, credits_per_day: int | None, floor: int) -> None:
@@ -79,10 +84,19 @@ class CreditBudget:
         return factor
 
     def remaining(self, now: float, value: int) -> bool:
-        """Zoho's X-API-CREDITS-REMAINING was seen: True when it is below the floor, so that the
-        caller can warn (`credits.low`); `stretch` slows down accordingly from now on."""
-        self._reading = (now, value)
-        return value < self._floor
+        """Zoho's X-API-CREDITS-REMAINING was seen; `stretch` slows down accordingly from now on.
+
+        True when this reading starts a drop below the floor, so that the caller warns
+        (`credits.low`) once per drop. A drop is over once a reading is RECOVERED times the floor,
+        or no reading has come for REMAINING_TTL_S.
+        """
+        previous, self._reading = self._reading, (now, value)
+        if value >= self._floor:
+            self._low = self._low and value < self._floor * RECOVERED
+            return False
+        ongoing = self._low and previous is not None and now - previous[0] < REMAINING_TTL_S
+        self._low = True
+        return not ongoing
 
     def _forget(self, now: float) -> None:
         """Drop credits spent 24 hours ago or more: they no longer count, and memory stays small."""

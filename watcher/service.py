@@ -90,7 +90,6 @@ class Watcher:
         self._reason = "signal"
         self._tracker: Tracker
         self._runtime: _Runtime | None = None
-        self._credits_low = False
 
     def stop(self) -> None:
         """Stop taking new work; `run` cancels what is in flight, flushes state, returns 0."""
@@ -290,11 +289,9 @@ class Watcher:
         assert self._runtime is not None
         if self._metrics is not None:
             self._metrics.credits_remaining(remaining)
-        low = self._runtime.budget.remaining(now, remaining)
-        if low and not self._credits_low:
+        if self._runtime.budget.remaining(now, remaining):
             floor = self._config.polling.credits_floor
             self._log.log("warning", "credits.low", remaining=remaining, floor=floor)
-        self._credits_low = low
 
     async def _follow_config(self) -> None:
         """Re-read the config every `reload_interval` (content, not mtime) and on SIGHUP."""
