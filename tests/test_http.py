@@ -14,6 +14,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from watcher.credits import REMAINING_TTL_S
 from watcher.http import Health, HttpServer
 from watcher.metrics import JOB_STATUSES, Metrics
 
@@ -58,6 +59,7 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+CREDITS = "zoho_watcher_api_credits_remaining"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -172,6 +174,17 @@ async def test_every_known_series_exists_before_anything_happens(
         assert value(samples, "zoho_watcher_config_reloads_total", result=result) == 0
     # Unknown, not "none left": a 0 here would fire any low-credits alert at startup.
     assert math.isnan(value(samples, "zoho_watcher_api_credits_remaining"))
+
+
+def test_a_credits_reading_an_hour_old_is_no_longer_reported() -> None:
+    """Zoho stops sending the header once usage falls back: the last low number must not stay."""
+    now = [0.0]
+    metrics = Metrics(clock=lambda: now[0])
+    metrics.credits_remaining(5)
+    now[0] = REMAINING_TTL_S - 1.0
+    assert value(parse(metrics.render()[0].decode())[1], CREDITS) == 5
+    now[0] = REMAINING_TTL_S
+    assert math.isnan(value(parse(metrics.render()[0].decode())[1], CREDITS))
 
 
 async def test_job_counts_replace_the_previous_ones(

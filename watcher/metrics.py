@@ -9,6 +9,7 @@ first scrape instead of appearing only once something happens (which breaks `rat
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 
 from prometheus_client import (
@@ -19,6 +20,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from watcher.credits import REMAINING_TTL_S
 
 JOB_STATUSES = ("SCHEDULED", "RUNNING", "COMPLETED", "FAILED", "unknown", "not_found", "rejected")
 POLL_RESULTS = ("observed", "not_found", "rejected", "auth", "rate_limited", "transient")
@@ -31,10 +34,16 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     """What the watcher has done so far, as counters and gauges; `render` is the scrape body."""
 
-    def __init__(self, job_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        job_counts: Callable[[], Mapping[str, int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`job_counts`, when given, is asked at each scrape: counting there costs nothing
         between scrapes, however many jobs there are."""
         self._job_counts = job_counts
+        self._clock = clock
+        self._credits_reading: tuple[float, int] | None = None  # (seen at, remaining)
         self.registry = CollectorRegistry()
         self._jobs = Gauge(
             "zoho_watcher_jobs",
@@ -73,11 +82,10 @@ class Metrics:
         )
         self._credits = Gauge(
             "zoho_watcher_api_credits_remaining",
-            "API credits Zoho last reported as remaining (NaN until it has reported any)",
+            "API credits Zoho last reported as remaining (NaN when it has not said for an hour)",
             registry=self.registry,
         )
-        # NaN, not 0: "no credits left" is an alarm, and nothing is known before the first answer.
-        self._credits.set(math.nan)
+        self._credits.set_function(self._credits_now)
         self._job_statuses = dict.fromkeys(JOB_STATUSES)
         self.set_job_counts({})
         # Looking a label's child up costs more than counting with it: done once, not per poll.
@@ -112,7 +120,16 @@ class Metrics:
         self._config_reloads.labels(result=result).inc()
 
     def credits_remaining(self, value: int) -> None:
-        self._credits.set(value)
+        self._credits_reading = (self._clock(), value)
+
+    def _credits_now(self) -> float:
+        """NaN, not 0, when nothing is known: "no credits left" is an alarm. Zoho says only while
+        more than half the day's credits are used, so a reading an hour old is no longer news
+        (the credit budget stops heeding it then too) and must not keep an alert firing."""
+        reading = self._credits_reading
+        if reading is None or self._clock() - reading[0] >= REMAINING_TTL_S:
+            return math.nan
+        return float(reading[1])
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format; `generate_latest` writes version 0.0.4 of it, so say so."""
