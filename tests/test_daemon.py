@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +336,25 @@ async def test_a_kept_token_spares_a_refresh_after_restart(tmp_path: Path, sim: 
     assert len(sim.token_requests) == 1
     assert second.named("auth.token_refreshed") == []
     assert all(r.token_ok for r in sim.requests)
+
+
+async def test_a_kept_token_is_not_reused_with_other_credentials(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """Pointing the config at another org's accounts server must not keep polling the old org
+    with the old org's token until it expires."""
+    old, new = await sim_factory(), await sim_factory()
+    old.add_job(*A, ["COMPLETED"])
+    new.add_job(*B, ["COMPLETED"])
+    daemon = Daemon(tmp_path, old)
+    write_config(daemon.config, old.url, [A], auth=refresh_auth(old.url), top=daemon.top)
+    assert await (await daemon.start("--exit-when-done")).finish() == 0
+    write_config(daemon.config, new.url, [B], auth=refresh_auth(new.url), top=daemon.top)
+    second = await daemon.start("--exit-when-done")
+    assert await second.finish() == 0
+    assert len(new.token_requests) == 1
+    assert [r.job_id for r in old.requests] == [A[1]]
+    assert all(r.token_ok for r in new.requests)
 
 
 async def test_finished_jobs_that_left_the_config_are_pruned(

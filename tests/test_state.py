@@ -17,7 +17,9 @@ import pytest
 from watcher.state import JobRecord, StateError, StateStore, StoredToken
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = StoredToken("1000.secret-access-token.abc", expires_at=1_700_003_600.0, api_domain="x")
+TOKEN = StoredToken(
+    "1000.secret-access-token.abc", expires_at=1_700_003_600.0, api_domain="x", issued_for="d1"
+)
 
 
 def job(job_id: str = "554023000000506003", **changes: object) -> JobRecord:

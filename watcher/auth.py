@@ -9,6 +9,7 @@ a reason that can heal backs off for minutes instead of trying again at once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import time
@@ -92,6 +93,13 @@ class Refusal:
     permanent: bool
 
 
+def _issued_for(*credentials: str) -> str:
+    """Which credentials a kept token was refreshed with, as a digest: a token kept by a run with
+    other credentials (another client, another data centre's accounts server) may belong to
+    another org, and its API domain with it, so it is not reused."""
+    return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
+
+
 def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
     """Pure reading of Zoho's token answer, in all the shapes its servers send.
 
@@ -169,6 +177,8 @@ class RefreshingToken:
             "client_secret": auth.client_secret.reveal(),
         }
         self._url = f"{auth.accounts_url}{OAUTH_TOKEN_PATH}"
+        form = self._form
+        self._issued_for = _issued_for(self._url, form["client_id"], form["refresh_token"])
         self._emit = emit
         self._on_token = on_token
         self._rng = rng
@@ -184,6 +194,8 @@ class RefreshingToken:
     def _reuse(self, stored: StoredToken) -> None:
         """Start with the token a previous run kept, if it still has a useful life: a crash loop
         must not spend Zoho's ten tokens per ten minutes."""
+        if stored.issued_for != self._issued_for:  # other credentials, maybe another org
+            return
         left = stored.expires_at - time.time()
         if left <= REFRESH_AHEAD_S:
             return
@@ -258,7 +270,8 @@ class RefreshingToken:
         self.api_domain = grant.api_domain or self.api_domain
         if self._persist is not None:
             expires_at = time.time() + grant.expires_in
-            await self._persist(StoredToken(grant.access_token, expires_at, self.api_domain))
+            kept = StoredToken(grant.access_token, expires_at, self.api_domain, self._issued_for)
+            await self._persist(kept)
         self._token = grant.access_token
         ahead = min(REFRESH_AHEAD_S, grant.expires_in / 10)
         self._refresh_at = self._clock() + grant.expires_in - ahead

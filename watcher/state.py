@@ -97,6 +97,7 @@ class StoredToken:
     access_token: str = field(repr=False)
     expires_at: float  # epoch seconds
     api_domain: str | None
+    issued_for: str = ""  # which credentials it was refreshed with (a digest: see auth.py)
 
 
 def record_view(record: JobRecord) -> dict[str, object]:
@@ -119,6 +120,8 @@ _DELETE_JOB = "DELETE FROM jobs WHERE module = ? AND job_id = ?"
 _SAVE_TOKEN = (
     "INSERT OR REPLACE INTO token (id, access_token, expires_at, api_domain) VALUES (1, ?, ?, ?)"
 )
+# Kept in `meta` rather than a column of `token`: the schema, and files already written, stay.
+_SAVE_ISSUED_FOR = "INSERT OR REPLACE INTO meta (key, value) VALUES ('token_issued_for', ?)"
 _Params = Sequence[Any] | Mapping[str, Any]
 JobKey = tuple[str, str]
 
@@ -183,6 +186,7 @@ class StateStore:
         """Save `token` and return once it is committed: Zoho limits how often tokens may be
         refreshed, so a restart should find the one just obtained."""
         done = self._loop.create_future()
+        self._put(_SAVE_ISSUED_FOR, [(token.issued_for,)], None)  # the same commit as the token
         self._put(_SAVE_TOKEN, [(token.access_token, token.expires_at, token.api_domain)], done)
         self.token = token
         await done
@@ -420,7 +424,13 @@ def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
 
 def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
     row = connection.execute("SELECT access_token, expires_at, api_domain FROM token").fetchone()
-    return None if row is None else StoredToken(*row)
+    if row is None:
+        return None
+    access_token, expires_at, api_domain = row
+    issued_for = connection.execute(
+        "SELECT value FROM meta WHERE key = 'token_issued_for'"
+    ).fetchone()
+    return StoredToken(access_token, expires_at, api_domain, issued_for[0] if issued_for else "")
 
 
 def _unusable(path: Path, exc: Exception) -> StateError:
