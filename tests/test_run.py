@@ -226,8 +226,8 @@ async def test_429_without_retry_after_backs_off_and_pauses(tmp_path: Path, sim:
 async def test_a_retry_after_of_zero_waits_the_first_backoff(
     tmp_path: Path, sim: Simulator
 ) -> None:
-    """ "Now" from a busy server is not an invitation to hammer it (and a zero gap must not
-    break the pace bookkeeping either)."""
+    """A busy server's "now" is no invitation to hammer it (and a zero gap must not break the
+    pace bookkeeping either)."""
     sim.add_job(*JOB, ["429:0", "COMPLETED"])
     code, watcher = await watch_to_end(
         tmp_path, sim, [JOB], backoff_initial="300ms", backoff_max="1s"
