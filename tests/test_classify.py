@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -147,6 +148,47 @@ def test_retry_after_as_http_date() -> None:
     assert parse_retry_after(date, NOW) == pytest.approx(30.0)
 
 
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Asia/Kolkata"])
+def test_an_http_date_without_a_zone_is_gmt_whatever_the_local_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asctime form and "-0000" carry no zone; HTTP dates are GMT all the same (RFC 9110)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        moment = datetime.fromtimestamp(NOW + 30, UTC)
+        for date in (moment.strftime("%a %b %d %H:%M:%S %Y"), format_datetime(moment)):
+            assert parse_retry_after(date, NOW) == pytest.approx(30.0), date
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("value", ["²", "-5", "1" * 19, "12a"])
+def test_a_credits_header_that_is_no_plain_number_is_ignored_and_the_row_kept(
+    value: str,
+) -> None:
+    result = answer(200, {"data": [{"Status": "COMPLETED"}]}, {"X-API-CREDITS-REMAINING": value})
+    assert (result.effect, result.credits_remaining) == (Effect.OBSERVED, None)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "effect"),
+    [
+        (500, "INVALID_MODULE", Effect.TRANSIENT),
+        (503, "NOT_FOUND", Effect.TRANSIENT),
+        (502, "INVALID_TOKEN", Effect.TRANSIENT),
+        (429, "INTERNAL_ERROR", Effect.RATE_LIMITED),
+    ],
+)
+def test_server_trouble_and_the_rate_limit_win_over_the_code_in_the_body(
+    status: int, code: str, effect: Effect
+) -> None:
+    """A 5xx says the server failed, a 429 that the org is over its limit, whatever the body
+    names: neither may end a job or the watcher, and a 429 must still pause everybody."""
+    assert answer(status, error(code)).effect is effect
+
+
 @pytest.mark.parametrize("value", [None, "", "soon", "-5", "nan", "inf"])
 def test_unusable_retry_after_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None
@@ -166,11 +208,14 @@ def test_unusable_retry_after_is_ignored(value: str | None) -> None:
         max_leaves=10,
     ).map(lambda doc: json.dumps(doc).encode()),
     retry_after=st.none() | st.text(max_size=30),
+    credits=st.none() | st.text(max_size=20),
 )
 def test_any_answer_classifies_without_raising(
-    status: int, body: bytes, retry_after: str | None
+    status: int, body: bytes, retry_after: str | None, credits: str | None
 ) -> None:
     headers = {} if retry_after is None else {"Retry-After": retry_after}
+    if credits is not None:
+        headers["X-API-CREDITS-REMAINING"] = credits
     result = classify(MASS_UPDATE, status, headers, body, NOW)
     assert isinstance(result.effect, Effect)
     assert (result.observation is not None) == (result.effect is Effect.OBSERVED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
@@ -97,8 +98,8 @@ def _read(
 
 def _credits(value: str) -> int | None:
     """The org's remaining API credits, when the header says a plausible number."""
-    text = value.strip()
-    return int(text) if text.isdigit() and len(text) <= 18 else None
+    text = value.strip()  # plain ASCII digits: str.isdigit also takes "²", which int() refuses
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -110,7 +111,10 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         seconds = float(text)
     except ValueError:
         try:
-            seconds = parsedate_to_datetime(text).timestamp() - now
+            moment = parsedate_to_datetime(text)
+            if moment.tzinfo is None:  # asctime's form and "-0000": GMT, as every HTTP date
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp() - now
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
         return max(0.0, seconds)
@@ -144,7 +148,10 @@ def _error_effect(
     code = error.get("code")
     code = code if isinstance(code, str) and code else f"http_{http_status}"
     known = ERRORS.get(code)
-    effect = known.effect if known is not None else None
+    # A 5xx says the server failed and a 429 that the org is over its limit, whatever the body
+    # names: such an answer can neither end a job nor the watcher, nor escape the org-wide pause.
+    server_said = http_status >= 500 or http_status == 429
+    effect = known.effect if known is not None and not server_said else None
     if code == INVALID_DATA and _names_param(error.get("details"), kind.id_param):
         effect = Effect.NOT_FOUND
     if effect is None:
