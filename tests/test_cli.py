@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.harness import WatcherProcess, run_cli
+from tests.harness import CREDENTIALS_ENV, WatcherProcess, run_cli, write_config
+from watcher.simulator import Simulator
 
 GOOD = """
 zoho:
@@ -117,3 +121,27 @@ async def test_demo_shows_every_path_and_exits_0_within_30s() -> None:
     assert any(e["http_status"] == 429 for e in demo.named("job.poll_failed"))
     assert demo.events[-1]["event"] == "watcher.stopped"
     assert demo.not_json == []
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+async def test_stdout_closed_early_ends_quietly(
+    tmp_path: Path, sim: Simulator, command: str
+) -> None:
+    """`zoho-job-watcher run ... | head -1`: once nobody reads, stop quietly, no traceback."""
+    jobs = [("Leads", str(n)) for n in range(1, 40)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING"] * 5 + ["COMPLETED"])
+    state = tmp_path / "state.db"
+    config = write_config(tmp_path / "w.yaml", sim.url, jobs, top={"state_path": str(state)})
+    if command == "status":  # something to show first
+        assert (await run_cli("run", "--config", str(config), "--exit-when-done"))[0] == 0
+    watcher = f"{sys.executable} -m watcher {command} --config {config}"
+    shell = await asyncio.create_subprocess_shell(
+        f"{watcher} | head -c 1 > /dev/null; echo ${{PIPESTATUS[0]}} >&2",
+        executable="/bin/bash",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    _, stderr = await asyncio.wait_for(shell.communicate(), timeout=60)
+    *printed, code = stderr.decode().splitlines()
+    assert (code, printed) == ("0", [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
@@ -1409,3 +1410,15 @@ def test_reading_a_file_leaves_garbage_collection_as_it_was(enabled: bool) -> No
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_a_jobs_file_whose_name_is_not_utf8_is_read(tmp_path: Path) -> None:
+    """File names are bytes on Linux; one that is not UTF-8 must not stop the watcher."""
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / os.fsdecode(b"caf\xe9.yaml")).write_text(
+        "jobs:\n  - {module: Deals, job_id: '7'}\n"
+    )
+    main = tmp_path / "watcher.yaml"
+    main.write_text(f"zoho:\n  auth:\n    access_token: t\njobs_dir: {jobs_dir}\n")
+    assert [spec.job_id for spec in load_all(main, ENV).jobs] == ["7"]

@@ -184,3 +184,10 @@ async def test_a_stream_that_failed_in_a_scheduled_flush_fails_the_next_event() 
     await asyncio.sleep(0)  # the scheduled flush meets the closed stream
     with pytest.raises(ValueError, match="closed"):
         log.log("info", "second")
+
+
+def test_a_secret_too_short_to_be_a_credential_does_not_mangle_the_lines() -> None:
+    stream = io.StringIO()
+    EventLog(stream, "json", "info", secrets=["10"]).log("info", "x", interval_s=10.0, n=10)
+    (line,) = lines(stream)
+    assert (line["interval_s"], line["n"]) == (10.0, 10)

@@ -319,6 +319,25 @@ def test_a_credential_pasted_under_the_wrong_key_is_not_echoed(
     assert any("70-character value" in problem for problem in problems), problems
 
 
+def test_a_token_given_where_its_file_was_expected_is_not_echoed() -> None:
+    text = "zoho:\n  auth:\n    access_token_file: ${ZOHO_ACCESS_TOKEN}\n"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "cfg.yaml", {**ENV, "ZOHO_ACCESS_TOKEN": PASTED})
+    (problem,) = refused.value.problems
+    assert "zoho.auth.access_token_file: cannot read a 70-character value" in problem
+
+
+def test_a_secret_quoted_with_escapes_in_a_message_is_still_masked() -> None:
+    secret = "sec\\ret12345"  # a backslash: a message's repr() doubles it
+    token = "${ZOHO_ACCESS_TOKEN}"
+    text = f"zoho:\n  api_version: {token}\n  auth:\n    access_token: {token}\n"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "cfg.yaml", {**ENV, "ZOHO_ACCESS_TOKEN": secret})
+    problems = " ".join(refused.value.problems)
+    assert "zoho.api_version" in problems
+    assert "ret12345" not in problems
+
+
 # --- secrets in output ----------------------------------------------------------------------------
 
 _LEAKY_TESTS = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,16 @@ PROG = "zoho-job-watcher"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except* BrokenPipeError:  # stdout closed (`| head`): nobody reads what we write any more
+        pass
+    # Python's own flush of stdout at exit would meet the closed pipe again and say so.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "demo":

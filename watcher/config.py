@@ -81,9 +81,9 @@ _BOOLEANS = {
 # wrong key (Zoho's client ids have 35 characters, its tokens 70), where no mask would find it.
 _QUOTED_LENGTH = 32
 _MAX_DIGITS = 18  # keeps counts within 64 bits and clear of int()'s 4300-digit limit
-# Shorter secrets are not masked in messages: they would mangle ordinary words, and no real Zoho
-# credential is that short.
-_MASKED_LENGTH = 8
+# Shorter secrets are not masked in messages or events: they would mangle ordinary words (and
+# the JSON of every event line), and no real Zoho credential is that short.
+MASKED_LENGTH = 8
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REFERENCE = re.compile(r"\$(?:\$|\{(?P<name>[^}]*)(?P<end>\}?))")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -204,7 +204,7 @@ class Fingerprint:
         self._digest = hashlib.sha256()
 
     def add(self, path: Path, content: bytes) -> None:
-        self._digest.update(str(path).encode() + b"\0" + content + b"\0")
+        self._digest.update(os.fsencode(path) + b"\0" + content + b"\0")  # any name, UTF-8 or not
 
     def digest(self) -> bytes:
         return self._digest.digest()
@@ -799,7 +799,10 @@ class _Reader:
         try:
             text = _read_text(Path(location))
         except (OSError, ValueError) as error:
-            self.report(node, path, f"cannot read {location!r}: {_reason(error)}")
+            # A path is worth showing; a long value with no "/" in it looks more like a token
+            # given where its file was expected (`access_token_file: ${ZOHO_ACCESS_TOKEN}`).
+            where = repr(location) if "/" in location else _shown(location)
+            self.report(node, path, f"cannot read {where}: {_reason(error)}")
             return None
         return _TRAILING_NEWLINE.sub("", text, count=1)
 
@@ -815,7 +818,8 @@ def _optional(read: Callable[[Node, str], _T | None]) -> Callable[[Node, str], _
 
 def _redact(problems: Iterable[str], secrets: Iterable[str]) -> list[str]:
     """`problems` with every secret long enough to be unambiguous replaced by ***."""
-    maskable = {text for text in secrets if len(text) >= _MASKED_LENGTH}
+    maskable = {text for text in secrets if len(text) >= MASKED_LENGTH}
+    maskable |= {repr(text)[1:-1] for text in maskable}  # as a message quotes it, escaped
     longest_first = sorted(maskable, key=len, reverse=True)  # a secret may contain another
     redacted = []
     for problem in problems:

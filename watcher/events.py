@@ -28,6 +28,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from watcher.config import MASKED_LENGTH
 from watcher.job import Event
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -99,8 +100,9 @@ class _Scrub:
 
 
 def _spellings(secret: str) -> frozenset[str]:
-    """How `secret` can appear in a line: as itself, and as the inside of a JSON string."""
-    if not secret:
+    """How `secret` can appear in a line: as itself, and as the inside of a JSON string. None for
+    one too short to be a credential: masking it would mangle words and numbers in every line."""
+    if len(secret) < MASKED_LENGTH:
         return frozenset()
     spellings = {secret, _ascii_json(secret)[1:-1]}
     with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: ASCII only
