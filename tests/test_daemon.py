@@ -302,6 +302,22 @@ async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) ->
     assert any(line.split()[:4] == ["Leads", A[1], "COMPLETED", "completed"] for line in lines)
 
 
+@pytest.mark.parametrize(
+    ("state_path", "problem"),
+    [(None, "sets no state_path"), ("not/there/state.db", "no state file at")],
+)
+async def test_status_without_a_state_file_says_so_and_creates_none(
+    tmp_path: Path, sim: Simulator, state_path: str | None, problem: str
+) -> None:
+    top = {} if state_path is None else {"state_path": str(tmp_path / state_path)}
+    config = write_config(tmp_path / "watcher.yaml", sim.url, [A], top=top)
+    code, stdout, stderr = await run_cli("status", "--config", str(config))
+    assert (code, stdout) == (2, "")
+    assert problem in stderr
+    assert "\n" not in stderr.strip()
+    assert not (tmp_path / "not").exists()
+
+
 @pytest.mark.parametrize("damage", ["garbage", "directory"])
 async def test_an_unusable_state_file_is_one_line_and_exit_2(
     tmp_path: Path, sim: Simulator, damage: str

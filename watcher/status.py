@@ -17,6 +17,8 @@ async def show_status(config: Config, *, as_json: bool) -> int:
     """Print every job the state file knows, oldest first. Needs `state_path` in the config."""
     if config.state_path is None:
         raise StartupError("status: the config sets no state_path, so nothing is remembered")
+    if not config.state_path.exists():  # a look must not create one (a mistyped path, say)
+        raise StartupError(f"status: no state file at {config.state_path}")
     try:
         store = await StateStore.open(config.state_path)
     except StateError as exc:
