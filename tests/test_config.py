@@ -6,7 +6,7 @@ import errno
 import gc
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from textwrap import dedent
@@ -1422,3 +1422,30 @@ def test_a_jobs_file_whose_name_is_not_utf8_is_read(tmp_path: Path) -> None:
     main = tmp_path / "watcher.yaml"
     main.write_text(f"zoho:\n  auth:\n    access_token: t\njobs_dir: {jobs_dir}\n")
     assert [spec.job_id for spec in load_all(main, ENV).jobs] == ["7"]
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize("make", [fifo, lambda path: path.symlink_to("/dev/zero")])
+def test_a_config_that_is_no_regular_file_is_refused_not_read(
+    tmp_path: Path, make: Callable[[Path], None]
+) -> None:
+    """A FIFO would block (a reload, then shutdown) until somebody writes to it; /dev/zero never
+    ends."""
+    path = tmp_path / "watcher.yaml"
+    make(path)
+    with pytest.raises(ConfigError) as refused:
+        load_all(path, ENV)
+    assert refused.value.problems == (f"{path}: cannot read config file: not a regular file",)
+
+
+def test_a_fifo_dropped_in_jobs_dir_is_refused_not_read(tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    os.mkfifo(jobs_dir / "more.yaml")
+    main = tmp_path / "watcher.yaml"
+    main.write_text(f"zoho:\n  auth:\n    access_token: t\njobs_dir: {jobs_dir}\n")
+    with pytest.raises(ConfigError, match=r"more\.yaml: cannot read jobs file: not a regular file"):
+        load_all(main, ENV)

@@ -7,10 +7,12 @@ the text as written, which YAML 1.1 would otherwise mangle (`job_id: 0123` is th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,6 +82,7 @@ _BOOLEANS = {
 # Longer values are described in messages, not quoted: one may be a credential pasted under the
 # wrong key (Zoho's client ids have 35 characters, its tokens 70), where no mask would find it.
 _QUOTED_LENGTH = 32
+MAX_FILE_BYTES = 64 * 2**20  # a 10,000-job config is about 0.6 MB
 _MAX_DIGITS = 18  # keeps counts within 64 bits and clear of int()'s 4300-digit limit
 # Shorter secrets are not masked in messages or events: they would mangle ordinary words (and
 # the JSON of every event line), and no real Zoho credential is that short.
@@ -295,7 +298,7 @@ def _read_file(path: Path, what: str, seen: Fingerprint | None = None) -> str:
     """The text of `path` (noted in `seen`), or a ConfigError saying in one line why it cannot be
     had."""
     try:
-        content = path.read_bytes()
+        content = read_file_bytes(path)
         text = _text(content)
     except FileNotFoundError:
         raise ConfigError((f"{path}: {what} not found",)) from None
@@ -307,7 +310,24 @@ def _read_file(path: Path, what: str, seen: Fingerprint | None = None) -> str:
 
 
 def _read_text(path: Path) -> str:
-    return _text(path.read_bytes())
+    return _text(read_file_bytes(path))
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The bytes of the regular file at `path`. Anything else is refused rather than read: a FIFO
+    (opened without waiting for a writer, which could block a reload and then shutdown for
+    good), a device such as /dev/zero (endless), a directory; so is a file beyond MAX_FILE_BYTES."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        content = file.read(MAX_FILE_BYTES + 1)
+    if len(content) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // 2**20} MiB")
+    return content
 
 
 def _text(content: bytes) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from watcher.config import Config, ConfigError, Fingerprint, jobs_files, load_all
+from watcher.config import Config, ConfigError, Fingerprint, jobs_files, load_all, read_file_bytes
 
 
 class ConfigWatcher:
@@ -64,7 +64,7 @@ class ConfigWatcher:
             listed = []
         for path in (self._path, *listed):
             try:
-                seen.add(path, path.read_bytes())
+                seen.add(path, read_file_bytes(path))
             except OSError as exc:
                 seen.add(path, f"unreadable: {exc.errno}".encode())
         return seen.digest()
