@@ -1419,9 +1419,10 @@ def test_a_jobs_file_whose_name_is_not_utf8_is_read(tmp_path: Path) -> None:
     (jobs_dir / os.fsdecode(b"caf\xe9.yaml")).write_text(
         "jobs:\n  - {module: Deals, job_id: '7'}\n"
     )
-    main = tmp_path / "watcher.yaml"
-    main.write_text(f"zoho:\n  auth:\n    access_token: t\njobs_dir: {jobs_dir}\n")
-    assert [spec.job_id for spec in load_all(main, ENV).jobs] == ["7"]
+    assert [spec.job_id for spec in load_all(write_main(tmp_path, jobs_dir), ENV).jobs] == [
+        "1",
+        "7",
+    ]
 
 
 def fifo(path: Path) -> None:
@@ -1445,7 +1446,5 @@ def test_a_fifo_dropped_in_jobs_dir_is_refused_not_read(tmp_path: Path) -> None:
     jobs_dir = tmp_path / "jobs.d"
     jobs_dir.mkdir()
     os.mkfifo(jobs_dir / "more.yaml")
-    main = tmp_path / "watcher.yaml"
-    main.write_text(f"zoho:\n  auth:\n    access_token: t\njobs_dir: {jobs_dir}\n")
     with pytest.raises(ConfigError, match=r"more\.yaml: cannot read jobs file: not a regular file"):
-        load_all(main, ENV)
+        load_all(write_main(tmp_path, jobs_dir), ENV)
