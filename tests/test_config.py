@@ -1448,3 +1448,27 @@ def test_a_fifo_dropped_in_jobs_dir_is_refused_not_read(tmp_path: Path) -> None:
     os.mkfifo(jobs_dir / "more.yaml")
     with pytest.raises(ConfigError, match=r"more\.yaml: cannot read jobs file: not a regular file"):
         load_all(write_main(tmp_path, jobs_dir), ENV)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "access_token: $ZOHO_ACCESS_TOKEN",
+            "write ${ZOHO_ACCESS_TOKEN} for the environment variable ZOHO_ACCESS_TOKEN",
+        ),
+        ("access_token_file: ~", "no value given"),
+        ("access_token_file:", "no value given"),
+    ],
+)
+def test_a_secret_written_not_quite_right_is_refused_with_the_fix(line: str, message: str) -> None:
+    assert (
+        problem(f"zoho:\n  auth:\n    {line}\n")
+        == f"cfg.yaml:3: zoho.auth.{line.split(':')[0]}: {message}"
+    )
+
+
+def test_a_literal_dollar_in_a_secret_is_still_written_as_two() -> None:
+    assert parse("zoho:\n  auth:\n    access_token: $$ABCDEFGH\n").zoho.auth.access_token == Secret(
+        "$ABCDEFGH"
+    )

@@ -88,6 +88,7 @@ _MAX_DIGITS = 18  # keeps counts within 64 bits and clear of int()'s 4300-digit 
 # the JSON of every event line), and no real Zoho credential is that short.
 MASKED_LENGTH = 8
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNBRACED = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")  # $NAME, meant as ${NAME}
 _REFERENCE = re.compile(r"\$(?:\$|\{(?P<name>[^}]*)(?P<end>\}?))")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRAILING_NEWLINE = re.compile(r"\r?\n\Z")
@@ -788,13 +789,15 @@ class _Reader:
             self.report(in_file, f"{path}.{name}_file", f"give {name} or {name}_file, not both")
             return None
         if inline is not None:
-            node, key = inline, f"{path}.{name}"
-            text = self._inline_secret(node, key)
+            node, key, read = inline, f"{path}.{name}", self._inline_secret
         elif in_file is not None:
-            node, key = in_file, f"{path}.{name}_file"
-            text = self._secret_file(node, key)
+            node, key, read = in_file, f"{path}.{name}_file", self._secret_file
         else:
             return None
+        if _is_null(node):
+            self.report(node, key, "no value given")
+            return None
+        text = read(node, key)
         if text is None:
             return None
         self._secret_texts.append(text)
@@ -807,8 +810,11 @@ class _Reader:
         return None
 
     def _inline_secret(self, node: Node, path: str) -> str | None:
-        if _is_null(node):
-            self.report(node, path, "no value given")
+        written = node.value if isinstance(node, ScalarNode) else None
+        if isinstance(written, str) and _UNBRACED.fullmatch(written):
+            # Taken literally, it would be sent to Zoho as the token and refused.
+            name = written[1:]
+            self.report(node, path, f"write ${{{name}}} for the environment variable {name}")
             return None
         return self.scalar(node, path)
 
