@@ -70,6 +70,12 @@ def problems(text: str, env: Mapping[str, str] = ENV) -> tuple[str, ...]:
     return info.value.problems
 
 
+def load_problems(path: Path) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as info:
+        load_all(path, ENV)
+    return info.value.problems
+
+
 def problem(text: str, env: Mapping[str, str] = ENV) -> str:
     (only,) = problems(text, env)
     return only
@@ -1182,9 +1188,7 @@ def test_load_all_without_jobs_dir_is_load_config(tmp_path: Path) -> None:
 
 def test_load_all_reports_a_missing_jobs_dir_at_its_line(tmp_path: Path) -> None:
     path = write_main(tmp_path, tmp_path / "gone")
-    with pytest.raises(ConfigError) as info:
-        load_all(path, ENV)
-    assert info.value.problems == (
+    assert load_problems(path) == (
         f"{path}:4: jobs_dir: directory not found: {str(tmp_path / 'gone')!r}",
     )
 
@@ -1195,9 +1199,7 @@ def test_load_all_reports_every_bad_jobs_file_by_name(tmp_path: Path) -> None:
     (jobs_dir / "a.yaml").write_text("jobs:\n  - {module: Leads, job_id: x}\n")
     (jobs_dir / "b.yaml").write_text(jobs_yaml(("Deals", "2")))
     (jobs_dir / "c.yml").write_text("- {module: Leads, job_id: '1'}\n")
-    with pytest.raises(ConfigError) as info:
-        load_all(write_main(tmp_path, jobs_dir), ENV)
-    assert info.value.problems == (
+    assert load_problems(write_main(tmp_path, jobs_dir)) == (
         f"{jobs_dir / 'a.yaml'}:2: jobs[0].job_id: 'x' is not a job id (digits only)",
         f"{jobs_dir / 'c.yml'}:1: top level: expected a mapping, got a list",
         f"{jobs_dir / 'sub.yaml'}: cannot read jobs file: Is a directory",
@@ -1216,18 +1218,14 @@ def test_load_all_reports_an_unreadable_jobs_dir(
 
     # Tests run as root, which chmod cannot lock out; the listing itself is made to fail.
     monkeypatch.setattr(Path, "iterdir", refuse)
-    with pytest.raises(ConfigError) as info:
-        load_all(path, ENV)
-    assert info.value.problems == (f"{jobs_dir}: cannot read jobs_dir: Permission denied",)
+    assert load_problems(path) == (f"{jobs_dir}: cannot read jobs_dir: Permission denied",)
 
 
 def test_load_all_never_echoes_a_secret_from_a_jobs_file(tmp_path: Path) -> None:
     jobs_dir = tmp_path / "jobs.d"
     jobs_dir.mkdir()
     (jobs_dir / "oops.yaml").write_text(f"jobs:\n  - {{module: Leads, job_id: '{TOKEN}'}}\n")
-    with pytest.raises(ConfigError) as info:
-        load_all(write_main(tmp_path, jobs_dir), ENV)
-    assert info.value.problems == (
+    assert load_problems(write_main(tmp_path, jobs_dir)) == (
         f"{jobs_dir / 'oops.yaml'}:2: jobs[0].job_id: '***' is not a job id (digits only)",
     )
 
@@ -1437,9 +1435,7 @@ def test_a_config_that_is_no_regular_file_is_refused_not_read(
     ends."""
     path = tmp_path / "watcher.yaml"
     make(path)
-    with pytest.raises(ConfigError) as refused:
-        load_all(path, ENV)
-    assert refused.value.problems == (f"{path}: cannot read config file: not a regular file",)
+    assert load_problems(path) == (f"{path}: cannot read config file: not a regular file",)
 
 
 def test_a_fifo_dropped_in_jobs_dir_is_refused_not_read(tmp_path: Path) -> None:

@@ -394,10 +394,9 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
 def _check_version(connection: sqlite3.Connection, path: Path) -> None:
     """A file of ours must say which schema it holds; a newer watcher's is not to be discarded."""
     try:
-        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        found = _meta(connection, "schema_version")
     except sqlite3.OperationalError:  # our mark, but no meta table: not a file we wrote whole
-        row = None
-    found = None if row is None else str(row[0])
+        found = None
     if found == str(SCHEMA_VERSION):
         return
     if found is not None and found.isdigit() and int(found) > SCHEMA_VERSION:
@@ -427,10 +426,13 @@ def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
     if row is None:
         return None
     access_token, expires_at, api_domain = row
-    issued_for = connection.execute(
-        "SELECT value FROM meta WHERE key = 'token_issued_for'"
-    ).fetchone()
-    return StoredToken(access_token, expires_at, api_domain, issued_for[0] if issued_for else "")
+    issued_for = _meta(connection, "token_issued_for") or ""
+    return StoredToken(access_token, expires_at, api_domain, issued_for)
+
+
+def _meta(connection: sqlite3.Connection, key: str) -> str | None:
+    row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _unusable(path: Path, exc: Exception) -> StateError:
