@@ -119,7 +119,8 @@ async def test_demo_shows_every_path_and_exits_0_within_30s() -> None:
         "Quotes": "not_found",
     }
     assert any(e["http_status"] == 429 for e in demo.named("job.poll_failed"))
-    assert demo.events[-1]["event"] == "watcher.stopped"
+    stopped = demo.events[-1]
+    assert (stopped["event"], stopped["exit_code"]) == ("watcher.stopped", 0)  # as the process
     assert demo.not_json == []
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from watcher.config import parse_config
 from watcher.events import EventLog
-from watcher.service import EXIT_JOB_NOT_COMPLETED, EXIT_OK, Watcher, serve
+from watcher.service import Watcher, serve
 from watcher.simulator import Simulator
 
 DEMO_TOKEN = "demo-access-token"
@@ -65,5 +65,4 @@ async def run_demo(log: EventLog) -> int:
         _script(simulator)
         config = parse_config(CONFIG.format(url=simulator.url), "demo", {"DEMO_TOKEN": DEMO_TOKEN})
         log.add_token(DEMO_TOKEN)
-        code = await serve(Watcher(config, log, exit_when_done=True))
-    return EXIT_OK if code == EXIT_JOB_NOT_COMPLETED else code
+        return await serve(Watcher(config, log, exit_when_done=True, outcomes_decide_exit=False))
