@@ -107,6 +107,14 @@ async def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("command", ["run", "check-config", "status"])
+async def test_empty_config_path_is_a_usage_error(command: str) -> None:
+    """Not "cannot read config file: Is a directory" about ".", the path "" turns into."""
+    code, _, stderr = await run_cli(command, "--config", "")
+    assert code == 2
+    assert stderr.splitlines()[-1].endswith("error: argument --config: an empty path names no file")
+
+
 async def test_demo_shows_every_path_and_exits_0_within_30s() -> None:
     demo = await WatcherProcess.start("demo")
     assert await demo.finish(timeout=30) == 0

@@ -804,13 +804,13 @@ def test_paths_must_be_usable(key: str, value: str, message: str) -> None:
     assert problem(AUTH + f"{key}: {value}\n") == f"cfg.yaml:4: {key}: {message}"
 
 
-@pytest.mark.parametrize("name", ["missing", "a_file"])
-def test_jobs_dir_must_be_an_existing_directory(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "said"), [("missing", "directory not found"), ("a_file", "not a directory")]
+)
+def test_jobs_dir_must_be_an_existing_directory(tmp_path: Path, name: str, said: str) -> None:
     (tmp_path / "a_file").touch()
     path = tmp_path / name
-    assert problem(AUTH + f"jobs_dir: {path}\n") == (
-        f"cfg.yaml:4: jobs_dir: directory not found: {str(path)!r}"
-    )
+    assert problem(AUTH + f"jobs_dir: {path}\n") == f"cfg.yaml:4: jobs_dir: {said}: {str(path)!r}"
 
 
 def test_relative_paths_start_from_the_working_directory(

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="watch the jobs named in a config file")
-    run.add_argument("--config", type=Path, required=True, help="YAML config file")
+    _add_config_option(run)
     run.add_argument(
         "--exit-when-done",
         action="store_true",
@@ -89,13 +89,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_log_options(run)
     check = commands.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("--config", type=Path, required=True, help="YAML config file")
+    _add_config_option(check)
     status = commands.add_parser("status", help="show the tracked jobs from the state file")
-    status.add_argument("--config", type=Path, required=True, help="YAML config file")
+    _add_config_option(status)
     status.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     demo = commands.add_parser("demo", help="watch a few jobs on a built-in Zoho simulator")
     _add_log_options(demo)
     return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=_config_path, required=True, help="YAML config file")
+
+
+def _config_path(text: str) -> Path:
+    """A path that can name a file: an empty one would become ".", the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return Path(text)
 
 
 def _add_log_options(parser: argparse.ArgumentParser) -> None:
