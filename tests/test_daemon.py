@@ -283,10 +283,12 @@ async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:
 async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["COMPLETED:7,3,0,10"])
     sim.add_job(*B, ["RUNNING:4,0,0,8"])
+    sim.add_job(*C, ["NO_PERMISSION"])
     daemon = Daemon(tmp_path, sim)
-    daemon.write([A, B])
+    daemon.write([A, B, C])
     watcher = await daemon.start()
-    await watcher.wait_event("job.finished")
+    for module, _ in (A, C):
+        await watcher.wait_event("job.finished", module=module)
     await sim.wait_for(lambda s: len(s.requests_for(*B)) >= 2)
     watcher.process.terminate()
     assert await watcher.finish() == 0
@@ -295,11 +297,15 @@ async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) ->
     jobs = {job["job_id"]: job for job in json.loads(stdout)}
     assert (jobs[A[1]]["outcome"], jobs[A[1]]["counts"]["failed_count"]) == ("completed", 3)
     assert (jobs[B[1]]["status"], jobs[B[1]]["outcome"]) == ("RUNNING", None)
+    assert (jobs[C[1]]["outcome"], jobs[C[1]]["error"]) == ("rejected", "NO_PERMISSION")
+    assert jobs[A[1]]["error"] is None
     code, table, _ = await run_cli("status", "--config", str(daemon.config))
     assert code == 0
-    lines = table.splitlines()
-    assert lines[0].split()[:4] == ["MODULE", "JOB_ID", "STATUS", "OUTCOME"]
-    assert any(line.split()[:4] == ["Leads", A[1], "COMPLETED", "completed"] for line in lines)
+    rows = [line.split() for line in table.splitlines()]
+    assert rows[0][:4] == ["MODULE", "JOB_ID", "STATUS", "OUTCOME"]
+    assert rows[0][-1] == "ERROR"
+    assert ["Leads", A[1], "COMPLETED", "completed"] == rows[1][:4]
+    assert (rows[3][:4], rows[3][-1]) == (["Contacts", C[1], "-", "rejected"], "NO_PERMISSION")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher.state import JobRecord, StateError, StateStore, StoredToken
+from watcher.state import SCHEMA_VERSION, JobRecord, StateError, StateStore, StoredToken
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = StoredToken(
@@ -30,6 +30,7 @@ def job(job_id: str = "554023000000506003", **changes: object) -> JobRecord:
         counts={"failed_count": 0, "updated_count": 10, "not_updated_count": None},
         emitted_status="RUNNING",
         outcome=None,
+        error=None,
         polls=3,
         first_seen=1_700_000_000.25,
         last_seen=1_700_000_030.5,
@@ -72,6 +73,7 @@ async def test_jobs_and_token_survive_close_and_reopen(path: Path) -> None:
         job("1"),
         job("2", status=None, counts={}, emitted_status=None, polls=0, last_seen=None),
         finished("3", 1_700_000_100.0, 1_700_000_200.0)._replace(module="Deals"),
+        job("4", status=None, outcome="rejected", error="INVALID_MODULE", finished_at=1.0),
     ]
     for record in records:
         store.save(record)
@@ -207,6 +209,66 @@ def newer_schema(path: Path) -> None:
     db.close()
 
 
+# The schema zoho-job-watcher 0.1 wrote as version 1, with one job it had finished.
+SCHEMA_1 = """
+PRAGMA application_id = 2053797681;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE jobs (
+    module TEXT NOT NULL, job_id TEXT NOT NULL, status TEXT, counts TEXT NOT NULL,
+    emitted_status TEXT, outcome TEXT, polls INTEGER NOT NULL, first_seen REAL NOT NULL,
+    last_seen REAL, finished_at REAL, removed_at REAL, PRIMARY KEY (module, job_id)
+) WITHOUT ROWID;
+CREATE TABLE token (
+    id INTEGER PRIMARY KEY CHECK (id = 1), access_token TEXT NOT NULL, expires_at REAL NOT NULL,
+    api_domain TEXT
+);
+INSERT INTO jobs VALUES ('Leads', '7', 'COMPLETED', '{"total_count": 7}', 'COMPLETED',
+    'completed', 4, 1.0, 2.0, 2.0, NULL);
+"""
+
+
+def write_schema_1(path: Path, version: str = "1") -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            SCHEMA_1.replace("'schema_version', '1'", f"'schema_version', '{version}'")
+        )
+
+
+async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> None:
+    write_schema_1(path)
+    store = await StateStore.open(path)
+    kept = job("7", counts={"total_count": 7}, status="COMPLETED", emitted_status="COMPLETED")
+    kept = kept._replace(outcome="completed", polls=4, first_seen=1.0, last_seen=2.0)
+    assert store.jobs == {("Leads", "7"): kept._replace(finished_at=2.0)}
+    await store.save_durably(job("8", outcome="rejected", error="NO_PERMISSION"))
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+    again = await StateStore.open(path)
+    assert again.jobs[("Leads", "8")].error == "NO_PERMISSION"
+    await again.close()
+
+
+async def test_an_upgrade_that_fails_leaves_the_file_as_it_was(path: Path) -> None:
+    write_schema_1(path)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("ALTER TABLE jobs ADD COLUMN error TEXT")  # the upgrade's step then fails
+    with pytest.raises(StateError, match="duplicate column name: error"):
+        await StateStore.open(path)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "1",
+        )
+
+
+def schema_0(path: Path) -> None:
+    """A version no watcher wrote and none can upgrade."""
+    write_schema_1(path, version="0")
+
+
 def without_meta(path: Path) -> None:
     """Our mark in the header, but not all of our tables: a file we never wrote whole."""
     with sqlite3.connect(path) as db:
@@ -237,6 +299,7 @@ async def _close_new_store(path: Path, *records: JobRecord) -> None:
         (foreign, "is not a zoho-job-watcher state file"),
         (newer_schema, "written by a newer zoho-job-watcher (schema version 99"),
         (without_meta, "has schema version none"),
+        (schema_0, f"has schema version 0, this watcher knows {SCHEMA_VERSION}"),
         (counts_not_an_object, "counts of job edited are not a JSON object"),
     ],
 )
@@ -349,8 +412,8 @@ from watcher.state import JobRecord, StateStore
 async def main() -> None:
     store = await StateStore.open(Path(sys.argv[1]))
     base = dict(module="Leads", status="COMPLETED", counts={"total_count": 7},
-                emitted_status="COMPLETED", outcome="completed", polls=9, first_seen=1.0,
-                last_seen=2.0, finished_at=2.0, removed_at=None)
+                emitted_status="COMPLETED", outcome="completed", error=None, polls=9,
+                first_seen=1.0, last_seen=2.0, finished_at=2.0, removed_at=None)
     store.save(JobRecord(job_id="lazy", **base))
     await store.save_durably(JobRecord(job_id="durable", **base))
     os.kill(os.getpid(), signal.SIGKILL)

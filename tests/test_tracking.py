@@ -89,3 +89,21 @@ async def test_a_resumed_job_does_not_announce_again_the_tenths_it_had_reached(
     await resumed.track([job.spec])
     assert resumed.jobs[job.spec].tenths_reported == 7  # job.progress comes again at 80 %
     await again.close()
+
+
+async def test_a_replayed_job_finished_says_why_the_job_ended(tmp_path: Path) -> None:
+    """A crash after the outcome was saved and before its event went out: the replay says it."""
+    store, _, tracker, job = await one_tracked_job(tmp_path)
+    job.outcome, job.error = "rejected", "NO_PERMISSION"
+    await store.save_durably(tracker.as_record(job))  # and no finished_at: the event is owed
+    await store.close()
+    again = await StateStore.open(tmp_path / "state.db")
+    stream = io.StringIO()
+    resumed = Tracker(EventLog(stream, "json", "info"), again, time.time, time.monotonic)
+    await resumed.track([job.spec])
+    await again.close()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finished = [event for event in events if event["event"] == "job.finished"]
+    assert [(e["outcome"], e["error"], e["replayed"]) for e in finished] == [
+        ("rejected", "NO_PERMISSION", True)
+    ]

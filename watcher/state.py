@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Marks the file as ours in SQLite's header, so another program's database is recognised as such
 # instead of being mistaken for a damaged state file, or worse, written to.
 _APPLICATION_ID = 0x7A6A7731  # "zjw1"
@@ -45,6 +45,7 @@ CREATE TABLE jobs (
     counts TEXT NOT NULL,
     emitted_status TEXT,
     outcome TEXT,
+    error TEXT,
     polls INTEGER NOT NULL,
     first_seen REAL NOT NULL,
     last_seen REAL,
@@ -60,6 +61,11 @@ CREATE TABLE token (
 );
 COMMIT;
 """
+# How a file of an older schema is brought up to this one, from each version to the next. Run
+# inside the transaction that also records the new version, so an upgrade is whole or not at all.
+_UPGRADES = {
+    1: "ALTER TABLE jobs ADD COLUMN error TEXT",  # 2: why a job ended not_found or rejected
+}
 _RECOVER = (
     "move the file aside to start fresh (the watcher then polls every configured job again"
     " and forgets finished jobs that are no longer in the config)"
@@ -83,6 +89,7 @@ class JobRecord(NamedTuple):
     counts: Mapping[str, int | None]
     emitted_status: str | None  # status of the last job.status_changed emitted
     outcome: str | None  # set once the job has finished
+    error: str | None  # Zoho's code, when the outcome is not_found or rejected
     polls: int
     first_seen: float
     last_seen: float | None  # time of the last answer
@@ -383,30 +390,45 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     fresh = application_id == 0 and tables == 0
     if not fresh and application_id != _APPLICATION_ID:
         raise _damaged(path, "is not a zoho-job-watcher state file")
-    if not fresh:
-        _check_version(connection, path)
+    version = SCHEMA_VERSION if fresh else _check_version(connection, path)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
     if fresh:
         connection.executescript(_SCHEMA)
+    elif version < SCHEMA_VERSION:
+        _upgrade(connection, version)
 
 
-def _check_version(connection: sqlite3.Connection, path: Path) -> None:
-    """A file of ours must say which schema it holds; a newer watcher's is not to be discarded."""
+def _check_version(connection: sqlite3.Connection, path: Path) -> int:
+    """Which schema a file of ours holds: this watcher's or an older one it can upgrade. A newer
+    watcher's file is not to be discarded, and one that does not say is not a file we wrote."""
     try:
         found = _meta(connection, "schema_version")
     except sqlite3.OperationalError:  # our mark, but no meta table: not a file we wrote whole
         found = None
-    if found == str(SCHEMA_VERSION):
-        return
-    if found is not None and found.isdigit() and int(found) > SCHEMA_VERSION:
+    version = int(found) if found is not None and found.isascii() and found.isdigit() else None
+    if version is not None and version > SCHEMA_VERSION:
         raise StateError(
             f"state file {path} was written by a newer zoho-job-watcher (schema version {found},"
             f" this one knows {SCHEMA_VERSION}); run that version, or {_RECOVER}"
         )
-    raise _damaged(
-        path, f"has schema version {found or 'none'}, this watcher knows {SCHEMA_VERSION}"
+    if version is None or (version < SCHEMA_VERSION and version not in _UPGRADES):
+        raise _damaged(
+            path, f"has schema version {found or 'none'}, this watcher knows {SCHEMA_VERSION}"
+        )
+    return version
+
+
+def _upgrade(connection: sqlite3.Connection, version: int) -> None:
+    """Bring a file of an older schema up to this one's, in one transaction: should a step fail,
+    `_load` closes the connection, which rolls the transaction back."""
+    connection.execute("BEGIN IMMEDIATE")
+    for step in range(version, SCHEMA_VERSION):
+        connection.execute(_UPGRADES[step])
+    connection.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
     )
+    connection.execute("COMMIT")
 
 
 def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:

@@ -10,7 +10,7 @@ from watcher.config import Config
 from watcher.service import StartupError
 from watcher.state import JobRecord, StateError, StateStore, record_view
 
-COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN")
+COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN", "ERROR")
 
 
 async def show_status(config: Config, *, as_json: bool) -> int:
@@ -48,6 +48,7 @@ def _row(record: JobRecord) -> tuple[str, ...]:
         str(record.counts.get("total_count") or "-"),
         str(record.polls),
         last_seen,
+        record.error or "-",
     )
 
 
