@@ -126,6 +126,20 @@ async def test_documented_refusals_end_the_job_as_rejected(
     assert len(sim.requests_for(*JOB)) == 1
 
 
+async def test_a_misspelt_module_ends_its_job_after_one_poll_and_the_others_go_on(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Not scripted: the simulator, like Zoho, knows which modules the org has."""
+    sim.add_job(*JOB, ["RUNNING", "COMPLETED"])
+    typo = ("Leadz", "554023000000506999")
+    exit_code, watcher = await watch_to_end(tmp_path, sim, [JOB, typo])
+    assert exit_code == 1
+    assert finished(watcher, JOB[1])["outcome"] == "completed"
+    done = finished(watcher, typo[1])
+    assert (done["outcome"], done["error"]) == ("rejected", "INVALID_MODULE")
+    assert len(sim.requests_for(*typo)) == 1
+
+
 @pytest.mark.parametrize("shape", ["data200:INVALID_MODULE", "top200:INVALID_MODULE"])
 async def test_error_objects_with_http_200_are_understood(
     tmp_path: Path, sim: Simulator, shape: str

@@ -351,6 +351,20 @@ async def test_unknown_job_gets_the_configured_answer(
         assert_error(reply.json(), "INVALID_DATA")
 
 
+async def test_a_module_the_org_lacks_is_refused_before_any_job_is_looked_for(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(modules={"Leads", "Invoices_X"}) as sim:
+        sim.add_job("Projects", "7", ["COMPLETED"])  # a scripted job's module is the org's too
+        statuses = [
+            (await poll(client, sim, job)).status
+            for job in [("Leadz", "1"), ("Invoices_X", "1"), ("Projects", "7")]
+        ]
+        assert statuses == [400, 204, 200]
+        assert_error((await poll(client, sim, ("Deals", "1"))).json(), "INVALID_MODULE")
+        assert [record.answer for record in sim.requests][::3] == ["INVALID_MODULE"] * 2
+
+
 @pytest.mark.parametrize(
     ("url", "method", "code"),
     [

@@ -47,6 +47,14 @@ _TOKEN_ERRORS: Mapping[str, dict[str, str]] = {
         "Please try again after some time.",
     },
 }
+# The API names of Zoho CRM's standard modules; an org's custom modules are given as `modules`.
+STANDARD_MODULES = frozenset(
+    {
+        "Leads", "Contacts", "Accounts", "Deals", "Tasks", "Events", "Calls", "Products",
+        "Quotes", "Sales_Orders", "Purchase_Orders", "Invoices", "Campaigns", "Vendors",
+        "Price_Books", "Cases", "Solutions", "Appointments", "Services",
+    }
+)  # fmt: skip
 _API_PATH = re.compile(r"/crm/v[2-8]/([^/]+)/actions/mass_update")
 _COUNTS = re.compile(r"([0-9]+),([0-9]+),([0-9]+),([0-9]+)")
 _DIGITS = re.compile(r"[0-9]+")
@@ -383,6 +391,7 @@ class Simulator:
         token_max_uses: int | None = None,
         legacy_expiry: bool = False,
         unknown_job: str = "notfound204",
+        modules: Iterable[str] = STANDARD_MODULES,
         org_credits: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -397,6 +406,7 @@ class Simulator:
         self._token_max_uses = token_max_uses
         self._legacy_expiry = legacy_expiry
         self._unknown_job = _parse_step(unknown_job)
+        self._modules = set(modules)  # the org's modules; any scripted job's module joins them
         self._org_credits = org_credits  # the org's daily credits; None: no credit header
         self._credits_left = org_credits or 0
         self._grants = {token: _Grant(math.inf, None) for token in tokens}
@@ -416,6 +426,7 @@ class Simulator:
 
     def add_job(self, module: str, job_id: str, script: Sequence[str]) -> None:
         self._jobs[module, job_id] = _ScriptedJob(_parse_step(step) for step in script)
+        self._modules.add(module)
 
     def add_timed_job(
         self,
@@ -433,6 +444,7 @@ class Simulator:
         if not (duration >= 0 and scheduled_for >= 0 and 0 <= failed <= total):
             raise ValueError("need duration >= 0, scheduled_for >= 0 and 0 <= failed <= total")
         self._jobs[module, job_id] = _TimedJob(duration, total, scheduled_for, outcome, failed)
+        self._modules.add(module)
 
     def inject(self, steps: Sequence[str]) -> None:
         """Answer the next API requests with `steps`, whatever job they ask about."""
@@ -564,6 +576,8 @@ class Simulator:
     def _next_step(self, module: str | None, job_id: str | None, now: float) -> _Step:
         if self._injected:
             return self._injected.popleft()
+        if module not in self._modules:  # Zoho checks the module before it looks for the job
+            return _FIXED["INVALID_MODULE"]
         key = (module or "", job_id or "")
         job = self._jobs.get(key)
         if self._chaos is None:
