@@ -805,10 +805,16 @@ def test_paths_must_be_usable(key: str, value: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "said"), [("missing", "directory not found"), ("a_file", "not a directory")]
+    ("name", "said"),
+    [
+        ("missing", "directory not found"),
+        ("dangling", "directory not found"),
+        ("a_file", "not a directory"),
+    ],
 )
 def test_jobs_dir_must_be_an_existing_directory(tmp_path: Path, name: str, said: str) -> None:
     (tmp_path / "a_file").touch()
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
     path = tmp_path / name
     assert problem(AUTH + f"jobs_dir: {path}\n") == f"cfg.yaml:4: jobs_dir: {said}: {str(path)!r}"
 

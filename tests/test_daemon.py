@@ -301,11 +301,14 @@ async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) ->
     assert jobs[A[1]]["error"] is None
     code, table, _ = await run_cli("status", "--config", str(daemon.config))
     assert code == 0
-    rows = [line.split() for line in table.splitlines()]
-    assert rows[0][:4] == ["MODULE", "JOB_ID", "STATUS", "OUTCOME"]
-    assert rows[0][-1] == "ERROR"
-    assert ["Leads", A[1], "COMPLETED", "completed"] == rows[1][:4]
-    assert (rows[3][:4], rows[3][-1]) == (["Contacts", C[1], "-", "rejected"], "NO_PERMISSION")
+    header, *lines = [line.split() for line in table.splitlines()]
+    assert (header[:4], header[-1]) == (["MODULE", "JOB_ID", "STATUS", "OUTCOME"], "ERROR")
+    rows = {row[1]: row for row in lines}
+    assert (rows[A[1]][:4], rows[A[1]][-1]) == (["Leads", A[1], "COMPLETED", "completed"], "-")
+    assert (rows[C[1]][:4], rows[C[1]][-1]) == (
+        ["Contacts", C[1], "-", "rejected"],
+        "NO_PERMISSION",
+    )
 
 
 @pytest.mark.parametrize(
@@ -322,6 +325,24 @@ async def test_status_without_a_state_file_says_so_and_creates_none(
     assert problem in stderr
     assert "\n" not in stderr.strip()
     assert not (tmp_path / "not").exists()
+
+
+async def test_status_leaves_an_older_schema_for_the_watcher_to_upgrade(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A look with a newer CLI must not lock out the older watcher still running on the file."""
+    state = tmp_path / "state.db"
+    with sqlite3.connect(state) as db:
+        db.execute("PRAGMA application_id = 2053797681")  # "zjw1": ours
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.close()
+    before = state.read_bytes()
+    config = write_config(tmp_path / "watcher.yaml", sim.url, [A], top={"state_path": str(state)})
+    code, stdout, stderr = await run_cli("status", "--config", str(config))
+    assert (code, stdout, stderr.count("\n")) == (2, "", 1)
+    assert "schema version 1, this zoho-job-watcher reads 2: run its watcher once" in stderr
+    assert state.read_bytes() == before
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory"])

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from watcher.state import SCHEMA_VERSION, JobRecord, StateError, StateStore, StoredToken
+from watcher.state import (
+    SCHEMA_VERSION,
+    JobRecord,
+    StateError,
+    StateStore,
+    StoredToken,
+    _set_up,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = StoredToken(
@@ -256,12 +263,38 @@ async def test_an_upgrade_that_fails_leaves_the_file_as_it_was(path: Path) -> No
     write_schema_1(path)
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("ALTER TABLE jobs ADD COLUMN error TEXT")  # the upgrade's step then fails
-    with pytest.raises(StateError, match="duplicate column name: error"):
+    with pytest.raises(StateError, match=r"cannot bring it to schema version 2 \(duplicate col"):
         await StateStore.open(path)
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
             "1",
         )
+
+
+def test_a_look_does_not_upgrade_a_file_an_older_watcher_may_still_use(path: Path) -> None:
+    write_schema_1(path)
+    before = path.read_bytes()
+    with pytest.raises(
+        StateError, match="schema version 1, this zoho-job-watcher reads 2: run its watcher once"
+    ):
+        asyncio.run(StateStore.open(path, upgrade=False))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("make", [write_schema_1, lambda path: path.touch()])
+async def test_a_set_up_another_opener_finished_first_is_not_done_again(
+    path: Path, make: Callable[[Path], None]
+) -> None:
+    """Two watchers open an old or new file at once: both saw it needing work before the lock;
+    the one that gets the lock second must find the work done, not fail on it."""
+    make(path)
+    late = sqlite3.connect(path, isolation_level=None)  # has seen the file as it was
+    await (await StateStore.open(path)).close()  # the other opener, first to the lock
+    with contextlib.closing(late):
+        _set_up(late, path)
+    again = await StateStore.open(path)
+    assert again.jobs.keys() <= {("Leads", "7")}
+    await again.close()
 
 
 def schema_0(path: Path) -> None:

@@ -726,7 +726,7 @@ class _Reader:
         """An existing directory: checked here so that the problem can point at its line."""
         location = self.local_path(node, path)
         if location is not None and not os.path.isdir(location):
-            found = "not a directory" if os.path.lexists(location) else "directory not found"
+            found = "not a directory" if os.path.exists(location) else "directory not found"
             self.report(node, path, f"{found}: {str(location)!r}")
             return None
         return location

@@ -52,7 +52,7 @@ STANDARD_MODULES = frozenset(
     {
         "Leads", "Contacts", "Accounts", "Deals", "Tasks", "Events", "Calls", "Products",
         "Quotes", "Sales_Orders", "Purchase_Orders", "Invoices", "Campaigns", "Vendors",
-        "Price_Books", "Cases", "Solutions", "Appointments", "Services",
+        "Price_Books", "Cases", "Solutions", "Appointments__s", "Services__s",
     }
 )  # fmt: skip
 _API_PATH = re.compile(r"/crm/v[2-8]/([^/]+)/actions/mass_update")

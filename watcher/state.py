@@ -33,39 +33,43 @@ SCHEMA_VERSION = 2
 # Marks the file as ours in SQLite's header, so another program's database is recognised as such
 # instead of being mistaken for a damaged state file, or worse, written to.
 _APPLICATION_ID = 0x7A6A7731  # "zjw1"
-_SCHEMA = f"""
-BEGIN;
-PRAGMA application_id = {_APPLICATION_ID};
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
-CREATE TABLE jobs (
-    module TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    status TEXT,
-    counts TEXT NOT NULL,
-    emitted_status TEXT,
-    outcome TEXT,
-    error TEXT,
-    polls INTEGER NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL,
-    finished_at REAL,
-    removed_at REAL,
-    PRIMARY KEY (module, job_id)
-) WITHOUT ROWID;
-CREATE TABLE token (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    access_token TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    api_domain TEXT
-);
-COMMIT;
-"""
+# Run one by one inside `_set_up`'s transaction (executescript would commit it first).
+_SCHEMA = (
+    f"PRAGMA application_id = {_APPLICATION_ID}",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
+    """
+    CREATE TABLE jobs (
+        module TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        status TEXT,
+        counts TEXT NOT NULL,
+        emitted_status TEXT,
+        outcome TEXT,
+        error TEXT,
+        polls INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL,
+        finished_at REAL,
+        removed_at REAL,
+        PRIMARY KEY (module, job_id)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE token (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        access_token TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        api_domain TEXT
+    )
+    """,
+)
 # How a file of an older schema is brought up to this one, from each version to the next. Run
 # inside the transaction that also records the new version, so an upgrade is whole or not at all.
-_UPGRADES = {
+_UPGRADES: dict[int, str] = {
     1: "ALTER TABLE jobs ADD COLUMN error TEXT",  # 2: why a job ended not_found or rejected
 }
+_SET_VERSION = f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'"
 _RECOVER = (
     "move the file aside to start fresh (the watcher then polls every configured job again"
     " and forgets finished jobs that are no longer in the config)"
@@ -172,9 +176,11 @@ class StateStore:
         self._writer.start()
 
     @classmethod
-    async def open(cls, path: Path) -> StateStore:
-        """Open or create the state file and load all of it; StateError if it cannot be used."""
-        connection, jobs, token, identity = await asyncio.to_thread(_load, path)
+    async def open(cls, path: Path, *, upgrade: bool = True) -> StateStore:
+        """Open or create the state file and load all of it; StateError if it cannot be used.
+        Without `upgrade`, a file of an older schema is refused rather than upgraded: a look at
+        it (`status`) must not make it unreadable to the older watcher that may still run on it."""
+        connection, jobs, token, identity = await asyncio.to_thread(_load, path, upgrade)
         return cls(path, connection, jobs, token, identity)
 
     def save(self, record: JobRecord) -> None:
@@ -340,7 +346,7 @@ def _prunable(record: JobRecord, before: float) -> bool:
 
 
 def _load(
-    path: Path,
+    path: Path, upgrade: bool
 ) -> tuple[sqlite3.Connection, dict[JobKey, JobRecord], StoredToken | None, tuple[int, int]]:
     """Open the file, creating it if need be, and read all of it; and which file it is."""
     _create(path)
@@ -350,7 +356,7 @@ def _load(
     except (sqlite3.Error, OSError) as exc:
         raise _unusable(path, exc) from None
     try:
-        _prepare(connection, path)
+        _prepare(connection, path, upgrade)
         jobs, token = _read_jobs(connection), _read_token(connection)
         return connection, jobs, token, (opened.st_dev, opened.st_ino)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
@@ -379,24 +385,58 @@ def _create(path: Path) -> None:
         ) from None
 
 
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+def _prepare(connection: sqlite3.Connection, path: Path, upgrade: bool) -> None:
     """Check the file is an intact state file of ours before writing anything to it (a foreign
     or damaged file is left exactly as it was), then set it up for the writer."""
     problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
         raise _damaged(path, f"fails its integrity check ({problems[0]})")
     (application_id,) = connection.execute("PRAGMA application_id").fetchone()
-    (tables,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    tables = _tables(connection)
     fresh = application_id == 0 and tables == 0
     if not fresh and application_id != _APPLICATION_ID:
         raise _damaged(path, "is not a zoho-job-watcher state file")
-    version = SCHEMA_VERSION if fresh else _check_version(connection, path)
+    version = None if fresh else _check_version(connection, path)
+    if version is not None and version < SCHEMA_VERSION and not upgrade:
+        raise StateError(
+            f"state file {path} has schema version {version}, this zoho-job-watcher reads"
+            f" {SCHEMA_VERSION}: run its watcher once to upgrade the file, or use the version"
+            " that wrote it"
+        )
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
-    if fresh:
-        connection.executescript(_SCHEMA)
-    elif version < SCHEMA_VERSION:
-        _upgrade(connection, version)
+    if version != SCHEMA_VERSION:
+        _set_up(connection, path)
+
+
+def _tables(connection: sqlite3.Connection) -> int:
+    (tables,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return int(tables)
+
+
+def _set_up(connection: sqlite3.Connection, path: Path) -> None:
+    """Create the schema, or upgrade an older one, in one transaction under the write lock.
+
+    What was seen before the lock is seen again under it: another watcher, or `status`, may be
+    opening the same file at this moment and have done it first. Should anything fail, `_load`
+    closes the connection, which rolls the transaction back: the file is whole or untouched.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    if _tables(connection) == 0:
+        statements: Sequence[str] = _SCHEMA
+    else:
+        version = _check_version(connection, path)
+        upgrades = [_UPGRADES[step] for step in range(version, SCHEMA_VERSION)]
+        statements = [*upgrades, _SET_VERSION] if upgrades else []
+    try:
+        for statement in statements:
+            connection.execute(statement)
+    except sqlite3.Error as exc:
+        raise StateError(
+            f"state file {path}: cannot bring it to schema version {SCHEMA_VERSION}"
+            f" ({_one_line(exc)}); it is left as it was. Check that it is writable, or {_RECOVER}"
+        ) from None
+    connection.execute("COMMIT")
 
 
 def _check_version(connection: sqlite3.Connection, path: Path) -> int:
@@ -417,18 +457,6 @@ def _check_version(connection: sqlite3.Connection, path: Path) -> int:
             path, f"has schema version {found or 'none'}, this watcher knows {SCHEMA_VERSION}"
         )
     return version
-
-
-def _upgrade(connection: sqlite3.Connection, version: int) -> None:
-    """Bring a file of an older schema up to this one's, in one transaction: should a step fail,
-    `_load` closes the connection, which rolls the transaction back."""
-    connection.execute("BEGIN IMMEDIATE")
-    for step in range(version, SCHEMA_VERSION):
-        connection.execute(_UPGRADES[step])
-    connection.execute(
-        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-    )
-    connection.execute("COMMIT")
 
 
 def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
