@@ -30,6 +30,7 @@ from watcher.config import (
     load_jobs_file,
     parse_config,
     parse_jobs_file,
+    read_file_bytes,
 )
 
 TOKEN = "1000.s3cr3t-access-token-value"
@@ -1442,6 +1443,26 @@ def test_a_config_that_is_no_regular_file_is_refused_not_read(
     path = tmp_path / "watcher.yaml"
     make(path)
     assert load_problems(path) == (f"{path}: cannot read config file: not a regular file",)
+
+
+@pytest.mark.parametrize("grown", [10, config_module.MAX_FILE_BYTES + 1])
+def test_a_file_that_grew_after_its_size_was_taken_is_read_whole_up_to_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grown: int
+) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_bytes(b"x" * grown)
+    real_fstat = os.fstat
+
+    def smaller(descriptor: int) -> object:  # the size before the writer's last append
+        found = real_fstat(descriptor)
+        return type("Found", (), {"st_mode": found.st_mode, "st_size": 4})
+
+    monkeypatch.setattr(config_module.os, "fstat", smaller)
+    if grown > config_module.MAX_FILE_BYTES:
+        with pytest.raises(OSError, match="larger than 64 MiB"):
+            read_file_bytes(path)
+    else:
+        assert read_file_bytes(path) == b"x" * grown
 
 
 def test_a_fifo_dropped_in_jobs_dir_is_refused_not_read(tmp_path: Path) -> None:

@@ -64,6 +64,32 @@ async def test_a_job_added_to_the_file_is_picked_up(tmp_path: Path, sim: Simulat
     assert await watcher.finish() == 0
 
 
+async def test_restart_required_lists_what_still_awaits_a_restart(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Compared with what the process runs on, not with the last reload: a later edit (a job
+    added) must not make a pending restart look done."""
+    for job in (A, B):
+        sim.add_job(*job, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed", module=A[0])
+    said: list[list[str]] = []
+    for jobs, concurrency in (([A], 2), ([A, B], 2), ([A, B], 5)):  # 5: the started value
+        reloads = len(said)
+        daemon.write(jobs, max_concurrency=concurrency)
+        await watcher.wait_for(
+            lambda events, reloads=reloads: (
+                sum(e["event"] == "config.reloaded" for e in events) > reloads
+            )
+        )
+        said.append(watcher.named("config.reloaded")[-1]["restart_required"])
+    assert said == [["polling.max_concurrency"], ["polling.max_concurrency"], []]
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
 async def test_a_file_dropped_in_jobs_dir_is_picked_up(tmp_path: Path, sim: Simulator) -> None:
     jobs_dir = tmp_path / "jobs.d"
     jobs_dir.mkdir()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from watcher import reload
-from watcher.config import Config, load_all
+from watcher.config import Config, ConfigError, load_all
 from watcher.reload import ConfigWatcher
 
 ENV = {"ZOHO_ACCESS_TOKEN": "reload-test-token"}
@@ -29,6 +29,7 @@ def test_an_edit_made_between_loading_and_watching_is_noticed(tmp_path: Path) ->
     running = load_all(path, ENV)
     write(path, ["1", "2"])  # while the watcher was starting: before it first looked
     follower = ConfigWatcher(path, running, ENV)
+    assert follower.check() is None  # seen; taken once it has stayed so for one more check
     changed = follower.check()
     assert changed is not None
     assert [spec.job_id for spec in changed.jobs] == ["1", "2"]
@@ -51,6 +52,7 @@ def test_an_edit_after_a_check_is_noticed(tmp_path: Path) -> None:
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
     assert follower.check() is None
     write(path, ["2"])
+    assert follower.check() is None
     changed = follower.check()
     assert changed is not None
     assert [spec.job_id for spec in changed.jobs] == ["2"]
@@ -75,6 +77,59 @@ def test_unchanged_files_are_not_read_again(
     assert follower.check() is None
     monkeypatch.undo()
     (jobs_dir / "more.yaml").write_text("jobs:\n  - {module: Deals, job_id: '3'}\n")
+    assert follower.check() is None
     changed = follower.check()
     assert changed is not None
     assert [spec.job_id for spec in changed.jobs] == ["1", "3"]
+
+
+def test_a_file_caught_half_written_removes_no_job(tmp_path: Path) -> None:
+    """An editor's save can leave a file empty, or cut after a line, for a moment: valid YAML
+    with fewer jobs. Taken at once, it would remove jobs and add them back a check later."""
+    path = tmp_path / "watcher.yaml"
+    jobs = "".join(f"  - {{module: Leads, job_id: '{n}'}}\n" for n in (10, 11, 12))
+    full = "zoho: {auth: {access_token: '${ZOHO_ACCESS_TOKEN}'}}\njobs:\n" + jobs
+    path.write_text(full)
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    for moment in ("", full[: full.index("'11'")] + "'1'}\n"):  # empty; cut inside an id
+        path.write_text(moment)
+        assert follower.check() is None
+        path.write_text(full)
+        assert follower.check() is None
+    assert follower.check() is None
+
+
+def test_a_change_that_never_settles_is_taken_after_a_few_checks(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    seen = []
+    for n in range(2, 2 + reload.SETTLE_CHECKS_MAX + 1):
+        write(path, ["1", str(n)])  # a tool that adds a job before every check
+        seen.append(follower.check())
+    assert seen[:-1] == [None] * reload.SETTLE_CHECKS_MAX
+    taken = seen[-1]
+    assert taken is not None
+    assert [spec.job_id for spec in taken.jobs] == ["1", str(1 + len(seen))]
+
+
+def test_a_broken_edit_is_reported_once_and_its_fix_seen_in_a_new_jobs_dir(
+    tmp_path: Path,
+) -> None:
+    """The fix is in a directory the running config never named: only reading the files again
+    can see it."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    jobs_dir = tmp_path / "jobs.d"
+    write(path, ["1"], jobs_dir=str(jobs_dir))  # named before it is made
+    assert follower.check() is None
+    with pytest.raises(ConfigError, match="directory not found"):
+        follower.check()
+    assert [follower.check() for _ in range(4)] == [None] * 4  # said once
+    jobs_dir.mkdir()
+    (jobs_dir / "more.yaml").write_text("jobs:\n  - {module: Deals, job_id: '2'}\n")
+    found = [follower.check() for _ in range(2)]
+    fixed = found[0] or found[1]
+    assert fixed is not None
+    assert [spec.job_id for spec in fixed.jobs] == ["1", "2"]

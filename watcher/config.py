@@ -320,12 +320,17 @@ def read_file_bytes(path: Path) -> bytes:
     good), a device such as /dev/zero (endless), a directory; so is a file beyond MAX_FILE_BYTES."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(descriptor, "rb") as file:
-        mode = os.fstat(descriptor).st_mode
-        if stat.S_ISDIR(mode):
+        found = os.fstat(descriptor)
+        if stat.S_ISDIR(found.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(found.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        content = file.read(MAX_FILE_BYTES + 1)
+        size = found.st_size
+        # A buffer of the file's size, one byte more to tell a file that grew since; not one of
+        # the limit's: ten thousand small files are read at every check.
+        content = file.read(min(size, MAX_FILE_BYTES) + 1)
+        if len(content) > size:
+            content += file.read(MAX_FILE_BYTES + 1 - len(content))
     if len(content) > MAX_FILE_BYTES:
         raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // 2**20} MiB")
     return content

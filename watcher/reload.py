@@ -12,13 +12,23 @@ from pathlib import Path
 
 from watcher.config import Config, ConfigError, Fingerprint, jobs_files, load_all, read_file_bytes
 
+# A change still moving after this many checks in a row is taken as it stands: a tool that drops
+# a job file every few seconds must not hold back every other edit for good.
+SETTLE_CHECKS_MAX = 3
+
 
 class ConfigWatcher:
     """Gives the new Config each time the files' content changes and validates.
 
-    A file being written while we read it does not parse; reporting that would cry wolf. So a
-    broken state is only reported once it is seen twice in a row, unchanged (or at once when the
-    user asked for the reload with SIGHUP). Valid content is taken at once.
+    A file being written while we read it may not parse, or worse, parse as less than it will hold
+    (an editor's save can leave it empty for a moment): taking that would remove jobs and add them
+    again a moment later. So a change is only taken once the files have stayed the same for one
+    more check, and a broken state is reported once, as it settles (both at once when the user
+    asked with SIGHUP).
+
+    While the files do not validate, they are read again at every settled check: what they name
+    (a new `jobs_dir`, a secret file) is not all among what the running config's files were, so
+    its healing could otherwise go unseen.
     """
 
     def __init__(self, path: Path, config: Config, env: Mapping[str, str] | None = None) -> None:
@@ -29,27 +39,38 @@ class ConfigWatcher:
         # What the running config was read from: an edit made since, even while the watcher was
         # starting (a token fetch can take minutes), differs from it. None: read at the first check.
         self._loaded = config.fingerprint
-        self._broken: bytes | None = None
+        self._pending: bytes | None = None  # a change seen, not yet seen again
+        self._moving = 0  # checks in a row that found the files changed since the one before
+        self._problems: tuple[str, ...] | None = None  # what was last reported, while broken
 
     def check(self, *, report_now: bool = False) -> Config | None:
-        """The new Config if the files changed and validate (or, asked with `report_now`, whatever
-        they hold if it validates); None if unchanged or not yet settled.
+        """The new Config if the files changed, settled and validate (or, asked with
+        `report_now`, whatever they hold if it validates); None if there is nothing to take yet.
 
-        Raises ConfigError for content that does not validate and has settled.
+        Raises ConfigError for content that does not validate, once, when it has settled.
         """
         fingerprint = self._fingerprint()
-        if fingerprint == self._loaded and not report_now:
+        if report_now:
+            return self._load(fingerprint, report_now=True)
+        if fingerprint == self._loaded and self._problems is None:
+            self._pending, self._moving = None, 0
             return None
+        if fingerprint != self._pending and self._moving < SETTLE_CHECKS_MAX:
+            self._pending, self._moving = fingerprint, self._moving + 1
+            return None
+        self._pending, self._moving = None, 0
+        return self._load(fingerprint, report_now=False)
+
+    def _load(self, fingerprint: bytes, *, report_now: bool) -> Config | None:
         try:
             config = load_all(self._path, self._env)
-        except ConfigError:
-            settled = report_now or fingerprint == self._broken
-            self._broken = fingerprint
-            if settled:
-                self._loaded = fingerprint  # reported once; wait for the next edit
+        except ConfigError as exc:
+            self._loaded = fingerprint
+            repeated, self._problems = exc.problems == self._problems, exc.problems
+            if report_now or not repeated:
                 raise
             return None
-        self._loaded, self._broken, self._jobs_dir = config.fingerprint, None, config.jobs_dir
+        self._loaded, self._problems, self._jobs_dir = config.fingerprint, None, config.jobs_dir
         unchanged, self._running = config == self._running, config  # a comment is no change
         return None if unchanged and not report_now else config
 

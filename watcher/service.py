@@ -79,6 +79,7 @@ class Watcher:
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
+        self._started_with = config  # what the settings only a restart applies still come from
         self._log = log
         self._exit_when_done = exit_when_done
         # Off where failures are expected (the demo): the exit code, in `watcher.stopped` too,
@@ -328,7 +329,7 @@ class Watcher:
         for spec in removed:
             self._runtime.scheduler.cancel(spec)
             self._runtime.demand.drop(spec)
-        restart = _needs_restart(self._config, config)
+        restart = _needs_restart(self._started_with, config)
         self._config = config
         polling = config.polling
         self._runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
