@@ -154,3 +154,33 @@ async def test_stdout_closed_early_ends_quietly(
     _, stderr = await asyncio.wait_for(shell.communicate(), timeout=60)
     *printed, code = stderr.decode().splitlines()
     assert (code, printed) == ("0", [])
+
+
+HUP_WHILE_LOADING = """
+import os, signal, sys
+import watcher.cli as cli
+load_all = cli.load_all
+def load_all_after_a_sighup(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGHUP)  # before `serve` has a handler for it
+    return load_all(*args, **kwargs)
+cli.load_all = load_all_after_a_sighup
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+async def test_a_sighup_while_the_config_loads_does_not_end_the_run(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job("Leads", "1", ["COMPLETED"])
+    config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HUP_WHILE_LOADING,
+        *("run", "--config", str(config), "--exit-when-done"),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0
+    assert b'"event":"job.finished"' in stdout

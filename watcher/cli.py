@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import io
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,10 @@ def _command(args: argparse.Namespace) -> int:
         from watcher.demo import run_demo  # the simulator is only imported when asked for
 
         return asyncio.run(run_demo(_event_log(args)))
+    if args.command == "run":
+        # A SIGHUP before `serve` listens (a ConfigMap update as the pod starts) would end the
+        # process; ignored, it loses nothing: the first checks compare with what load_all read.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_all(args.config)
     except ConfigError as exc:
