@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.harness import WatcherProcess, write_config
-from watcher.credits import Demand
+from watcher.credits import RELAXED, Demand, Pace
 from watcher.simulator import Simulator
 
 JOBS = [("Leads", "1"), ("Deals", "2"), ("Contacts", "3")]
@@ -36,6 +36,35 @@ def test_demand_is_the_sum_of_poll_rates() -> None:
     demand.drop("b")
     demand.drop("b")
     assert demand.per_s == pytest.approx(1 / 20)
+
+
+def test_a_fallen_stretch_brings_parked_jobs_forward() -> None:
+    pace: Pace[str] = Pace()
+    assert pace.plan("parked", now=0.0, gap=10.0, stretch=1000.0) == 10_000.0  # credits were low
+    assert pace.plan("unstretched", now=50.0, gap=10.0, stretch=1.0) == 10.0
+    assert pace.sooner(now=100.0, stretch=1000.0 / RELAXED * 1.01) == []  # wavering: no pass
+    assert pace.sooner(now=100.0, stretch=2.0) == [("parked", 0.0)]  # 0 + 10 x 2 is past
+    assert pace.sooner(now=101.0, stretch=1.0) == [("parked", 0.0)]
+    pace.drop("parked")
+    assert pace.plan("later", now=200.0, gap=100.0, stretch=10.0) == 1000.0
+    assert pace.sooner(now=250.0, stretch=1.0) == [("later", 50.0)]  # due at 200 + 100 x 1
+
+
+async def test_a_reload_that_lifts_the_budget_brings_parked_jobs_forward(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Planned under a budget of 30 a day, the next polls are hours away; lifted, they are not."""
+    for job in JOBS:
+        sim.add_job(*job, ["RUNNING"])
+    path = tmp_path / "w.yaml"
+    write_config(path, sim.url, JOBS, top={"reload_interval": "100ms"}, credits_per_day=30)
+    watcher = await WatcherProcess.start("run", "--config", str(path))
+    await sim.wait_for(lambda s: len(s.requests) >= len(JOBS))
+    write_config(path, sim.url, JOBS, top={"reload_interval": "100ms"})
+    await watcher.wait_event("config.reloaded")
+    await sim.wait_for(lambda s: all(len(s.requests_for(*job)) >= 2 for job in JOBS), timeout=10)
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
 
 
 async def test_low_credits_warn_once_and_slow_down(

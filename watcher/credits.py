@@ -13,6 +13,10 @@ credits a day. Beyond a few hundred thousand a day, count per second instead.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 DAY_S = 86_400.0
 
@@ -24,6 +28,9 @@ REMAINING_TTL_S = 3_600.0
 # A drop below the floor is over once a reading is this far above it (Zoho resets credits daily):
 # an answer to a request sent a moment before a low one may come back just above the floor.
 RECOVERED = 1.1
+
+# A stretch this many times smaller than the largest one in force brings parked jobs forward.
+RELAXED = 1.1
 
 # `now + wait(now)` could land a rounding error short of the moment a credit ages out; waiting this
 # much longer makes waiting what `wait` said always enough.
@@ -123,3 +130,41 @@ class Demand:
         gap = self._gaps.pop(key, None)
         if gap is not None:
             self.per_s = max(0.0, self.per_s - 1.0 / gap)
+
+
+class Pace(Generic[K]):
+    """When each job's next poll was planned, from what gap and stretch.
+
+    A stretched gap can be hours long (a reading far below the floor, a small budget shared by
+    many jobs). When the stretch falls again (credits recovered, a reading expired, jobs ended, a
+    reload lifted the budget), a job already parked under the old one would otherwise wait out
+    its whole gap, and see its end that late. `sooner` names the jobs to bring forward.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[K, tuple[float, float, float]] = {}  # key: (at, gap, due)
+        self._highest = 1.0  # no plan is stretched more than this
+
+    def plan(self, key: K, now: float, gap: float, stretch: float) -> float:
+        """Record the next poll of `key`, `gap` stretched by `stretch` from `now`; its delay."""
+        delay = gap * stretch
+        self._plans[key] = (now, gap, now + delay)
+        self._highest = max(self._highest, stretch)
+        return delay
+
+    def drop(self, key: K) -> None:
+        self._plans.pop(key, None)
+
+    def sooner(self, now: float, stretch: float) -> list[tuple[K, float]]:
+        """The jobs due later than `stretch` now asks, each with its new delay from `now`. Only
+        a clear fall is acted on, so a stretch that wavers with demand costs no pass."""
+        if stretch * RELAXED > self._highest:
+            return []
+        self._highest = stretch
+        moved = []
+        for key, (at, gap, due) in self._plans.items():
+            sooner = at + gap * stretch
+            if sooner < due:
+                self._plans[key] = (at, gap, sooner)
+                moved.append((key, max(0.0, sooner - now)))
+        return moved

@@ -23,7 +23,7 @@ from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.config import Config, ConfigError, JobSpec
-from watcher.credits import CreditBudget, Demand
+from watcher.credits import CreditBudget, Demand, Pace
 from watcher.events import EventLog
 from watcher.job import Event, apply_answer
 from watcher.ratelimit import RequestGate
@@ -45,6 +45,7 @@ EXIT_AUTH = 3
 PRUNE_EVERY_S = 3600.0
 # A due job this overdue with no worker busy means the scheduler itself has stopped serving.
 STUCK_AFTER_S = 60.0
+PACE_CHECK_S = 60.0  # how often a fallen stretch is looked for (see `Pace`)
 
 
 class StartupError(Exception):
@@ -61,6 +62,7 @@ class _Runtime:
     scheduler: Scheduler[JobSpec]
     budget: CreditBudget
     demand: Demand
+    pace: Pace[JobSpec]
     clock: Callable[[], float]  # the loop's monotonic clock, the scheduler's too
 
 
@@ -196,6 +198,7 @@ class Watcher:
             group.create_task(self._runtime.scheduler.run())
             group.create_task(self._follow_config())
             group.create_task(self._prune())
+            group.create_task(self._keep_pace())
 
     def _build(self, session: aiohttp.ClientSession, tokens: TokenSource) -> _Runtime:
         zoho, polling = self._config.zoho, self._config.polling
@@ -210,7 +213,7 @@ class Watcher:
         client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
         loop = asyncio.get_running_loop()
         scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
-        return _Runtime(gate, client, scheduler, budget, Demand(), loop.time)
+        return _Runtime(gate, client, scheduler, budget, Demand(), Pace(), loop.time)
 
     def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
         auth = self._config.zoho.auth
@@ -283,10 +286,27 @@ class Watcher:
             if answer.effect is Effect.OBSERVED:  # a retry's delay is no pace to budget for
                 runtime.demand.plan(spec, decision.next_poll_in)
             stretch = runtime.budget.stretch(now, runtime.demand.per_s)
-            runtime.scheduler.schedule(spec, decision.next_poll_in * stretch)
+            delay = runtime.pace.plan(spec, now, decision.next_poll_in, stretch)
+            runtime.scheduler.schedule(spec, delay)
         else:
             runtime.demand.drop(spec)
+            runtime.pace.drop(spec)
             self._check_done()
+
+    async def _keep_pace(self) -> None:
+        """Bring parked jobs forward when the stretch has fallen: checked every minute, as a
+        reading expires or demand falls with no event to tell."""
+        while True:
+            await asyncio.sleep(PACE_CHECK_S)
+            self._repace()
+
+    def _repace(self) -> None:
+        assert self._runtime is not None
+        runtime = self._runtime
+        now = runtime.clock()
+        stretch = runtime.budget.stretch(now, runtime.demand.per_s)
+        for spec, delay in runtime.pace.sooner(now, stretch):
+            runtime.scheduler.schedule(spec, delay)
 
     def _credits_reported(self, remaining: int, now: float) -> None:
         """Zoho said how many API credits the org has left: a gauge always, and `credits.low`
@@ -329,6 +349,7 @@ class Watcher:
         for spec in removed:
             self._runtime.scheduler.cancel(spec)
             self._runtime.demand.drop(spec)
+            self._runtime.pace.drop(spec)
         restart = _needs_restart(self._started_with, config)
         self._config = config
         polling = config.polling
@@ -349,6 +370,7 @@ class Watcher:
             removed=len(removed),
             restart_required=restart,
         )
+        self._repace()  # the budget may just have been raised or lifted
         self._check_done()
 
     async def _prune(self) -> None:
