@@ -129,6 +129,17 @@ async def test_a_throttled_refresh_backs_off_and_jobs_finish_afterwards(
     assert {e["outcome"] for e in watcher.named("job.finished")} == {"completed"}
 
 
+async def test_a_redirected_refresh_is_not_followed(tmp_path: Path, sim: Simulator) -> None:
+    """Following it would send the refresh token and client secret wherever it pointed."""
+    sim.add_job(*JOB, ["COMPLETED"])
+    sim.script_tokens(["redirect", "ok"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    assert [e["error"] for e in watcher.named("auth.refresh_failed")] == ["http_307"]
+    assert [r.answer for r in sim.token_requests] == ["redirect", "ok"]
+    assert sim.token_arrivals == 2  # the watcher's two requests: no third, to the new address
+
+
 @pytest.mark.parametrize("code", ["invalid_code", "invalid_client", "invalid_client_secret"])
 @pytest.mark.parametrize("when", ["startup", "running"])
 async def test_permanent_refresh_errors_exit_3(

@@ -1495,3 +1495,11 @@ def test_a_literal_dollar_in_a_secret_is_still_written_as_two() -> None:
     assert parse("zoho:\n  auth:\n    access_token: $$ABCDEFGH\n").zoho.auth.access_token == Secret(
         "$ABCDEFGH"
     )
+
+
+def test_a_secret_that_is_not_utf8_is_refused_not_sent(tmp_path: Path) -> None:
+    """An environment variable holding a byte that is no UTF-8 reaches Python as a lone
+    surrogate: no header or form can carry it, and sending it ended in a traceback."""
+    text = "zoho:\n  auth:\n    access_token: ${ZOHO_ACCESS_TOKEN}\n"
+    found = problem(text, {"ZOHO_ACCESS_TOKEN": os.fsdecode(b"1000.abc\xffdef-ghi")})
+    assert found == "cfg.yaml:3: zoho.auth.access_token: the secret is not valid UTF-8 text"

@@ -111,6 +111,26 @@ def test_secrets_are_scrubbed_however_json_escapes_them(secret: str) -> None:
     assert secret not in stream.getvalue()
 
 
+@pytest.mark.parametrize("secret", ["nbsp\xa0token-123", "both'and\"quotes", "tab\ttoken-45"])
+def test_secrets_are_scrubbed_however_the_console_format_escapes_them(secret: str) -> None:
+    """The console format writes values as their repr(): escapes no list of spellings foresees."""
+    stream = io.StringIO()
+    log = EventLog(stream, "console", "info", [secret])
+    log.log("error", "auth.failed", error=f"refused {secret}!", problems=[f"x {secret}"])
+    written = stream.getvalue()
+    assert written.count(REDACTED) == 2, written
+    assert repr(secret)[1:-1] not in written
+    assert repr(f"refused {secret}!")[1:-1] not in written
+
+
+def test_a_secret_inside_another_is_not_left_half_shown() -> None:
+    inner, outer = "1000.inner-secret", "1000.inner-secret.and-more-of-it"
+    for secrets in ([inner, outer], [outer, inner]):
+        stream = io.StringIO()
+        EventLog(stream, "json", "info", secrets).log("info", "x", note=f"<{outer}>")
+        assert lines(stream)[0]["note"] == f"<{REDACTED}>"
+
+
 def test_a_token_added_at_run_time_is_scrubbed_from_then_on() -> None:
     stream = io.StringIO()
     log = EventLog(stream, "console", "info")

@@ -43,11 +43,13 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from tests.harness import (
+    ACCESS_TOKEN,
     CLIENT_ID,
     SECRETS,
     WatcherProcess,
     leaked_secrets,
     refresh_auth,
+    run_cli,
     write_config,
 )
 from watcher.auth import FixedToken, Grant, read_token_answer
@@ -302,6 +304,7 @@ PASTED = "1000.4f8a1c2e9b7d6f3a0e5c8b2d7a9f1e3c.6b0d2f8e4a1c9b7e3d5f0a2c8e6b4d1f
         ("polling.schedule", {"polling": {"schedule": PASTED}}),
         ("progress_events", {"progress_events": PASTED}),
         ("jobs[0].job_id", {"jobs": [{"module": "Leads", "job_id": PASTED}]}),
+        ("jobs_dir", {"jobs_dir": PASTED}),
         ("zoho", {"zoho": {PASTED: "x"}}),  # pasted where a key goes
     ],
 )
@@ -319,12 +322,14 @@ def test_a_credential_pasted_under_the_wrong_key_is_not_echoed(
     assert any("70-character value" in problem for problem in problems), problems
 
 
-def test_a_token_given_where_its_file_was_expected_is_not_echoed() -> None:
+@pytest.mark.parametrize("pasted", [PASTED, "Zm9vYmFyYmF6cXV4/c2VjcmV0LWNsaWVudC1zZWNyZXQ="])
+def test_a_token_given_where_its_file_was_expected_is_not_echoed(pasted: str) -> None:
+    """A base64 secret holds "/" too: only an absolute path is shown whatever its length."""
     text = "zoho:\n  auth:\n    access_token_file: ${ZOHO_ACCESS_TOKEN}\n"
     with pytest.raises(ConfigError) as refused:
-        parse_config(text, "cfg.yaml", {**ENV, "ZOHO_ACCESS_TOKEN": PASTED})
+        parse_config(text, "cfg.yaml", {**ENV, "ZOHO_ACCESS_TOKEN": pasted})
     (problem,) = refused.value.problems
-    assert "zoho.auth.access_token_file: cannot read a 70-character value" in problem
+    assert f"zoho.auth.access_token_file: cannot read a {len(pasted)}-character value" in problem
 
 
 def test_a_secret_quoted_with_escapes_in_a_message_is_still_masked() -> None:
@@ -506,3 +511,19 @@ def test_every_pinned_dependency_is_a_plain_pin() -> None:
     """pip-audit reads constraints.txt as requirements: every line must be NAME==VERSION."""
     lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line]
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+", line) for line in lines)
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+async def test_a_secret_in_a_path_the_start_cannot_use_is_not_echoed(
+    tmp_path: Path, sim: Simulator, command: str
+) -> None:
+    """The message names the state file it could not create: the token pasted into its path is
+    masked like everywhere else."""
+    blocker = tmp_path / "a-file"
+    blocker.touch()
+    state = f"{blocker}/${{ZOHO_ACCESS_TOKEN}}/state.db"
+    config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")], top={"state_path": state})
+    code, stdout, stderr = await run_cli(command, "--config", str(config))
+    assert code == 2
+    assert ACCESS_TOKEN not in stdout + stderr
+    assert f"{blocker}/***" in stderr

@@ -180,14 +180,31 @@ async def test_prune_forgets_jobs_out_of_the_config_since_before_the_cutoff(path
 
 
 @pytest.mark.usefixtures("umask")
-async def test_the_file_is_private_and_its_directory_created(tmp_path: Path) -> None:
+@pytest.mark.parametrize("made_before", [False, True])
+async def test_the_file_is_private_and_its_directory_created(
+    tmp_path: Path, made_before: bool
+) -> None:
     path = tmp_path / "not" / "yet" / "state.db"
+    if made_before:  # by `touch`, say, or a volume's defaults: readable by all
+        path.parent.mkdir(parents=True)
+        path.touch(mode=0o644)
     store = await StateStore.open(path)
     await store.save_durably(job())
     await store.save_token(TOKEN)
     for name in ("state.db", "state.db-wal"):
         assert (path.parent / name).stat().st_mode & 0o777 == 0o600, name
     await store.close()
+
+
+async def test_a_file_that_cannot_be_made_private_is_refused(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_owner(descriptor: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", not_owner)
+    with pytest.raises(StateError, match=r"cannot make it private \(mode 0600\): Operation not"):
+        await StateStore.open(path)
 
 
 def random_bytes(path: Path) -> None:

@@ -260,7 +260,10 @@ class RefreshingToken:
 
     async def _ask(self) -> Grant | Refusal:
         try:
-            async with self._session.post(self._url, data=self._form) as response:
+            # Never followed: a redirect would carry the form, secrets and all, wherever it says.
+            async with self._session.post(
+                self._url, data=self._form, allow_redirects=False
+            ) as response:
                 return read_token_answer(response.status, await response.read())
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Refusal(failure_kind(exc), False)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from watcher.config import Config, ConfigError, load_all
+from watcher.config import Config, ConfigError, load_all, redact
 from watcher.events import FORMATS, LEVELS, EventLog
 from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
 from watcher.status import show_status
@@ -51,8 +51,9 @@ def _command(args: argparse.Namespace) -> int:
         log = _event_log(args, config.zoho.auth.secrets())
         watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
         return asyncio.run(serve(watcher))
-    except StartupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    except StartupError as exc:  # it may quote a setting: a secret put there stays unsaid
+        (said,) = redact([str(exc)], config.zoho.auth.secrets())
+        print(f"{PROG}: {said}", file=sys.stderr)
         return EXIT_CONFIG
 
 

@@ -256,7 +256,7 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
             problems.extend(error.problems)
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
-        raise ConfigError(_redact(problems, config.zoho.auth.secrets()))
+        raise ConfigError(redact(problems, config.zoho.auth.secrets()))
     return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())
 
 
@@ -598,7 +598,7 @@ class _Reader:
     def redacted_problems(self) -> list[str]:
         """Problems in file order, secrets masked: a token put under another key must not leak."""
         in_order = sorted(self.problems, key=lambda numbered: numbered[0])
-        return _redact((problem for _, problem in in_order), self._secret_texts)
+        return redact((problem for _, problem in in_order), self._secret_texts)
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node] | None:
         """The mapping's known keys (a null section counts as empty); None if not a mapping."""
@@ -732,7 +732,7 @@ class _Reader:
         location = self.local_path(node, path)
         if location is not None and not os.path.isdir(location):
             found = "not a directory" if os.path.exists(location) else "directory not found"
-            self.report(node, path, f"{found}: {str(location)!r}")
+            self.report(node, path, f"{found}: {_shown_path(str(location))}")
             return None
         return location
 
@@ -811,6 +811,8 @@ class _Reader:
             self.report(node, key, "the secret is empty")
         elif _CONTROL.search(text):
             self.report(node, key, "the secret contains a line break or other control character")
+        elif not _is_utf8(text):  # a byte the environment held that no header or form can carry
+            self.report(node, key, "the secret is not valid UTF-8 text")
         else:
             return Secret(text)
         return None
@@ -831,10 +833,7 @@ class _Reader:
         try:
             text = _read_text(Path(location))
         except (OSError, ValueError) as error:
-            # A path is worth showing; a long value with no "/" in it looks more like a token
-            # given where its file was expected (`access_token_file: ${ZOHO_ACCESS_TOKEN}`).
-            where = repr(location) if "/" in location else _shown(location)
-            self.report(node, path, f"cannot read {where}: {_reason(error)}")
+            self.report(node, path, f"cannot read {_shown_path(location)}: {_reason(error)}")
             return None
         return _TRAILING_NEWLINE.sub("", text, count=1)
 
@@ -848,7 +847,7 @@ def _optional(read: Callable[[Node, str], _T | None]) -> Callable[[Node, str], _
     return read_optional
 
 
-def _redact(problems: Iterable[str], secrets: Iterable[str]) -> list[str]:
+def redact(problems: Iterable[str], secrets: Iterable[str]) -> list[str]:
     """`problems` with every secret long enough to be unambiguous replaced by ***."""
     maskable = {text for text in secrets if len(text) >= MASKED_LENGTH}
     maskable |= {repr(text)[1:-1] for text in maskable}  # as a message quotes it, escaped
@@ -906,6 +905,21 @@ def _unknown_key(key: str, allowed: tuple[str, ...]) -> str:
 def _shown(text: str) -> str:
     """`text` as a message quotes it, or only its length if it could be a credential."""
     return repr(text) if len(text) <= _QUOTED_LENGTH else f"a {len(text)}-character value"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates: how Python keeps bytes that were not UTF-8
+        return False
+    return True
+
+
+def _shown_path(text: str) -> str:
+    """A path as a message quotes it: in full when absolute, as paths in a container's config
+    are; a long relative one only by its length, for it may be a credential given where a path
+    goes (`access_token_file: ${ZOHO_ACCESS_TOKEN}`), and base64 secrets hold "/" too."""
+    return repr(text) if text.startswith("/") else _shown(text)
 
 
 def _line(node: Node) -> int:

@@ -86,11 +86,11 @@ class _Scrub:
     def __init__(self, secrets: Iterable[str]) -> None:
         self._fixed = frozenset().union(*map(_spellings, secrets))
         self._tokens: deque[frozenset[str]] = deque(maxlen=TOKENS_SCRUBBED)
-        self._all = tuple(self._fixed)
+        self._all = _longest_first(self._fixed)
 
     def add_token(self, token: str) -> None:
         self._tokens.append(_spellings(token))
-        self._all = tuple(self._fixed.union(*self._tokens))
+        self._all = _longest_first(self._fixed.union(*self._tokens))
 
     def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
         for spelling in self._all:
@@ -98,10 +98,30 @@ class _Scrub:
                 line = line.replace(spelling, REDACTED)
         return line
 
+    def values(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        """The fields with every secret masked, for the console format: it writes values as
+        their repr(), whose escapes no list of spellings can foresee."""
+        return {key: self._masked(value) for key, value in event_dict.items()}
+
+    def _masked(self, value: object) -> object:
+        if isinstance(value, str):
+            return self(None, "", value)
+        if isinstance(value, list | tuple):
+            return [self._masked(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self._masked(item) for key, item in value.items()}
+        return value
+
+
+def _longest_first(spellings: Iterable[str]) -> tuple[str, ...]:
+    """A secret may contain another: masked first, the shorter would leave the rest of it."""
+    return tuple(sorted(spellings, key=len, reverse=True))
+
 
 def _spellings(secret: str) -> frozenset[str]:
-    """How `secret` can appear in a line: as itself, and as the inside of a JSON string. None for
-    one too short to be a credential: masking it would mangle words and numbers in every line."""
+    """How `secret` can appear in a JSON line: as itself, and as the inside of a JSON string. None
+    for one too short to be a credential: masking it would mangle words and numbers in every
+    line."""
     if len(secret) < MASKED_LENGTH:
         return frozenset()
     spellings = {secret, _ascii_json(secret)[1:-1]}
@@ -171,11 +191,12 @@ class EventLog:
     def __init__(self, stream: TextIO, fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
         self._scrub = _Scrub(secrets)
         self._lines = _Lines(stream)
-        renderer: Processor = (
-            _json_line if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-        )
+        chain: list[Processor] = [_Stamp(), _json_line, self._scrub]
+        if fmt != "json":
+            console = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+            chain = [_Stamp(), self._scrub.values, console, self._scrub]
         self._enabled = frozenset(LEVELS[LEVELS.index(level) :])
-        self._logger = _Logger(self._lines, [_Stamp(), renderer, self._scrub], {})
+        self._logger = _Logger(self._lines, chain, {})
 
     def add_token(self, token: str) -> None:
         """Scrub a token obtained at run time too (while it is among the latest few)."""

@@ -451,9 +451,12 @@ class Simulator:
         self._injected.extend([_parse_step(step) for step in steps])  # all or nothing
 
     def script_tokens(self, steps: Sequence[str]) -> None:
-        """Answer the next token requests with `steps`; "ok" and "slow:S" still check the form."""
+        """Answer the next token requests with `steps`; "ok" and "slow:S" still check the form.
+        "redirect" answers 307 to this endpoint again, as a hijacked accounts server might: a
+        client that followed would send the secrets once more, wherever it was sent."""
         for step in steps:
-            if step != "ok" and step not in _TOKEN_ERRORS and not _is_slow_token_step(step):
+            known = step in ("ok", "redirect") or step in _TOKEN_ERRORS
+            if not known and not _is_slow_token_step(step):
                 raise ValueError(f"unparseable token step: {step!r}")
         self._token_script.extend(steps)
 
@@ -599,8 +602,12 @@ class Simulator:
                 step = "ok"
             if step == "ok":
                 step = self._credential_error(await request.post()) or "ok"
-            body = self._issue_token() if step == "ok" else _TOKEN_ERRORS[step]
-            response = await _send(request, web.json_response(body))
+            if step == "redirect":
+                moved = web.Response(status=307, headers={"Location": f"{request.url}?moved=1"})
+                response = await _send(request, moved)
+            else:
+                body = self._issue_token() if step == "ok" else _TOKEN_ERRORS[step]
+                response = await _send(request, web.json_response(body))
             answer = step
             return response
         finally:

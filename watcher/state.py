@@ -368,8 +368,9 @@ def _load(
 
 
 def _create(path: Path) -> None:
-    """Create the directory and the file, the file 0600 before SQLite ever opens it: SQLite
-    would use the umask, and its -wal and -shm files copy the file's mode."""
+    """Create the directory and the file, the file 0600 before SQLite ever opens it (one that
+    exists is made 0600): SQLite would use the umask, and its -wal and -shm files copy the file's
+    mode."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -378,11 +379,20 @@ def _create(path: Path) -> None:
             " choose a writable location"
         ) from None
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StateError(
             f"state file {path}: cannot open it: {exc.strerror}; choose a writable location"
         ) from None
+    try:  # a file made by someone else (touch, a volume's defaults) keeps the token private too
+        os.fchmod(descriptor, 0o600)
+    except OSError as exc:
+        raise StateError(
+            f"state file {path}: cannot make it private (mode 0600): {exc.strerror}; it holds"
+            " the access token, so give the watcher's user its ownership"
+        ) from None
+    finally:
+        os.close(descriptor)
 
 
 def _prepare(connection: sqlite3.Connection, path: Path, upgrade: bool) -> None:
