@@ -44,10 +44,18 @@ def test_a_fallen_stretch_brings_parked_jobs_forward() -> None:
     assert pace.plan("unstretched", now=50.0, gap=10.0, stretch=1.0) == 10.0
     assert pace.sooner(now=100.0, stretch=1000.0 / RELAXED * 1.01) == []  # wavering: no pass
     assert pace.sooner(now=100.0, stretch=2.0) == [("parked", 0.0)]  # 0 + 10 x 2 is past
-    assert pace.sooner(now=101.0, stretch=1.0) == [("parked", 0.0)]
+    assert pace.sooner(now=101.0, stretch=1.0) == []  # already due: not scheduled twice
     pace.drop("parked")
     assert pace.plan("later", now=200.0, gap=100.0, stretch=10.0) == 1000.0
     assert pace.sooner(now=250.0, stretch=1.0) == [("later", 50.0)]  # due at 200 + 100 x 1
+
+
+def test_a_job_due_by_now_is_not_brought_forward_into_a_second_poll() -> None:
+    """Due, it has left the queue for a worker (which may wait at the gate for a while):
+    scheduled again, another worker would poll it at the same time."""
+    pace: Pace[str] = Pace()
+    pace.plan("in flight", now=0.0, gap=10.0, stretch=4.0)  # due at 40
+    assert pace.sooner(now=41.0, stretch=1.0) == []
 
 
 async def test_a_reload_that_lifts_the_budget_brings_parked_jobs_forward(

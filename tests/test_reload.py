@@ -129,7 +129,42 @@ def test_a_broken_edit_is_reported_once_and_its_fix_seen_in_a_new_jobs_dir(
     assert [follower.check() for _ in range(4)] == [None] * 4  # said once
     jobs_dir.mkdir()
     (jobs_dir / "more.yaml").write_text("jobs:\n  - {module: Deals, job_id: '2'}\n")
-    found = [follower.check() for _ in range(2)]
-    fixed = found[0] or found[1]
+    found = [follower.check() for _ in range(3)]  # read; its new files settle; taken
+    assert found[:2] == [None, None]
+    fixed = found[2]
     assert fixed is not None
     assert [spec.job_id for spec in fixed.jobs] == ["1", "2"]
+
+
+def test_what_is_read_must_be_what_settled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is cut again between the look that saw it settled and the read."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    write(path, ["1", "2", "3"])
+    assert follower.check() is None
+
+    def cut_then_load(*args: object) -> Config:
+        write(path, [])  # an editor's save, caught at its worst
+        return load_all(path, ENV)
+
+    monkeypatch.setattr(reload, "load_all", cut_then_load)
+    assert follower.check() is None
+    monkeypatch.undo()
+    write(path, ["1", "2", "3"])
+    assert follower.check() is None
+    taken = follower.check()
+    assert taken is not None
+    assert [spec.job_id for spec in taken.jobs] == ["1", "2", "3"]
+
+
+def test_a_sighup_starts_the_settling_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    for n in range(2, 2 + reload.SETTLE_CHECKS_MAX):  # a change that keeps moving
+        write(path, ["1", str(n)])
+        assert follower.check() is None
+    assert follower.check(report_now=True) is not None
+    write(path, [])  # caught half-written right after: not taken at first sight
+    assert follower.check() is None

@@ -157,14 +157,15 @@ class Pace(Generic[K]):
 
     def sooner(self, now: float, stretch: float) -> list[tuple[K, float]]:
         """The jobs due later than `stretch` now asks, each with its new delay from `now`. Only
-        a clear fall is acted on, so a stretch that wavers with demand costs no pass."""
+        a clear fall is acted on, so a stretch that wavers with demand costs no pass. A job due
+        by now is left alone: it is being polled, or about to be, and must not be twice."""
         if stretch * RELAXED > self._highest:
             return []
         self._highest = stretch
         moved = []
         for key, (at, gap, due) in self._plans.items():
             sooner = at + gap * stretch
-            if sooner < due:
+            if now < due and sooner < due:
                 self._plans[key] = (at, gap, sooner)
                 moved.append((key, max(0.0, sooner - now)))
         return moved

@@ -51,26 +51,34 @@ class ConfigWatcher:
         """
         fingerprint = self._fingerprint()
         if report_now:
-            return self._load(fingerprint, report_now=True)
+            return self._take(fingerprint, report_now=True, force=True)
         if fingerprint == self._loaded and self._problems is None:
             self._pending, self._moving = None, 0
             return None
         if fingerprint != self._pending and self._moving < SETTLE_CHECKS_MAX:
             self._pending, self._moving = fingerprint, self._moving + 1
             return None
-        self._pending, self._moving = None, 0
-        return self._load(fingerprint, report_now=False)
+        force = self._moving >= SETTLE_CHECKS_MAX
+        return self._take(fingerprint, report_now=False, force=force)
 
-    def _load(self, fingerprint: bytes, *, report_now: bool) -> Config | None:
+    def _take(self, fingerprint: bytes, *, report_now: bool, force: bool) -> Config | None:
+        """Load the files and take what they hold: at once if `force`d, otherwise only if it is
+        what settled. It is not when they changed again while being read, or name a `jobs_dir`
+        the look did not list: then it is what must settle next."""
         try:
             config = load_all(self._path, self._env)
         except ConfigError as exc:
-            self._loaded = fingerprint
+            self._loaded, self._pending, self._moving = fingerprint, None, 0
             repeated, self._problems = exc.problems == self._problems, exc.problems
             if report_now or not repeated:
                 raise
             return None
+        if config.fingerprint != fingerprint and not force:
+            self._jobs_dir = config.jobs_dir
+            self._pending, self._moving = config.fingerprint, self._moving + 1
+            return None
         self._loaded, self._problems, self._jobs_dir = config.fingerprint, None, config.jobs_dir
+        self._pending, self._moving = None, 0
         unchanged, self._running = config == self._running, config  # a comment is no change
         return None if unchanged and not report_now else config
 
