@@ -84,10 +84,9 @@ class CreditBudget:
         factor = 1.0
         if self._per_day is not None:
             factor = max(factor, demand_per_s * DAY_S / self._per_day)
-        if self._reading is not None:
-            seen_at, remaining = self._reading
-            if remaining < self._floor and now - seen_at < REMAINING_TTL_S:
-                factor = max(factor, self._floor / max(remaining, 1))
+        remaining = still_news(self._reading, now)
+        if remaining is not None and remaining < self._floor:
+            factor = max(factor, self._floor / max(remaining, 1))
         return factor
 
     def remaining(self, now: float, value: int) -> bool:
@@ -101,7 +100,7 @@ class CreditBudget:
         if value >= self._floor:
             self._low = self._low and value < self._floor * RECOVERED
             return False
-        ongoing = self._low and previous is not None and now - previous[0] < REMAINING_TTL_S
+        ongoing = self._low and still_news(previous, now) is not None
         self._low = True
         return not ongoing
 
@@ -109,6 +108,14 @@ class CreditBudget:
         """Drop credits spent 24 hours ago or more: they no longer count, and memory stays small."""
         while self._spent and self._spent[0] + DAY_S <= now:
             self._spent.popleft()
+
+
+def still_news(reading: tuple[float, int] | None, now: float) -> int | None:
+    """The credits a reading (seen at, remaining) says are left, while it is younger than
+    REMAINING_TTL_S; None for no reading, or one that old."""
+    if reading is None or now - reading[0] >= REMAINING_TTL_S:
+        return None
+    return reading[1]
 
 
 class Demand:

@@ -93,19 +93,22 @@ class _Scrub:
         self._all = _longest_first(self._fixed.union(*self._tokens))
 
     def __call__(self, _: WrappedLogger, __: str, line: Any) -> Any:
-        for spelling in self._all:
-            if spelling in line:
-                line = line.replace(spelling, REDACTED)
-        return line
+        return self._replaced(line)
 
     def values(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         """The fields with every secret masked, for the console format: it writes values as
         their repr(), whose escapes no list of spellings can foresee."""
         return {key: self._masked(value) for key, value in event_dict.items()}
 
+    def _replaced(self, text: str) -> str:
+        for spelling in self._all:
+            if spelling in text:
+                text = text.replace(spelling, REDACTED)
+        return text
+
     def _masked(self, value: object) -> object:
         if isinstance(value, str):
-            return self(None, "", value)
+            return self._replaced(value)
         if isinstance(value, list | tuple):
             return [self._masked(item) for item in value]
         if isinstance(value, dict):
@@ -191,8 +194,10 @@ class EventLog:
     def __init__(self, stream: TextIO, fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
         self._scrub = _Scrub(secrets)
         self._lines = _Lines(stream)
-        chain: list[Processor] = [_Stamp(), _json_line, self._scrub]
-        if fmt != "json":
+        chain: list[Processor]
+        if fmt == "json":
+            chain = [_Stamp(), _json_line, self._scrub]
+        else:
             console = structlog.dev.ConsoleRenderer(colors=stream.isatty())
             chain = [_Stamp(), self._scrub.values, console, self._scrub]
         self._enabled = frozenset(LEVELS[LEVELS.index(level) :])

@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from watcher.credits import REMAINING_TTL_S
+from watcher.credits import still_news
 
 JOB_STATUSES = ("SCHEDULED", "RUNNING", "COMPLETED", "FAILED", "unknown", "not_found", "rejected")
 POLL_RESULTS = ("observed", "not_found", "rejected", "auth", "rate_limited", "transient")
@@ -126,10 +126,8 @@ class Metrics:
         """NaN, not 0, when nothing is known: "no credits left" is an alarm. Zoho says only while
         more than half the day's credits are used, so a reading an hour old is no longer news
         (the credit budget stops heeding it then too) and must not keep an alert firing."""
-        reading = self._credits_reading
-        if reading is None or self._clock() - reading[0] >= REMAINING_TTL_S:
-            return math.nan
-        return float(reading[1])
+        remaining = still_news(self._credits_reading, self._clock())
+        return math.nan if remaining is None else float(remaining)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format; `generate_latest` writes version 0.0.4 of it, so say so."""

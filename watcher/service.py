@@ -65,6 +65,11 @@ class _Runtime:
     pace: Pace[JobSpec]
     clock: Callable[[], float]  # the loop's monotonic clock, the scheduler's too
 
+    def unplan(self, spec: JobSpec) -> None:
+        """`spec` will not be polled again: neither its pace nor its plan counts any more."""
+        self.demand.drop(spec)
+        self.pace.drop(spec)
+
 
 class Watcher:
     """Follows the configured jobs. `run` returns the process exit code; `stop` and `reload` may
@@ -289,8 +294,7 @@ class Watcher:
             delay = runtime.pace.plan(spec, now, decision.next_poll_in, stretch)
             runtime.scheduler.schedule(spec, delay)
         else:
-            runtime.demand.drop(spec)
-            runtime.pace.drop(spec)
+            runtime.unplan(spec)
             self._check_done()
 
     async def _keep_pace(self) -> None:
@@ -348,8 +352,7 @@ class Watcher:
         added = [spec for spec in config.jobs if spec not in self._tracker.jobs]
         for spec in removed:
             self._runtime.scheduler.cancel(spec)
-            self._runtime.demand.drop(spec)
-            self._runtime.pace.drop(spec)
+            self._runtime.unplan(spec)
         restart = _needs_restart(self._started_with, config)
         self._config = config
         polling = config.polling
