@@ -96,9 +96,11 @@ def test_documented_refusals_reject(code: str, status: int) -> None:
     assert (result.effect, result.code, result.http_status) == (Effect.REJECTED, code, status)
 
 
-@pytest.mark.parametrize("code", ["INVALID_TOKEN", "AUTHENTICATION_FAILURE"])
+@pytest.mark.parametrize("code", ["INVALID_TOKEN", "AUTHENTICATION_FAILURE", "INVALID_OAUTHTOKEN"])
 def test_token_refusals_are_auth(code: str) -> None:
     assert answer(401, error(code)).effect is Effect.AUTH
+    # Known by name, not only by its 401: inside an HTTP 200's data[] too.
+    assert answer(200, {"data": [error(code)]}).effect is Effect.AUTH
 
 
 @pytest.mark.parametrize(

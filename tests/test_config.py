@@ -528,12 +528,17 @@ def test_urls_refused(key: str, line: int, url: str, message: str) -> None:
     assert problem(text) == f"cfg.yaml:{line}: {path}: {message}"
 
 
-def test_api_version() -> None:
-    assert (
-        parse("zoho:\n  api_version: v8\n  auth:\n    access_token: t\n").zoho.api_version == "v8"
-    )
-    assert problem("zoho:\n  api_version: 2\n  auth:\n    access_token: t\n") == (
-        "cfg.yaml:2: zoho.api_version: '2' is not an API version such as v2"
+@pytest.mark.parametrize("version", ["v2", "v2.1", "v8"])
+def test_api_version(version: str) -> None:
+    text = f"zoho:\n  api_version: {version}\n  auth:\n    access_token: t\n"
+    assert parse(text).zoho.api_version == version
+
+
+@pytest.mark.parametrize("version", ["2", "v2.", "v2.1.3", "V2"])
+def test_api_version_refused(version: str) -> None:
+    text = f"zoho:\n  api_version: '{version}'\n  auth:\n    access_token: t\n"
+    assert problem(text) == (
+        f"cfg.yaml:2: zoho.api_version: {version!r} is not an API version such as v2"
     )
 
 

@@ -64,7 +64,7 @@ _POLLING_ORDERED = (("interval", "max_interval"), ("backoff_initial", "backoff_m
 _JOB_KEYS = ("module", "job_id")
 _JOBS_FILE_SUFFIXES = (".yaml", ".yml")
 
-_API_VERSION = re.compile(r"v[0-9]+")
+_API_VERSION = re.compile(r"v[0-9]+(?:\.[0-9]+)?")  # v2, v2.1, v8
 _MODULE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _DIGITS = re.compile(r"[0-9]+")
 _PATH = re.compile(r"[^\x00-\x1f\x7f]+")

@@ -82,6 +82,7 @@ ERRORS: Mapping[str, ErrorCode] = {
     "INVALID_REQUEST_METHOD": ErrorCode(400, Effect.REJECTED),
     "INVALID_TOKEN": ErrorCode(401, Effect.AUTH),
     "AUTHENTICATION_FAILURE": ErrorCode(401, Effect.AUTH),
+    "INVALID_OAUTHTOKEN": ErrorCode(401, Effect.AUTH),  # the name in v4-v8's token-validity docs
     "TOO_MANY_REQUESTS": ErrorCode(429, Effect.RATE_LIMITED),
     "INTERNAL_ERROR": ErrorCode(500, Effect.TRANSIENT),
     "NOT_FOUND": ErrorCode(404, Effect.NOT_FOUND),
