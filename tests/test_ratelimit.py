@@ -90,9 +90,28 @@ async def test_a_lowered_rate_applies_to_the_next_request() -> None:
 async def test_a_pause_holds_requests_and_counts_as_waiting() -> None:
     waited: list[float] = []
     gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET, on_wait=waited.append)
-    gate.pause(0.1)
+    assert gate.refused(0.1, lambda _: 0.0) == 0.1
     sent: list[float] = []
     started = asyncio.get_running_loop().time()
     await pass_through(gate, sent)
     assert sent[0] - started >= 0.1 - 1e-3
     assert waited[0] >= 0.1 - 1e-3
+
+
+async def test_each_pause_that_ends_in_another_429_is_longer_and_one_burst_counts_once() -> None:
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET)
+    counted: list[int] = []
+
+    def backoff(refusals: int) -> float:
+        counted.append(refusals)
+        return 0.01 * 2**refusals
+
+    assert gate.refused(0.0, backoff) == 0.02
+    assert gate.refused(0.0, backoff) == 0.02  # the same burst's 429, while its pause is on
+    await gate.admit()
+    assert gate.refused(0.0, backoff) == 0.04  # the next burst: the org is still over its limit
+    await gate.admit()
+    gate.answered()
+    assert gate.refused(0.0, backoff) == 0.02  # a storm after a good answer starts afresh
+    assert gate.refused(0.5, backoff) == 0.5  # a longer Retry-After wins
+    assert counted == [1, 1, 2, 1, 1]

@@ -237,6 +237,36 @@ async def test_429_without_retry_after_backs_off_and_pauses(tmp_path: Path, sim:
     assert during == []
 
 
+async def test_a_429_storm_pauses_longer_each_time_however_many_jobs_meet_it(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Each job that meets the storm asks only for its own first backoff; the org's pause must
+    still double with every pause that ends in another 429, or twenty fresh jobs would knock on
+    a full org twenty times as often as one job."""
+    jobs = [("Leads", str(n)) for n in range(1, 21)]
+    for job in jobs:
+        sim.add_job(*job, ["429"])  # the storm never ends
+    config = write_config(
+        tmp_path / "w.yaml",
+        sim.url,
+        jobs,
+        rate_limit=1000,
+        backoff_initial="50ms",
+        backoff_max="5s",
+    )
+    watcher = await WatcherProcess.start("run", "--config", str(config))
+    await sim.wait_for(lambda s: bool(s.requests) and s.requests[-1].at >= s.requests[0].at + 1.0)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    first = sim.requests[0].at
+    within_a_second = [r for r in sim.requests if r.at < first + 1.0]
+    assert {r.http_status for r in within_a_second} == {429}
+    # Pauses of 0.05, 0.1, 0.2, 0.4 s (each at least 0.8 of that): five bursts of five workers.
+    # Without the doubling, a pause of one first backoff after each burst: about a hundred.
+    assert len(within_a_second) <= 30
+    assert "Traceback" not in watcher.stderr
+
+
 async def test_a_retry_after_of_zero_waits_the_first_backoff(
     tmp_path: Path, sim: Simulator
 ) -> None:

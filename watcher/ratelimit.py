@@ -38,6 +38,7 @@ class RequestGate:
         self._sent: deque[float] = deque()  # send times within the last `rate_period`
         self._clock = asyncio.get_running_loop().time
         self._resume_at = 0.0
+        self._refusals = 0  # pauses in a row that ended in another 429
         self._budget = budget
         self._on_wait = on_wait
         self._changed = asyncio.Event()  # set, then replaced, when the limits change
@@ -51,9 +52,24 @@ class RequestGate:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def pause(self, seconds: float) -> None:
-        """Hold every request not yet sent for `seconds` (Zoho said the whole org is too busy)."""
-        self._resume_at = max(self._resume_at, self._clock() + seconds)
+    def refused(self, seconds: float, backoff: Callable[[int], float]) -> float:
+        """Zoho answered 429, so the whole org is over its limit: hold every request not yet sent
+        for `seconds` (what that answer asked for), or for `backoff(n)` if longer, where n counts
+        the pauses in a row that ended in another 429. Without that count, every fresh job that
+        meets the storm would ask for only its own first backoff, and the more jobs the watcher
+        tracks the harder it would hammer an org that is already over its limit. The 429s of one
+        burst, answered while the pause they caused is still on, count once. Returns the pause.
+        """
+        now = self._clock()
+        if now >= self._resume_at:
+            self._refusals += 1
+        pause = max(seconds, backoff(self._refusals))
+        self._resume_at = max(self._resume_at, now + pause)
+        return pause
+
+    def answered(self) -> None:
+        """An answer other than a 429 came back: the org is within its limit again."""
+        self._refusals = 0
 
     async def admit(self) -> None:
         """Wait until one more request may leave: no pause, a credit, room in the rate; take them.

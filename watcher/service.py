@@ -20,6 +20,7 @@ import aiohttp
 
 from watcher import collector
 from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
+from watcher.backoff import backoff_delay
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.config import Config, ConfigError, JobSpec
@@ -277,7 +278,9 @@ class Watcher:
             progress_events=self._config.progress_events,
         )
         if decision.pause_all_for is not None:
-            runtime.gate.pause(decision.pause_all_for)
+            runtime.gate.refused(decision.pause_all_for, self._org_backoff)
+        elif answer.http_status is not None:
+            runtime.gate.answered()
         try:
             await self._tracker.record(job, decision.events)
         except StateError as exc:
@@ -311,6 +314,10 @@ class Watcher:
         stretch = runtime.budget.stretch(now, runtime.demand.per_s)
         for spec, delay in runtime.pace.sooner(now, stretch):
             runtime.scheduler.schedule(spec, delay)
+
+    def _org_backoff(self, refusals: int) -> float:
+        polling = self._config.polling
+        return backoff_delay(refusals, polling.backoff_initial, polling.backoff_max, self._rng)
 
     def _credits_reported(self, remaining: int, now: float) -> None:
         """Zoho said how many API credits the org has left: a gauge always, and `credits.low`
