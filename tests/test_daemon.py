@@ -156,6 +156,53 @@ async def test_an_answer_arriving_after_its_job_was_removed_is_dropped(
         assert state.execute(query, (A[1],)).fetchone()[0] is not None
 
 
+async def reload_with(daemon: Daemon, watcher: WatcherProcess, jobs: list[tuple[str, str]]) -> None:
+    daemon.write(jobs, backoff_max="10s")
+    watcher.process.send_signal(signal.SIGHUP)
+
+
+async def test_a_poll_waiting_out_a_pause_is_not_sent_once_its_job_is_removed(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A 429's pause (or the credit budget) can hold a request for a long time; a job removed
+    meanwhile must not still cost a request when the wait is over."""
+    sim.add_job(*A, ["RUNNING", "429:2", "COMPLETED"])
+    sim.add_job(*B, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    daemon.write([A], backoff_max="10s")
+    watcher = await daemon.start("--exit-when-done")
+    await watcher.wait_event("job.poll_failed", job_id=A[1])  # every request now waits 2 s
+    await reload_with(daemon, watcher, [A, B])
+    await watcher.wait_event("job.added", job_id=B[1])  # due at once: its poll waits in the gate
+    await reload_with(daemon, watcher, [A])
+    await watcher.wait_event("job.removed", job_id=B[1])
+    assert await watcher.finish() == 0  # A completed after the pause
+    assert sim.requests_for(*B) == []
+
+
+async def test_a_job_removed_and_added_again_during_a_pause_is_polled_once_at_a_time(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["RUNNING", "429:3", "COMPLETED"])
+    sim.add_job(*B, ["slow:0.3:COMPLETED"])
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    daemon.write([A], backoff_max="10s")
+    watcher = await daemon.start("--exit-when-done")
+    await watcher.wait_event("job.poll_failed", job_id=A[1])
+    await reload_with(daemon, watcher, [A, B])
+    await watcher.wait_event("job.added", job_id=B[1])
+    await reload_with(daemon, watcher, [A])
+    await watcher.wait_event("job.removed", job_id=B[1])
+    await reload_with(daemon, watcher, [A, B])
+    await watcher.wait_for(
+        lambda events: len([e for e in events if e["event"] == "job.added"]) == 3
+    )
+    assert await watcher.finish() == 0
+    # The poll of the removed job stayed behind: one request, not two at once.
+    assert len(sim.requests_for(*B)) == 1
+    assert [e["outcome"] for e in watcher.named("job.finished")] == ["completed", "completed"]
+
+
 async def test_saves_failing_after_every_job_ended_stop_the_watcher_with_exit_2(
     tmp_path: Path, sim: Simulator
 ) -> None:

@@ -115,3 +115,11 @@ async def test_each_pause_that_ends_in_another_429_is_longer_and_one_burst_count
     assert gate.refused(0.0, backoff) == 0.02  # a storm after a good answer starts afresh
     assert gate.refused(0.5, backoff) == 0.5  # a longer Retry-After wins
     assert counted == [1, 1, 2, 1, 1]
+
+
+async def test_a_request_no_longer_wanted_is_turned_away_and_takes_nothing() -> None:
+    gate = RequestGate(rate_limit=1, rate_period=0.05, budget=CreditBudget(2, 0))
+    await gate.admit()  # the first of the day's two credits
+    assert await gate.admit(lambda: False) is False
+    # The second credit is still there; spent, this would wait a day.
+    assert await asyncio.wait_for(gate.admit(), timeout=5) is True

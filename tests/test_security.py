@@ -253,7 +253,8 @@ async def test_an_id_no_url_can_hold_is_rejected_without_a_request(sim: Simulato
         gate = RequestGate(10, 1.0, CreditBudget(None, 0))
         tokens = FixedToken(Secret("sim-token"))
         watcher = ZohoClient(session, gate, tokens, sim.url, "v2", MASS_UPDATE)
-        answer = await watcher.poll(JobSpec("..", "1"))
+        answer = await watcher.poll(JobSpec("..", "1"), lambda: True)
+    assert answer is not None
     assert (answer.effect, answer.code) == (Effect.REJECTED, "invalid_module")
     assert sim.requests == []
 

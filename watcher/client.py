@@ -66,15 +66,24 @@ class ZohoClient:
             encoded=True,
         )
 
-    async def poll(self, spec: JobSpec) -> Answer:
-        """Ask for the job's status once; after a refused token, once more with a fresh one."""
-        answer, token = await self._request(spec)
-        if answer.effect is Effect.AUTH and await self._tokens.rejected(token):
-            answer, _ = await self._request(spec)
-        return answer
+    async def poll(self, spec: JobSpec, wanted: Callable[[], bool]) -> Answer | None:
+        """Ask for the job's status once; after a refused token, once more with a fresh one.
 
-    async def _request(self, spec: JobSpec) -> tuple[Answer, str]:
-        """One request, and the token it carried.
+        None if nothing was asked: the job was no longer `wanted()` when its turn came.
+        """
+        sent = await self._request(spec, wanted)
+        if (
+            sent is not None
+            and sent[0].effect is Effect.AUTH
+            and await self._tokens.rejected(sent[1])
+        ):
+            sent = await self._request(spec, wanted)
+        return None if sent is None else sent[0]
+
+    async def _request(
+        self, spec: JobSpec, wanted: Callable[[], bool]
+    ) -> tuple[Answer, str] | None:
+        """One request, and the token it carried; None if the gate turned it away unsent.
 
         A refresh that is due happens before the gate is asked, so that requests held up by it
         do not then leave together on slots taken long before. The token sent is asked for again
@@ -86,7 +95,8 @@ class ZohoClient:
         except ValueError:
             return Answer(Effect.REJECTED, None, code="invalid_module"), ""
         await self._tokens.token()
-        await self._gate.admit()
+        if not await self._gate.admit(wanted):
+            return None
         token = await self._tokens.token()
         headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
         sent = time.monotonic()

@@ -71,14 +71,21 @@ class RequestGate:
         """An answer other than a 429 came back: the org is within its limit again."""
         self._refusals = 0
 
-    async def admit(self) -> None:
+    async def admit(self, wanted: Callable[[], bool] = lambda: True) -> bool:
         """Wait until one more request may leave: no pause, a credit, room in the rate; take them.
 
         Every check is made again after any wait: another 429 may push the pause further, another
-        request may take the room that came free first, or a reload may change the rate.
+        request may take the room that came free first, or a reload may change the rate. A request
+        no longer `wanted()` (its job was removed while it waited: a pause or the credit budget
+        can hold it for hours) takes nothing and is turned away: False.
         """
         started = now = self._clock()
-        while (wait := self._wait(now)) > 0:
+        while True:
+            if not wanted():
+                return False
+            wait = self._wait(now)
+            if wait <= 0:
+                break
             changed = self._changed
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -86,6 +93,7 @@ class RequestGate:
             now = self._clock()
         if self._on_wait is not None:
             self._on_wait(now - started)
+        return True
 
     def _wait(self, now: float) -> float:
         """Seconds to wait before a request may leave; 0.0 if it may leave now, its credit spent

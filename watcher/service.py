@@ -253,7 +253,7 @@ class Watcher:
             return
         runtime = self._runtime
         try:
-            answer = await runtime.client.poll(spec)
+            answer = await runtime.client.poll(spec, lambda: self._tracker.tracks(job))
         except AuthFailed as exc:
             self._auth_failed(exc.code)
             return
@@ -262,6 +262,8 @@ class Watcher:
             return
         except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
             answer = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
+        if answer is None:  # removed while its request waited: never sent
+            return
         if self._metrics is not None:
             self._metrics.poll_done(answer.effect.value, answer.elapsed)
         job.last_seen = time.time()
