@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -156,16 +157,50 @@ async def test_stdout_closed_early_ends_quietly(
     assert (code, printed) == ("0", [])
 
 
-HUP_WHILE_LOADING = """
+@pytest.mark.parametrize("command", ["run", "demo", "check-config"])
+async def test_stdout_closed_from_the_start_ends_quietly(tmp_path: Path, command: str) -> None:
+    config = write_config(tmp_path / "w.yaml", "http://127.0.0.1:9", [("Leads", "1")])
+    options = () if command == "demo" else ("--config", str(config))
+    shell = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        'exec "$@" >&-',  # fd 1 closed: Python starts with sys.stdout None
+        "sh",
+        *(sys.executable, "-m", "watcher", command, *options),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    _, stderr = await asyncio.wait_for(shell.communicate(), timeout=60)
+    assert (shell.returncode, stderr) == (0, b"")
+
+
+SIGNALS_WHILE_LOADING = """
 import os, signal, sys
+import watcher.__main__ as entry
+assert "watcher.cli" not in sys.modules, "the handlers come before the heavy imports"
 import watcher.cli as cli
 load_all = cli.load_all
-def load_all_after_a_sighup(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGHUP)  # before `serve` has a handler for it
+def load_all_after_signals(*args, **kwargs):
+    for name in os.environ["SEND"].split():
+        os.kill(os.getpid(), getattr(signal, name))  # before `serve` has a handler for it
     return load_all(*args, **kwargs)
-cli.load_all = load_all_after_a_sighup
-sys.exit(cli.main(sys.argv[1:]))
+cli.load_all = load_all_after_signals
+sys.exit(entry.main())
 """
+
+
+async def signalled_while_loading(send: str, *args: str) -> tuple[int | None, bytes, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SIGNALS_WHILE_LOADING,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV, "SEND": send},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    return process.returncode, stdout, stderr
 
 
 async def test_a_sighup_while_the_config_loads_does_not_end_the_run(
@@ -173,14 +208,32 @@ async def test_a_sighup_while_the_config_loads_does_not_end_the_run(
 ) -> None:
     sim.add_job("Leads", "1", ["COMPLETED"])
     config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")])
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        HUP_WHILE_LOADING,
-        *("run", "--config", str(config), "--exit-when-done"),
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, **CREDENTIALS_ENV},
+    code, stdout, stderr = await signalled_while_loading(
+        "SIGHUP", "run", "--config", str(config), "--exit-when-done"
     )
-    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 0
+    assert (code, stderr) == (0, b"")
     assert b'"event":"job.finished"' in stdout
+
+
+async def test_a_stop_while_the_config_loads_stops_the_run_cleanly(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """As PID 1 a signal nobody handles is dropped: `docker stop` would end in a SIGKILL."""
+    sim.add_job("Leads", "1", ["RUNNING"])
+    config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")])
+    code, stdout, stderr = await signalled_while_loading(
+        "SIGTERM SIGINT", "run", "--config", str(config)
+    )
+    assert (code, stderr) == (0, b"")
+    assert b'"event":"watcher.stopped"' in stdout
+    assert b'"reason":"signal"' in stdout
+
+
+async def test_a_stop_while_a_short_command_runs_ends_it_as_the_signal_ends_any_process(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")])
+    code, stdout, stderr = await signalled_while_loading(
+        "SIGINT", "check-config", "--config", str(config)
+    )
+    assert (code, stdout, stderr) == (-signal.SIGINT, b"", b"")  # no KeyboardInterrupt traceback

@@ -159,7 +159,7 @@ def test_pid_1_is_the_console_script_in_exec_form_stopped_by_sigterm() -> None:
     ]
     assert dockerfile.last("STOPSIGNAL").arguments == "SIGTERM"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["zoho-job-watcher"] == "watcher.cli:main"
+    assert scripts["zoho-job-watcher"] == "watcher.__main__:main"
     assert dockerfile.environment()["PYTHONUNBUFFERED"] == "1"
 
 

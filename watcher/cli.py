@@ -19,10 +19,14 @@ from watcher.status import show_status
 PROG = "zoho-job-watcher"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, signalled: Sequence[int] = ()) -> int:
+    """`signalled`: the stop signals noted since the process started (see `__main__`); `run` and
+    `demo` stop at once on them, the short commands end as those signals end a process."""
     args = _parser().parse_args(argv)
+    if sys.stdout is None:  # started with stdout closed: as if nobody read it any more, below
+        return EXIT_OK
     try:
-        return _command(args)
+        return _command(args, signalled)
     except* BrokenPipeError:  # stdout closed (`| head`): nobody reads what we write any more
         pass
     # Python's own flush of stdout at exit would meet the closed pipe again and say so.
@@ -30,17 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _command(args: argparse.Namespace) -> int:
-    if args.command == "check-config":
-        return _check_config(args.config)
+def _command(args: argparse.Namespace, signalled: Sequence[int]) -> int:
     if args.command == "demo":
         from watcher.demo import run_demo  # the simulator is only imported when asked for
 
-        return asyncio.run(run_demo(_event_log(args)))
-    if args.command == "run":
-        # A SIGHUP before `serve` listens (a ConfigMap update as the pod starts) would end the
-        # process; ignored, it loses nothing: the first checks compare with what load_all read.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return asyncio.run(run_demo(_event_log(args), signalled))
+    if args.command != "run":
+        _default_signals(signalled)
+    if args.command == "check-config":
+        return _check_config(args.config)
     try:
         config = load_all(args.config)
     except ConfigError as exc:
@@ -50,11 +52,20 @@ def _command(args: argparse.Namespace) -> int:
             return asyncio.run(show_status(config, as_json=args.json))
         log = _event_log(args, config.zoho.auth.secrets())
         watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
-        return asyncio.run(serve(watcher))
+        return asyncio.run(serve(watcher, signalled))
     except StartupError as exc:  # it may quote a setting: a secret put there stays unsaid
         (said,) = redact([str(exc)], config.zoho.auth.secrets())
         print(f"{PROG}: {said}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _default_signals(signalled: Sequence[int]) -> None:
+    """A short command has nothing to wind down: a stop signal ends it as it ends any process,
+    the one that came while the program started included."""
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_DFL)
+    for signum in signalled[:1]:
+        signal.raise_signal(signum)
 
 
 def _check_config(path: Path) -> int:

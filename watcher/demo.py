@@ -7,6 +7,8 @@ know.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from watcher.config import parse_config
 from watcher.events import EventLog
 from watcher.service import Watcher, serve
@@ -59,10 +61,12 @@ def _script(simulator: Simulator) -> None:
     # Quotes 554023000000999999 is not scripted: the simulator answers "not found" for it.
 
 
-async def run_demo(log: EventLog) -> int:
-    """Exit 0 once every demo job has ended, whatever its outcome: those are the demo's point."""
+async def run_demo(log: EventLog, signalled: Sequence[int] = ()) -> int:
+    """Exit 0 once every demo job has ended, whatever its outcome: those are the demo's point.
+    `signalled` as for `serve`."""
     async with Simulator(tokens=(DEMO_TOKEN,)) as simulator:
         _script(simulator)
         config = parse_config(CONFIG.format(url=simulator.url), "demo", {"DEMO_TOKEN": DEMO_TOKEN})
         log.add_token(DEMO_TOKEN)
-        return await serve(Watcher(config, log, exit_when_done=True, outcomes_decide_exit=False))
+        watcher = Watcher(config, log, exit_when_done=True, outcomes_decide_exit=False)
+        return await serve(watcher, signalled)

@@ -12,7 +12,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -501,10 +501,13 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     return keys
 
 
-async def serve(watcher: Watcher) -> int:
-    """Run until done or signalled: SIGTERM and SIGINT stop gracefully, SIGHUP reloads."""
+async def serve(watcher: Watcher, signalled: Sequence[int] = ()) -> int:
+    """Run until done or signalled: SIGTERM and SIGINT stop gracefully, SIGHUP reloads.
+    `signalled` holds the stop signals that came before the loop listened: it stops at once."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watcher.stop)
     loop.add_signal_handler(signal.SIGHUP, watcher.reload)
+    if signalled:
+        watcher.stop()
     return await watcher.run()
