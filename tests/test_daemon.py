@@ -439,6 +439,31 @@ async def test_an_unusable_state_file_is_one_line_and_exit_2(
         assert "move the file aside" in stderr
 
 
+async def test_a_second_watcher_on_the_same_state_file_is_refused(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Both would poll every job and announce every change: twice the credits, twice the events.
+    A look with `status` is still welcome, and once the first has stopped the file is free."""
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    first = await daemon.start()
+    await first.wait_event("watcher.started")
+    code, stdout, stderr = await run_cli("run", "--config", str(daemon.config))
+    assert (code, stdout) == (2, "")
+    assert stderr.strip().splitlines() == [
+        f"zoho-job-watcher: state file {tmp_path / 'state.db'}: another watcher is using it;"
+        " run one watcher per state file"
+    ]
+    assert (await run_cli("status", "--config", str(daemon.config)))[0] == 0
+    first.process.terminate()
+    assert await first.finish() == 0
+    second = await daemon.start("--exit-when-done")
+    await second.wait_event("watcher.started")
+    second.process.terminate()
+    assert await second.finish() == 0
+
+
 async def test_a_kept_token_spares_a_refresh_after_restart(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["RUNNING"] * 4 + ["COMPLETED"])
     daemon = Daemon(tmp_path, sim)

@@ -191,9 +191,19 @@ async def test_the_file_is_private_and_its_directory_created(
     store = await StateStore.open(path)
     await store.save_durably(job())
     await store.save_token(TOKEN)
-    for name in ("state.db", "state.db-wal"):
+    for name in ("state.db", "state.db-wal", "state.db.lock"):
         assert (path.parent / name).stat().st_mode & 0o777 == 0o600, name
     await store.close()
+
+
+async def test_one_writer_at_a_time_and_readers_alongside(path: Path) -> None:
+    store = await StateStore.open(path)
+    with pytest.raises(StateError, match="another watcher is using it"):
+        await StateStore.open(path)
+    reader = await StateStore.open(path, writer=False)
+    await reader.close()
+    await store.close()
+    await (await StateStore.open(path)).close()  # closed, the first let go of the lock
 
 
 async def test_a_file_that_cannot_be_made_private_is_refused(
@@ -294,7 +304,7 @@ def test_a_look_does_not_upgrade_a_file_an_older_watcher_may_still_use(path: Pat
     with pytest.raises(
         StateError, match="schema version 1, this zoho-job-watcher reads 2: run its watcher once"
     ):
-        asyncio.run(StateStore.open(path, upgrade=False))
+        asyncio.run(StateStore.open(path, writer=False))
     assert path.read_bytes() == before
 
 

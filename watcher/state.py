@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import json
 import operator
 import os
@@ -160,11 +162,13 @@ class StateStore:
         jobs: dict[JobKey, JobRecord],
         token: StoredToken | None,
         identity: tuple[int, int],
+        lock: int | None,
     ) -> None:
         self.path = path
         self.jobs = jobs
         self.token = token
         self._identity = identity  # (device, inode) of the file opened
+        self._lock = lock  # the descriptor holding the lock file, for a writer
         self.commits = 0  # transactions committed, so that group commit can be observed
         self._connection = connection
         self._loop = asyncio.get_running_loop()
@@ -176,12 +180,16 @@ class StateStore:
         self._writer.start()
 
     @classmethod
-    async def open(cls, path: Path, *, upgrade: bool = True) -> StateStore:
+    async def open(cls, path: Path, *, writer: bool = True) -> StateStore:
         """Open or create the state file and load all of it; StateError if it cannot be used.
-        Without `upgrade`, a file of an older schema is refused rather than upgraded: a look at
-        it (`status`) must not make it unreadable to the older watcher that may still run on it."""
-        connection, jobs, token, identity = await asyncio.to_thread(_load, path, upgrade)
-        return cls(path, connection, jobs, token, identity)
+
+        A `writer` (the watcher) holds the file's lock until `close`, so that a second watcher
+        is refused instead of polling every job again and announcing each change twice. A
+        reader (`status`) takes no lock, and refuses a file of an older schema rather than
+        upgrading it: a look must not make it unreadable to the older watcher still on it.
+        """
+        loaded = await asyncio.to_thread(_load, path, writer)
+        return cls(path, *loaded)
 
     def save(self, record: JobRecord) -> None:
         """Queue `record` for the next commit: for changes whose loss in a crash costs nothing
@@ -227,6 +235,9 @@ class StateStore:
             self._queue.put(None)
             self._stopped = asyncio.ensure_future(asyncio.to_thread(self._writer.join))
         await asyncio.shield(self._stopped)
+        if self._lock is not None:
+            os.close(self._lock)  # the file is another watcher's to take now
+            self._lock = None
         if self._failure is not None:
             raise StateError(self._failure)
 
@@ -345,26 +356,64 @@ def _prunable(record: JobRecord, before: float) -> bool:
 # --- opening, in a worker thread ---
 
 
-def _load(
-    path: Path, upgrade: bool
-) -> tuple[sqlite3.Connection, dict[JobKey, JobRecord], StoredToken | None, tuple[int, int]]:
-    """Open the file, creating it if need be, and read all of it; and which file it is."""
+class _Loaded(NamedTuple):
+    connection: sqlite3.Connection
+    jobs: dict[JobKey, JobRecord]
+    token: StoredToken | None
+    identity: tuple[int, int]  # (device, inode): which file it is
+    lock: int | None
+
+
+def _load(path: Path, writer: bool) -> _Loaded:
+    """Open the file, creating it if need be (and locking it, for a writer), and read all of it."""
     _create(path)
+    lock = _lock(path) if writer else None
+    try:
+        return _read_all(path, writer, lock)
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
+
+
+def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         opened = os.stat(path)
     except (sqlite3.Error, OSError) as exc:
         raise _unusable(path, exc) from None
     try:
-        _prepare(connection, path, upgrade)
+        _prepare(connection, path, upgrade=writer)
         jobs, token = _read_jobs(connection), _read_token(connection)
-        return connection, jobs, token, (opened.st_dev, opened.st_ino)
+        return _Loaded(connection, jobs, token, (opened.st_dev, opened.st_ino), lock)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
         connection.close()
         raise _unusable(path, exc) from None
     except BaseException:
         connection.close()
         raise
+
+
+def _lock(path: Path) -> int:
+    """Take `<state file>.lock`, without waiting: the descriptor that holds it. A file of its own,
+    because SQLite's locks on the state file are POSIX locks, with which a flock of that file
+    would mix where flock is built on them (NFS)."""
+    lock_path = path.with_name(f"{path.name}.lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StateError(
+            f"state file {path}: cannot open its lock file {lock_path.name}: {exc.strerror};"
+            " choose a writable location"
+        ) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(descriptor)
+        held = exc.errno in (errno.EAGAIN, errno.EACCES)
+        reason = "another watcher is using it" if held else f"cannot lock it: {exc.strerror}"
+        raise StateError(f"state file {path}: {reason}; run one watcher per state file") from None
+    return descriptor
 
 
 def _create(path: Path) -> None:

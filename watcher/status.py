@@ -20,7 +20,7 @@ async def show_status(config: Config, *, as_json: bool) -> int:
     if not config.state_path.exists():  # a look must not create one (a mistyped path, say)
         raise StartupError(f"status: no state file at {config.state_path}")
     try:
-        store = await StateStore.open(config.state_path, upgrade=False)
+        store = await StateStore.open(config.state_path, writer=False)
     except StateError as exc:
         raise StartupError(str(exc)) from None
     records = sorted(store.jobs.values(), key=lambda record: record.first_seen)
