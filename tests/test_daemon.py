@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -351,6 +352,27 @@ async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:
     assert "sim-token" not in text
     watcher.process.terminate()
     assert await watcher.finish() == 0
+
+
+async def test_a_malformed_request_to_the_listener_prints_nothing(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A port scanner or a confused probe gets its 400; stderr stays free of aiohttp's
+    tracebacks, and stdout of anything but events."""
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, http={"host": "127.0.0.1", "port": 0})
+    daemon.write([A])
+    watcher = await daemon.start()
+    host, port = (await watcher.wait_event("watcher.started"))["http"].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    assert b" 400 " in await reader.readline()
+    writer.close()
+    base = f"http://{host}:{port}"
+    assert await http_get(f"{base}/healthz") == (200, '{"status": "ok"}')
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert watcher.stderr == ""
 
 
 async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) -> None:

@@ -7,12 +7,20 @@ default in the configuration): exposing it further is the user's explicit choice
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from watcher.metrics import Metrics
+
+# aiohttp logs a request it cannot parse (a port scanner, a header too long) with a traceback,
+# through Python's last-resort handler to stderr. The client gets its 400; nothing is wrong with
+# the watcher, and stderr is for the watcher's own one-line errors.
+_QUIET = logging.getLogger("watcher.http")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 # How long stop() lets a request in progress finish; every route answers at once, so this only
 # bounds a stuck client. Idle keep-alive connections are closed without waiting.
@@ -52,7 +60,9 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/jobs", self._jobs_page)
         # No access log: stdout is the JSON event stream, and nothing else may write to it.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        runner = web.AppRunner(
+            app, access_log=None, logger=_QUIET, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self._host, self.port).start()
