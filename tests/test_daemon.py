@@ -520,6 +520,29 @@ async def test_a_kept_token_is_not_reused_with_other_credentials(
     assert all(r.token_ok for r in new.requests)
 
 
+async def test_a_run_whose_jobs_all_ended_before_asks_for_no_token(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """`--exit-when-done` after a restart ends on the remembered outcomes, even while the
+    accounts server is down or the refresh token revoked: there is nothing left to poll."""
+    sim.add_job(*A, ["COMPLETED"])
+    sim.add_job(*B, ["FAILED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A, B])
+    assert await (await daemon.start("--exit-when-done")).finish() == 1
+    sim.script_tokens(["invalid_code"])
+    write_config(daemon.config, sim.url, [A, B], auth=refresh_auth(sim.url), top=daemon.top)
+    second = await daemon.start("--exit-when-done")
+    assert await second.finish() == 1
+    (stopped,) = second.named("watcher.stopped")
+    assert (stopped["reason"], stopped["outcomes"]) == (
+        "all_jobs_ended",
+        {"completed": 1, "failed": 1},
+    )
+    assert sim.token_requests == []
+    assert len(sim.requests) == 2  # the first run's two polls
+
+
 async def test_finished_jobs_that_left_the_config_are_pruned(
     tmp_path: Path, sim: Simulator
 ) -> None:

@@ -182,6 +182,20 @@ class Watcher:
             await tokens.close()  # while the session is still open
 
     async def _watch_with(self, session: aiohttp.ClientSession, tokens: TokenSource) -> None:
+        """The jobs first, as configured and as the state file remembers them: a run with none
+        left to poll (`--exit-when-done`, every job ended before a restart) ends on what it
+        remembers, with no token to ask for. Then a token, then the polls."""
+        try:
+            with collector.paused():
+                to_poll = await self._tracker.track(self._config.jobs)
+                self._tracker.forget_missing(self._config.jobs)
+        except StateError as exc:
+            self._state_failed(exc)
+            return
+        collector.settle()
+        self._check_done()
+        if self._finished.is_set():
+            return
         try:
             await tokens.token()
         except AuthFailed as exc:
@@ -191,15 +205,7 @@ class Watcher:
             self._state_failed(exc)
             return
         self._runtime = self._build(session, tokens)
-        try:
-            with collector.paused():
-                await self._track(self._config.jobs)
-                self._tracker.forget_missing(self._config.jobs)
-        except StateError as exc:
-            self._state_failed(exc)
-            return
-        collector.settle()
-        self._check_done()
+        self._poll_now(to_poll)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._runtime.scheduler.run())
             group.create_task(self._follow_config())
@@ -243,8 +249,11 @@ class Watcher:
             self._metrics.token_refreshed("ok" if ok else "failed")
 
     async def _track(self, specs: tuple[JobSpec, ...]) -> None:
+        self._poll_now(await self._tracker.track(specs))
+
+    def _poll_now(self, specs: list[JobSpec]) -> None:
         assert self._runtime is not None
-        for spec in await self._tracker.track(specs):
+        for spec in specs:
             self._runtime.scheduler.schedule(spec, 0.0)
 
     async def _poll(self, spec: JobSpec) -> None:
