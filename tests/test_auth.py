@@ -99,10 +99,72 @@ async def test_twenty_concurrent_401s_cause_one_refresh(tmp_path: Path, sim: Sim
     sim.revoke_tokens()
     assert await watcher.finish() == 0
     refused = [r for r in sim.requests if not r.token_ok]
-    assert len(refused) == 20
+    assert 0 < len(refused) <= 20  # those on their way when the first 401 came back
     assert all(r.at < sim.token_requests[1].done for r in refused), "all waited for one refresh"
     assert refreshes(watcher) == ["startup", "rejected"]
     assert len(sim.token_requests) == 2
+
+
+async def test_a_refused_token_is_not_sent_again_while_its_successor_is_fetched(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    slow, others = ("Deals", "1"), [("Deals", "2"), ("Deals", "3")]
+    sim.add_job(*slow, ["RUNNING", "slow:1:RUNNING", "RUNNING"])
+    for job in others:
+        sim.add_job(*job, ["RUNNING"])
+    sim.script_tokens(["ok", "slow:1.5"])
+    watcher = await watch(
+        tmp_path, sim, [slow, *others], interval="50ms", max_interval="50ms", max_concurrency=2
+    )
+    await sim.wait_for(lambda s: len(s.requests_for(*slow)) == 2)  # one worker busy for 1 s
+    sim.revoke_tokens()  # the other worker meets the 401 and the refresh begins
+    await sim.wait_for(lambda s: len(s.token_requests) == 2)
+    await sim.wait_for(
+        lambda s: s.requests[-1].token_ok and s.requests[-1].at > s.token_requests[1].done
+    )
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    refresh = sim.token_requests[1]
+    # The slow job's worker, free again while the refresh still runs, must wait for the new
+    # token rather than send the refused one. (A request that had its token before the 401
+    # came back may still land just after the refresh began.)
+    late = [r for r in sim.requests if not r.token_ok and r.at > refresh.at + 0.1]
+    assert late == []
+    assert refreshes(watcher) == ["startup", "rejected"]
+
+
+async def test_a_refresh_falling_due_runs_while_polls_go_on_with_the_live_token(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """Refreshing 5 minutes ahead must not stop every poll for as long as a slow or throttled
+    accounts server takes: the current token still has those minutes to live."""
+    sim = await sim_factory(token_lifetime=5.0)  # refreshed 0.5 s ahead, sent until 4.92 s
+    sim.add_job(*JOB, ["RUNNING"])
+    sim.script_tokens(["ok", "slow:0.4"])
+    watcher = await watch(tmp_path, sim, [JOB], interval="50ms", max_interval="50ms")
+    await sim.wait_for(lambda s: len(s.token_requests) == 2, timeout=20)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    refresh = sim.token_requests[1]
+    meanwhile = [r for r in sim.requests if refresh.at + 0.05 < r.at < refresh.done - 0.05]
+    assert meanwhile, "polls went on while the refresh ran"
+    assert all(r.token_ok for r in sim.requests)
+    assert refreshes(watcher) == ["startup", "expiry"]
+
+
+async def test_credentials_a_background_refresh_finds_revoked_end_the_run_at_once(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """Nobody awaits a refresh made ahead of time: its verdict must still end the run (exit 3),
+    not be asked for again at every poll until the token dies."""
+    sim = await sim_factory(token_lifetime=5.0)
+    sim.add_job(*JOB, ["RUNNING"])
+    sim.script_tokens(["ok", "invalid_code"])
+    watcher = await watch(tmp_path, sim, [JOB], interval="50ms", max_interval="50ms")
+    assert await watcher.finish(timeout=20) == 3
+    assert [r.answer for r in sim.token_requests] == ["ok", "invalid_code"]
+    assert watcher.named("auth.failed")[0]["error"] == "invalid_code"
+    assert all(r.at < sim.token_requests[1].done + 0.1 for r in sim.requests)
 
 
 @pytest.mark.parametrize("when", ["startup", "running"])

@@ -28,6 +28,9 @@ from watcher.zoho_api import OAUTH_PERMANENT_ERRORS, OAUTH_TOKEN_PATH
 
 # Refresh this long before expiry, but never more than a tenth of a token's life ahead.
 REFRESH_AHEAD_S = 300.0
+# Polls go on with the current token while that refresh runs, until this long before it dies
+# (at most a sixtieth of its life): a request must reach Zoho while its token still lives.
+USABLE_MARGIN_S = 30.0
 DEFAULT_LIFETIME_S = 3600.0
 MAX_LIFETIME_S = 24 * 3600.0
 
@@ -184,7 +187,10 @@ class RefreshingToken:
         self._rng = rng
         self._clock = asyncio.get_running_loop().time
         self._token: str | None = None
-        self._refresh_at = 0.0
+        self._refresh_at = 0.0  # when to start refreshing, in the background
+        self._expires_at = 0.0  # when the token is no longer sent (USABLE_MARGIN_S before death)
+        self._refused: str | None = None  # the last token Zoho refused
+        self._failed: AuthFailed | None = None  # a refresh found the credentials dead for good
         self._refreshing: asyncio.Future[None] | None = None
         self._persist = persist
         self.api_domain: str | None = None
@@ -200,30 +206,51 @@ class RefreshingToken:
         if left <= REFRESH_AHEAD_S:
             return
         self._on_token(stored.access_token)
-        self._token = stored.access_token
-        self._refresh_at = self._clock() + left - REFRESH_AHEAD_S
+        self._hold(stored.access_token, left, DEFAULT_LIFETIME_S)  # its life was not kept
         self.api_domain = stored.api_domain
 
+    def _hold(self, token: str, left: float, life: float) -> None:
+        """Send `token` from now on; it dies in `left` seconds, of a `life` in all."""
+        now = self._clock()
+        self._token = token
+        self._refresh_at = now + left - min(REFRESH_AHEAD_S, life / 10)
+        self._expires_at = now + left - min(USABLE_MARGIN_S, life / 60)
+
     async def token(self) -> str:
+        """The token to send now. A refresh that falls due runs in the background while the
+        token still lives, so that a slow or throttled accounts server does not stop the polls
+        minutes early; a token that died or that Zoho refused is not handed out again but waits
+        for its successor. Credentials a refresh found dead end the run at the next poll."""
+        if self._failed is not None:
+            raise AuthFailed(self._failed.code)
+        now = self._clock()
         if self._token is None:
             await self._refresh("startup")
-        elif self._clock() >= self._refresh_at:
+        elif self._token == self._refused:
+            await self._refresh("rejected")
+        elif now >= self._expires_at:
             await self._refresh("expiry")
+        elif now >= self._refresh_at:
+            self._start_refresh("expiry")
         assert self._token is not None
         return self._token
 
     async def rejected(self, token: str) -> bool:
         if token == self._token:
+            self._refused = token
             await self._refresh("rejected")
         return self._token != token
 
     async def _refresh(self, reason: str) -> None:
         """Join the refresh in flight, or start one. A waiter that is cancelled (shutdown) does
         not cancel the refresh the others are waiting for."""
+        await asyncio.shield(self._start_refresh(reason))
+
+    def _start_refresh(self, reason: str) -> asyncio.Future[None]:
         if self._refreshing is None:
             self._refreshing = asyncio.ensure_future(self._refresh_until_granted(reason))
             self._refreshing.add_done_callback(self._refreshed)
-        await asyncio.shield(self._refreshing)
+        return self._refreshing
 
     async def close(self) -> None:
         """Cancel a refresh in flight: with its session closed it would fail, and that failure
@@ -235,8 +262,13 @@ class RefreshingToken:
 
     def _refreshed(self, future: asyncio.Future[None]) -> None:
         self._refreshing = None
-        if not future.cancelled():
-            future.exception()  # retrieved here so a failure nobody awaits is not logged as lost
+        if future.cancelled():
+            return
+        # Retrieved here, so that the failure of a refresh nobody awaited (one in the
+        # background) is not logged as lost, and is kept for the next `token()` to raise.
+        failure = future.exception()
+        if isinstance(failure, AuthFailed):
+            self._failed = failure
 
     async def _refresh_until_granted(self, reason: str) -> None:
         attempt = 0
@@ -275,8 +307,6 @@ class RefreshingToken:
             expires_at = time.time() + grant.expires_in
             kept = StoredToken(grant.access_token, expires_at, self.api_domain, self._issued_for)
             await self._persist(kept)
-        self._token = grant.access_token
-        ahead = min(REFRESH_AHEAD_S, grant.expires_in / 10)
-        self._refresh_at = self._clock() + grant.expires_in - ahead
+        self._hold(grant.access_token, grant.expires_in, grant.expires_in)
         fields = {"expires_in_s": round(grant.expires_in, 3), "reason": reason}
         self._emit(Event("auth.token_refreshed", "info", fields))
