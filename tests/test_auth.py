@@ -167,6 +167,22 @@ async def test_credentials_a_background_refresh_finds_revoked_end_the_run_at_onc
     assert all(r.at < sim.token_requests[1].done + 0.1 for r in sim.requests)
 
 
+async def test_tokens_refused_as_fast_as_they_come_never_spend_more_than_zoho_grants(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """Zoho grants ten tokens per refresh token in ten minutes and blocks the client for up to
+    half an hour past that; an eleventh refresh waits for the first to age out instead."""
+    sim = await sim_factory(token_max_uses=1)  # every token is refused at its second use
+    sim.add_job(*JOB, ["RUNNING"])
+    watcher = await watch(tmp_path, sim, [JOB], interval="50ms", max_interval="50ms")
+    held = await watcher.wait_event("auth.refresh_failed", error="refresh_limit")
+    assert 590 < held["retry_in_s"] <= 600
+    assert len(sim.token_requests) == 10
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert len(sim.token_requests) == 10
+
+
 @pytest.mark.parametrize("when", ["startup", "running"])
 async def test_a_throttled_refresh_backs_off_and_jobs_finish_afterwards(
     tmp_path: Path, sim: Simulator, when: str

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,7 +25,12 @@ from watcher.classify import failure_kind
 from watcher.config import AuthSettings, Secret, url_problem
 from watcher.job import Event
 from watcher.state import StoredToken
-from watcher.zoho_api import OAUTH_PERMANENT_ERRORS, OAUTH_TOKEN_PATH
+from watcher.zoho_api import (
+    OAUTH_PERMANENT_ERRORS,
+    OAUTH_TOKEN_PATH,
+    OAUTH_TOKEN_WINDOW_S,
+    OAUTH_TOKENS_PER_WINDOW,
+)
 
 # Refresh this long before expiry, but never more than a tenth of a token's life ahead.
 REFRESH_AHEAD_S = 300.0
@@ -192,6 +198,8 @@ class RefreshingToken:
         self._refused: str | None = None  # the last token Zoho refused
         self._failed: AuthFailed | None = None  # a refresh found the credentials dead for good
         self._refreshing: asyncio.Future[None] | None = None
+        # When the latest refreshes were asked for: no more than Zoho grants in its window.
+        self._asked: deque[float] = deque(maxlen=OAUTH_TOKENS_PER_WINDOW)
         self._persist = persist
         self.api_domain: str | None = None
         if stored is not None:
@@ -273,6 +281,11 @@ class RefreshingToken:
     async def _refresh_until_granted(self, reason: str) -> None:
         attempt = 0
         while True:
+            if (held := self._over_limit_for()) > 0:  # tokens refused as fast as they come
+                attempt += 1
+                await self._retry_later("refresh_limit", attempt, held)
+                continue
+            self._asked.append(self._clock())
             answer = await self._ask()
             if isinstance(answer, Grant):
                 await self._accept(answer, reason)
@@ -286,9 +299,20 @@ class RefreshingToken:
                 self._settings.refresh_backoff_max,
                 self._rng,
             )
-            fields = {"error": answer.code, "attempt": attempt, "retry_in_s": round(delay, 3)}
-            self._emit(Event("auth.refresh_failed", "warning", fields))
-            await asyncio.sleep(delay)
+            await self._retry_later(answer.code, attempt, delay)
+
+    def _over_limit_for(self) -> float:
+        """Seconds until one more refresh keeps within Zoho's tokens per window; 0.0 if it does
+        now. Past the limit Zoho would block the client for up to half an hour: waiting for the
+        oldest refresh to age out costs less."""
+        if len(self._asked) < OAUTH_TOKENS_PER_WINDOW:
+            return 0.0
+        return max(0.0, self._asked[0] + OAUTH_TOKEN_WINDOW_S - self._clock())
+
+    async def _retry_later(self, error: str, attempt: int, delay: float) -> None:
+        fields = {"error": error, "attempt": attempt, "retry_in_s": round(delay, 3)}
+        self._emit(Event("auth.refresh_failed", "warning", fields))
+        await asyncio.sleep(delay)
 
     async def _ask(self) -> Grant | Refusal:
         try:

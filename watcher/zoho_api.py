@@ -112,6 +112,10 @@ def effect_of_http_status(status: int) -> Effect:
 
 # OAuth: the refresh-token grant at the accounts server of the org's data centre.
 OAUTH_TOKEN_PATH = "/oauth/v2/token"
+# Zoho issues at most this many access tokens per refresh token in this many seconds, and blocks
+# the client for up to half an hour past that.
+OAUTH_TOKENS_PER_WINDOW = 10
+OAUTH_TOKEN_WINDOW_S = 600.0
 # Token errors that waiting cannot heal: the refresh token was revoked, or the client is wrong.
 # Anything else (notably the throttle answer "Access Denied") is retried after a backoff.
 OAUTH_PERMANENT_ERRORS = frozenset({"invalid_code", "invalid_client", "invalid_client_secret"})
