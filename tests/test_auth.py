@@ -138,9 +138,9 @@ async def test_a_refresh_falling_due_runs_while_polls_go_on_with_the_live_token(
 ) -> None:
     """Refreshing 5 minutes ahead must not stop every poll for as long as a slow or throttled
     accounts server takes: the current token still has those minutes to live."""
-    sim = await sim_factory(token_lifetime=5.0)  # refreshed 0.5 s ahead, sent until 4.92 s
+    sim = await sim_factory(token_lifetime=8.0)  # refreshed 0.8 s ahead, sent until 7.87 s
     sim.add_job(*JOB, ["RUNNING"])
-    sim.script_tokens(["ok", "slow:0.4"])
+    sim.script_tokens(["ok", "slow:0.6"])
     watcher = await watch(tmp_path, sim, [JOB], interval="50ms", max_interval="50ms")
     await sim.wait_for(lambda s: len(s.token_requests) == 2, timeout=20)
     watcher.process.terminate()

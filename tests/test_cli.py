@@ -157,9 +157,17 @@ async def test_stdout_closed_early_ends_quietly(
     assert (code, printed) == ("0", [])
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "check-config"])
-async def test_stdout_closed_from_the_start_ends_quietly(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "broken", "code"),
+    [("run", False, 0), ("demo", False, 0), ("check-config", False, 0), ("run", True, 2)],
+)
+async def test_stdout_closed_from_the_start_ends_quietly(
+    tmp_path: Path, command: str, broken: bool, code: int
+) -> None:
+    """As if nobody read it any more; a broken config is still reported, on stderr."""
     config = write_config(tmp_path / "w.yaml", "http://127.0.0.1:9", [("Leads", "1")])
+    if broken:
+        config.write_text(config.read_text().replace("interval: 100ms", "interval: soon"))
     options = () if command == "demo" else ("--config", str(config))
     shell = await asyncio.create_subprocess_exec(
         "/bin/sh",
@@ -171,7 +179,10 @@ async def test_stdout_closed_from_the_start_ends_quietly(tmp_path: Path, command
         env={**os.environ, **CREDENTIALS_ENV},
     )
     _, stderr = await asyncio.wait_for(shell.communicate(), timeout=60)
-    assert (shell.returncode, stderr) == (0, b"")
+    assert shell.returncode == code
+    assert (b"polling.interval: not a duration" in stderr) is broken
+    assert b"Traceback" not in stderr
+    assert (stderr == b"") is not broken
 
 
 SIGNALS_WHILE_LOADING = """

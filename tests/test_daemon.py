@@ -543,6 +543,26 @@ async def test_a_run_whose_jobs_all_ended_before_asks_for_no_token(
     assert len(sim.requests) == 2  # the first run's two polls
 
 
+async def test_a_refused_token_kept_in_the_state_file_is_not_taken_back_after_a_restart(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["RUNNING"])
+    sim.script_tokens(["ok", "invalid_code"])  # the refresh after the 401 finds the grant revoked
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
+    first = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests) >= 2)
+    sim.revoke_tokens()
+    assert await first.finish() == 3
+    refused = len(sim.requests)
+    second = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests) > refused)
+    second.process.terminate()
+    assert await second.finish() == 0
+    assert sim.requests[refused].token_ok  # a fresh token, not the one Zoho refused
+    assert [e["reason"] for e in second.named("auth.token_refreshed")] == ["startup"]
+
+
 async def test_finished_jobs_that_left_the_config_are_pruned(
     tmp_path: Path, sim: Simulator
 ) -> None:

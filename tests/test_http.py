@@ -312,3 +312,25 @@ def test_without_a_port_neither_the_server_nor_prometheus_is_imported() -> None:
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+async def test_a_fault_of_ours_is_one_line_on_stderr_and_a_bad_request_none(
+    client: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = Fake()
+    server = HttpServer("127.0.0.1", 0, fake.metrics, lambda: fake.health, lambda: {}["x"])
+    await server.start()
+    try:
+        async with client.get(f"http://127.0.0.1:{server.port}/jobs") as response:
+            assert response.status == 500
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        assert b" 400 " in await reader.readline()
+        writer.close()
+    finally:
+        await server.stop()
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.splitlines() == [
+        "zoho-job-watcher: http: Error handling request from 127.0.0.1 (KeyError)"
+    ]

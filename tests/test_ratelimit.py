@@ -108,6 +108,7 @@ async def test_each_pause_that_ends_in_another_429_is_longer_and_one_burst_count
 
     assert gate.refused(0.0, backoff) == 0.02
     assert gate.refused(0.0, backoff) == 0.02  # the same burst's 429, while its pause is on
+    gate.answered()  # the same burst's 200, sent before the pause: says nothing of the storm
     await gate.admit()
     assert gate.refused(0.0, backoff) == 0.04  # the next burst: the org is still over its limit
     await gate.admit()

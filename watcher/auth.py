@@ -245,7 +245,11 @@ class RefreshingToken:
 
     async def rejected(self, token: str) -> bool:
         if token == self._token:
-            self._refused = token
+            if token != self._refused:  # the first of its 401s
+                self._refused = token
+                if self._persist is not None:  # kept as dead: a restart must not take it back
+                    dead = StoredToken(token, 0.0, self.api_domain, self._issued_for)
+                    await self._persist(dead)
             await self._refresh("rejected")
         return self._token != token
 

@@ -23,14 +23,12 @@ def main(argv: Sequence[str] | None = None, signalled: Sequence[int] = ()) -> in
     """`signalled`: the stop signals noted since the process started (see `__main__`); `run` and
     `demo` stop at once on them, the short commands end as those signals end a process."""
     args = _parser().parse_args(argv)
-    if sys.stdout is None:  # started with stdout closed: as if nobody read it any more, below
-        return EXIT_OK
     try:
         return _command(args, signalled)
     except* BrokenPipeError:  # stdout closed (`| head`): nobody reads what we write any more
         pass
-    # Python's own flush of stdout at exit would meet the closed pipe again and say so.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if sys.stdout is not None:  # Python's own flush at exit would meet the closed pipe again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
@@ -84,6 +82,8 @@ def _config_failed(exc: ConfigError) -> int:
 
 
 def _event_log(args: argparse.Namespace, secrets: Sequence[str] = ()) -> EventLog:
+    if sys.stdout is None:  # started with stdout closed: as closed as a pipe nobody reads
+        raise BrokenPipeError("stdout is closed")
     fmt = args.log_format or ("console" if sys.stdout.isatty() else "json")
     if isinstance(sys.stdout, io.TextIOWrapper):
         # JSON lines are UTF-8 whatever the locale says: a job id in another script must not

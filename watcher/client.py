@@ -98,6 +98,8 @@ class ZohoClient:
         if not await self._gate.admit(wanted):
             return None
         token = await self._tokens.token()
+        if not wanted():  # removed while a refresh held the request back
+            return None
         headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
         sent = time.monotonic()
         try:

@@ -8,19 +8,36 @@ default in the configuration): exposing it further is the user's explicit choice
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from watcher.metrics import Metrics
 
-# aiohttp logs a request it cannot parse (a port scanner, a header too long) with a traceback,
-# through Python's last-resort handler to stderr. The client gets its 400; nothing is wrong with
-# the watcher, and stderr is for the watcher's own one-line errors.
-_QUIET = logging.getLogger("watcher.http")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
+
+class _OneLine(logging.Handler):
+    """Where aiohttp reports a request it could not serve, which would otherwise reach stderr as
+    a traceback. One it could not even parse (a port scanner, a header too long) is the client's
+    doing, and the client has had its 400: not a word. Anything else is a fault of ours: one
+    line on stderr, without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        failure = record.exc_info[1] if record.exc_info else None
+        if isinstance(failure, HttpProcessingError):
+            return
+        kind = f" ({type(failure).__name__})" if failure is not None else ""
+        print(f"zoho-job-watcher: http: {record.getMessage()}{kind}", file=sys.stderr)
+
+
+_SERVER_LOG = logging.getLogger("watcher.http")
+_SERVER_LOG.addHandler(_OneLine())
+_SERVER_LOG.propagate = False
 
 # How long stop() lets a request in progress finish; every route answers at once, so this only
 # bounds a stuck client. Idle keep-alive connections are closed without waiting.
@@ -61,7 +78,7 @@ class HttpServer:
         app.router.add_get("/jobs", self._jobs_page)
         # No access log: stdout is the JSON event stream, and nothing else may write to it.
         runner = web.AppRunner(
-            app, access_log=None, logger=_QUIET, shutdown_timeout=_SHUTDOWN_TIMEOUT
+            app, access_log=None, logger=_SERVER_LOG, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
         await runner.setup()
         try:

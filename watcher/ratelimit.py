@@ -68,8 +68,10 @@ class RequestGate:
         return pause
 
     def answered(self) -> None:
-        """An answer other than a 429 came back: the org is within its limit again."""
-        self._refusals = 0
+        """Zoho served a request: the org is within its limit again, if that request went out
+        after the last pause (one sent before it says nothing about the storm)."""
+        if self._clock() >= self._resume_at:
+            self._refusals = 0
 
     async def admit(self, wanted: Callable[[], bool] = lambda: True) -> bool:
         """Wait until one more request may leave: no pause, a credit, room in the rate; take them.

@@ -32,7 +32,7 @@ from watcher.reload import ConfigWatcher
 from watcher.scheduler import Scheduler
 from watcher.state import StateError, StateStore, record_view
 from watcher.tracking import Tracker
-from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, Effect, JobKind
+from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, SERVED, Effect, JobKind
 
 if TYPE_CHECKING:  # imported when a listener is configured: most runs never pay for aiohttp.web
     from watcher.http import Health, HttpServer
@@ -290,7 +290,7 @@ class Watcher:
         )
         if decision.pause_all_for is not None:
             runtime.gate.refused(decision.pause_all_for, self._org_backoff)
-        elif answer.http_status is not None:
+        elif answer.effect in SERVED:
             runtime.gate.answered()
         try:
             await self._tracker.record(job, decision.events)

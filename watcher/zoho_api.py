@@ -22,6 +22,11 @@ class Effect(enum.Enum):
     TRANSIENT = "transient"  # try again later with backoff
 
 
+# Answers that show Zoho served the request: the org is within its limits. (A 401 or a 5xx says
+# nothing about them.)
+SERVED = frozenset({Effect.OBSERVED, Effect.NOT_FOUND, Effect.REJECTED})
+
+
 @dataclass(frozen=True)
 class JobKind:
     """One kind of Zoho asynchronous job and how its status answer reads.
