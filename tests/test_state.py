@@ -351,10 +351,34 @@ async def _close_new_store(path: Path, *records: JobRecord) -> None:
     await store.close()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("writer", [True, False])
+def test_what_is_no_regular_file_is_refused_at_once(path: Path, kind: str, writer: bool) -> None:
+    """A FIFO would block the open for good (SIGTERM could not stop it)."""
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    with pytest.raises(StateError, match="not a regular file"):
+        asyncio.run(asyncio.wait_for(StateStore.open(path, writer=writer), timeout=10))
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no lock, no journal
+
+
+@pytest.mark.parametrize("make", [random_bytes, foreign])
+@pytest.mark.parametrize("writer", [True, False])
+def test_someone_elses_file_keeps_its_mode(
+    path: Path, make: Callable[[Path], None], writer: bool
+) -> None:
+    """A `state_path` pointed at the wrong file must not make it private (0600) as a side
+    effect: only a file shown to be ours is."""
+    make(path)
+    path.chmod(0o644)
+    with pytest.raises(StateError, match="is not a zoho-job-watcher state file"):
+        asyncio.run(StateStore.open(path, writer=writer))
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize(
     ("make", "problem"),
     [
-        (random_bytes, "file is not a database"),
+        (random_bytes, "is not a zoho-job-watcher state file"),
         (truncated, "malformed"),
         (foreign, "is not a zoho-job-watcher state file"),
         (newer_schema, "written by a newer zoho-job-watcher (schema version 99"),

@@ -23,6 +23,7 @@ import operator
 import os
 import queue
 import sqlite3
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -366,7 +367,7 @@ class _Loaded(NamedTuple):
 
 def _load(path: Path, writer: bool) -> _Loaded:
     """Open the file, creating it if need be (and locking it, for a writer), and read all of it."""
-    _create(path)
+    _claim(path, writer)
     lock = _lock(path) if writer else None
     try:
         return _read_all(path, writer, lock)
@@ -383,7 +384,7 @@ def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
     except (sqlite3.Error, OSError) as exc:
         raise _unusable(path, exc) from None
     try:
-        _prepare(connection, path, upgrade=writer)
+        _prepare(connection, path, writer)
         jobs, token = _read_jobs(connection), _read_token(connection)
         return _Loaded(connection, jobs, token, (opened.st_dev, opened.st_ino), lock)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
@@ -416,35 +417,71 @@ def _lock(path: Path) -> int:
     return descriptor
 
 
-def _create(path: Path) -> None:
-    """Create the directory and the file, the file 0600 before SQLite ever opens it (one that
-    exists is made 0600): SQLite would use the umask, and its -wal and -shm files copy the file's
-    mode."""
+def _claim(path: Path, writer: bool) -> None:
+    """Make sure `path` can be opened as a state file, changing nothing that is not one: a writer
+    creates it (and its directory), 0600 before SQLite ever opens it, for SQLite would use the
+    umask and its -wal and -shm files copy the file's mode. What is there already must be a
+    regular file (a FIFO would block the open for good, a device is nobody's state) that is
+    empty (`touch`, a volume's defaults) or an SQLite file: a `state_path` pointed at someone
+    else's file is refused with that file untouched. `_prepare` checks the rest."""
+    if writer:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"state file {path}: cannot create directory {path.parent}: {exc.strerror};"
+                " choose a writable location"
+            ) from None
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if writer else 0)
+    not_a_file = StateError(f"state file {path}: not a regular file; choose a file's path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(
-            f"state file {path}: cannot create directory {path.parent}: {exc.strerror};"
-            " choose a writable location"
-        ) from None
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+        descriptor = os.open(path, flags, 0o600)
+    except IsADirectoryError:
+        raise not_a_file from None
     except OSError as exc:
         raise StateError(
             f"state file {path}: cannot open it: {exc.strerror}; choose a writable location"
         ) from None
-    try:  # a file made by someone else (touch, a volume's defaults) keeps the token private too
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise not_a_file
+        header = os.read(descriptor, len(_SQLITE_HEADER))
+        if header and header != _SQLITE_HEADER:
+            raise _damaged(path, "is not a zoho-job-watcher state file")
+        if writer and not header:  # new, or made empty by someone else: ours to make private
+            _private(path, descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _private(path: Path, descriptor: int) -> None:
+    """Mode 0600 for the file open at `descriptor`: it holds the access token."""
+    try:
         os.fchmod(descriptor, 0o600)
     except OSError as exc:
         raise StateError(
             f"state file {path}: cannot make it private (mode 0600): {exc.strerror}; it holds"
             " the access token, so give the watcher's user its ownership"
         ) from None
-    finally:
-        os.close(descriptor)
 
 
-def _prepare(connection: sqlite3.Connection, path: Path, upgrade: bool) -> None:
+def _make_private(path: Path) -> None:
+    """The state file and whichever of its -wal and -shm files exist, 0600: a file of ours that
+    was copied or restored with a wider mode keeps the token private too."""
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        try:
+            descriptor = os.open(path.with_name(name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StateError(f"state file {path}: cannot open {name}: {exc.strerror}") from None
+        try:
+            _private(path, descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _prepare(connection: sqlite3.Connection, path: Path, writer: bool) -> None:
     """Check the file is an intact state file of ours before writing anything to it (a foreign
     or damaged file is left exactly as it was), then set it up for the writer."""
     problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
@@ -456,12 +493,14 @@ def _prepare(connection: sqlite3.Connection, path: Path, upgrade: bool) -> None:
     if not fresh and application_id != _APPLICATION_ID:
         raise _damaged(path, "is not a zoho-job-watcher state file")
     version = None if fresh else _check_version(connection, path)
-    if version is not None and version < SCHEMA_VERSION and not upgrade:
+    if version is not None and version < SCHEMA_VERSION and not writer:
         raise StateError(
             f"state file {path} has schema version {version}, this zoho-job-watcher reads"
             f" {SCHEMA_VERSION}: run its watcher once to upgrade the file, or use the version"
             " that wrote it"
         )
+    if writer:  # ours, so ours to make private before anything is written
+        _make_private(path)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
     if version != SCHEMA_VERSION:
@@ -553,6 +592,10 @@ def _unusable(path: Path, exc: Exception) -> StateError:
             " watcher uses it"
         )
     return _damaged(path, f"is damaged ({_one_line(exc)})")
+
+
+# How every SQLite file begins; an empty file is one SQLite has not written yet.
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _damaged(path: Path, problem: str) -> StateError:
