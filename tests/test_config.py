@@ -310,12 +310,22 @@ def test_keys_must_be_plain_names() -> None:
         ("[1]", "expected a single value, got a list"),
         ("0", "must be greater than zero"),
         ("'0'", "must be greater than zero"),
-        ("1234567890123456789", "1234567890123456789 is too large"),
+        ("1234567890123456789", "'1234567890123456789' is too large"),
+        ("9" * 60, "a 60-character value is too large"),
     ],
 )
 @pytest.mark.parametrize("key", ["rate_limit", "max_concurrency", "not_found_attempts"])
 def test_counts_must_be_positive_whole_numbers(key: str, value: str, message: str) -> None:
     assert polling_problem(f"  {key}: {value}\n") == f"cfg.yaml:5: polling.{key}: {message}"
+
+
+def test_max_concurrency_is_at_most_a_hundred() -> None:
+    """Each is a task: a typo of many digits would eat memory without end, and Zoho lets an org
+    have a few dozen requests in flight at most."""
+    assert parse(AUTH + "polling:\n  max_concurrency: 100\n").polling.max_concurrency == 100
+    assert polling_problem("  max_concurrency: 101\n") == (
+        "cfg.yaml:5: polling.max_concurrency: 101 is more than 100 requests at once"
+    )
 
 
 def test_counts_may_come_from_the_environment() -> None:
@@ -333,6 +343,8 @@ def test_counts_may_come_from_the_environment() -> None:
         ("0", "must be greater than zero"),
         ("0ms", "must be greater than zero"),
         ("{a: 1}", "expected a single value, got a mapping"),
+        ("3651d", "duration too large: '3651d' (at most 3650d)"),
+        ("9" * 306, "duration too large: a 306-character value (at most 3650d)"),
     ],
 )
 @pytest.mark.parametrize(
@@ -426,7 +438,8 @@ def test_credits_per_day_must_be_a_positive_whole_number(value: str, message: st
         ("1e3", "expected a whole number, got '1e3'"),
         ("~", "expected a whole number, got '~'"),
         ("[1]", "expected a single value, got a list"),
-        ("1234567890123456789", "1234567890123456789 is too large"),
+        ("1234567890123456789", "'1234567890123456789' is too large"),
+        ("9" * 60, "a 60-character value is too large"),
     ],
 )
 def test_credits_floor_must_be_a_whole_number(value: str, message: str) -> None:
@@ -516,6 +529,13 @@ def test_urls_accepted(url: str) -> None:
         ("https://example.com?x=1", "must not have a query or fragment"),
         ("https://example.com/#top", "must not have a query or fragment"),
         ("https://example.com/crm", "must not have a path (just scheme, host and port)"),
+        # Names no resolver can be asked for: they failed only at the first poll, as a bug.
+        ("https://a..b", "expected an absolute URL such as https://www.zohoapis.com"),
+        (f"https://{'a' * 64}.com", "expected an absolute URL such as https://www.zohoapis.com"),
+        (
+            '"https://www.zoho\\0apis.com"',
+            "expected an absolute URL such as https://www.zohoapis.com",
+        ),
     ],
 )
 @pytest.mark.parametrize(("key", "line"), [("api_domain", 2), ("accounts_url", 4)])
@@ -859,6 +879,8 @@ def test_bad_http_ports(value: str, message: str) -> None:
     [
         ("''", "'' is not a host name or address"),
         ("'local host'", "'local host' is not a host name or address"),
+        ("a..b", "'a..b' is not a host name or address"),  # no resolver can be asked for it
+        (f"{'a' * 64}.example", "a 72-character value is not a host name or address"),
         ("[a, b]", "expected a single value, got a list"),
     ],
 )
@@ -1508,3 +1530,37 @@ def test_a_secret_that_is_not_utf8_is_refused_not_sent(tmp_path: Path) -> None:
     text = "zoho:\n  auth:\n    access_token: ${ZOHO_ACCESS_TOKEN}\n"
     found = problem(text, {"ZOHO_ACCESS_TOKEN": os.fsdecode(b"1000.abc\xffdef-ghi")})
     assert found == "cfg.yaml:3: zoho.auth.access_token: the secret is not valid UTF-8 text"
+
+
+SECRET_AS_JOB = (
+    "jobs: a module or job id holds one of the configured secrets; pasted in the wrong place?"
+)
+
+
+@pytest.mark.parametrize(
+    ("secret", "job"),
+    [
+        ("clientsecretvalue789", "{module: clientsecretvalue789, job_id: '2'}"),
+        ("clientsecretvalue789", "{module: Xclientsecretvalue789Y, job_id: '2'}"),
+        ("4003002001000", "{module: Deals, job_id: '4003002001000'}"),
+    ],
+)
+def test_a_secret_pasted_as_a_module_or_job_id_is_refused_unsaid(secret: str, job: str) -> None:
+    """/jobs and status mask nothing, and the URL would carry it to Zoho: refused at load."""
+    env = {**ENV, "ZOHO_ACCESS_TOKEN": secret}
+    assert problems(AUTH + f"jobs:\n  - {job}\n", env) == (f"cfg.yaml: {SECRET_AS_JOB}",)
+
+
+def test_a_secret_pasted_as_a_module_in_a_jobs_file_is_refused_unsaid(tmp_path: Path) -> None:
+    secret = "clientsecretvalue789"
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / "a.yaml").write_text(jobs_yaml((secret, "2")))
+    with pytest.raises(ConfigError) as info:
+        load_all(write_main(tmp_path, jobs_dir), {**ENV, "ZOHO_ACCESS_TOKEN": secret})
+    assert info.value.problems == (f"{jobs_dir}: {SECRET_AS_JOB}",)
+
+
+def test_an_empty_secret_file_path_names_no_file() -> None:
+    text = "zoho:\n  auth:\n    access_token_file: ''\n"
+    assert problem(text) == "cfg.yaml:3: zoho.auth.access_token_file: no file named"

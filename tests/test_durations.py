@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.durations import format_duration, parse_duration
+from watcher.durations import MAX_SECONDS, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -84,8 +84,11 @@ def test_refuses_nan() -> None:
         parse_duration(math.nan)
 
 
-@pytest.mark.parametrize("value", [math.inf, 10**400, "9" * 400 + "d"])
-def test_refuses_infinite_or_overflowing(value: object) -> None:
+@pytest.mark.parametrize(
+    "value", [math.inf, 10**400, "9" * 400 + "d", "9" * 306, MAX_SECONDS + 1, "3651d"]
+)
+def test_refuses_infinite_overflowing_or_beyond_ten_years(value: object) -> None:
+    """Beyond ten years no setting means it, and 1e306 s overflowed when formatted back."""
     with pytest.raises(ValueError, match="too large"):
         parse_duration(value)
 
@@ -117,7 +120,7 @@ def test_format_refuses_what_parse_refuses(seconds: float) -> None:
         format_duration(seconds)
 
 
-@given(st.floats(min_value=0, max_value=1e10, allow_nan=False))
+@given(st.floats(min_value=0, max_value=MAX_SECONDS, allow_nan=False))
 def test_format_reads_back(seconds: float) -> None:
     precision = 5e-7 if seconds < 1 else 5e-4  # microseconds below a second, else milliseconds
     back = parse_duration(format_duration(seconds))

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
@@ -70,6 +70,7 @@ _DIGITS = re.compile(r"[0-9]+")
 _PATH = re.compile(r"[^\x00-\x1f\x7f]+")
 _HOST = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _MAX_PORT = 65535
+_MAX_CONCURRENCY = 100  # Zoho's own limit per org is a few dozen requests in flight at most
 # YAML 1.2's booleans only: 1.1's yes/no/on/off are too easily meant as something else.
 _BOOLEANS = {
     "true": True,
@@ -233,6 +234,7 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
         config = _config(reader, _compose(text, source))
     if config is None or reader.problems:
         raise ConfigError(reader.redacted_problems())
+    _refuse_secrets_in(config.jobs, config.zoho.auth.secrets(), source)
     return config
 
 
@@ -257,6 +259,7 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
         raise ConfigError(redact(problems, config.zoho.auth.secrets()))
+    _refuse_secrets_in(jobs, config.zoho.auth.secrets(), str(config.jobs_dir))
     return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())
 
 
@@ -475,7 +478,7 @@ def _polling(reader: _Reader, node: Node) -> PollingSettings:
         "max_interval": reader.duration,
         "rate_limit": reader.count,
         "rate_period": reader.duration,
-        "max_concurrency": reader.count,
+        "max_concurrency": reader.concurrency,
         "backoff_initial": reader.duration,
         "backoff_max": reader.duration,
         "request_timeout": reader.duration,
@@ -719,7 +722,12 @@ class _Reader:
         return _BOOLEANS[text]
 
     def host(self, node: Node, path: str) -> str | None:
-        return self.matching(node, path, _HOST, "is not a host name or address")
+        rule = "is not a host name or address"
+        text = self.matching(node, path, _HOST, rule)
+        if text is not None and not _encodable_host(text):
+            self.report(node, path, f"{_shown(text)} {rule}")
+            return None
+        return text
 
     def local_path(self, node: Node, path: str) -> Path | None:
         """A filesystem path; relative ones start from the working directory, as for NAME_file."""
@@ -756,13 +764,21 @@ class _Reader:
             self.report(node, path, f"expected a whole number, got {_shown(text)}")
             return None
         if len(text) > _MAX_DIGITS:
-            self.report(node, path, f"{text} is too large")
+            self.report(node, path, f"{_shown(text)} is too large")
             return None
         return int(text)
 
     def count(self, node: Node, path: str) -> int | None:
         number = self.whole(node, path)
         return None if number is None else self._positive(node, path, number)
+
+    def concurrency(self, node: Node, path: str) -> int | None:
+        """Workers, each one task: Zoho lets an org have far fewer requests in flight anyway."""
+        number = self.count(node, path)
+        if number is not None and number > _MAX_CONCURRENCY:
+            self.report(node, path, f"{number} is more than {_MAX_CONCURRENCY} requests at once")
+            return None
+        return number
 
     def port(self, node: Node, path: str) -> int | None:
         """A TCP port; 0 lets the system pick a free one (handy for tests)."""
@@ -830,6 +846,9 @@ class _Reader:
         location = self.scalar(node, path)
         if location is None:
             return None
+        if not location:  # Path("") would be the working directory
+            self.report(node, path, "no file named")
+            return None
         try:
             text = _read_text(Path(location))
         except (OSError, ValueError) as error:
@@ -845,6 +864,25 @@ def _optional(read: Callable[[Node, str], _T | None]) -> Callable[[Node, str], _
         return None if _is_null(node) else read(node, path)
 
     return read_optional
+
+
+def _refuse_secrets_in(jobs: Sequence[JobSpec], secrets: Sequence[str], source: str) -> None:
+    """A credential pasted as a module or job id would go to Zoho in a URL and be shown by
+    `/jobs` and `status`, which mask nothing: refused, without saying which job (or it)."""
+    maskable = [secret for secret in secrets if len(secret) >= MASKED_LENGTH]
+    if not maskable:
+        return
+    modules = {job.module for job in jobs}  # a handful, however many jobs
+    numeric = [secret for secret in maskable if secret.isdigit()]  # ids are digits
+    if any(secret in module for module in modules for secret in maskable) or any(
+        secret in job.job_id for job in jobs for secret in numeric
+    ):
+        raise ConfigError(
+            (
+                f"{source}: jobs: a module or job id holds one of the configured secrets;"
+                " pasted in the wrong place?",
+            )
+        )
 
 
 def redact(problems: Iterable[str], secrets: Iterable[str]) -> list[str]:
@@ -870,6 +908,8 @@ def url_problem(text: str) -> str | None:
         return not_url
     if not usable or parts.scheme.lower() not in ("http", "https") or _has_space(text):
         return not_url
+    if _CONTROL.search(text) or not _encodable_host(parts.hostname or ""):
+        return not_url
     if "@" in parts.netloc:
         return "must not contain a user name or password"
     if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname or ""):
@@ -883,6 +923,16 @@ def url_problem(text: str) -> str | None:
 
 def _has_space(text: str) -> bool:
     return any(character.isspace() for character in text)
+
+
+def _encodable_host(host: str) -> bool:
+    """Whether a resolver can be asked for `host`: an empty label ("a..b"), one over 63
+    characters, or a character no IDNA name may hold fails only once a connection is tried."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

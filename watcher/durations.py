@@ -12,6 +12,8 @@ _PART = re.compile(rf"({_NUMBER})(ms|[smhd])")
 # Compound forms ("1h30m") are accepted so that whatever format_duration writes parses back.
 _COMPOUND = re.compile(rf"(?:{_NUMBER}(?:ms|[smhd]))+")
 _HINT = "use a number of seconds or 250ms, 10s, 5m, 1h"
+# Longer than any setting needs (retention included), short enough for every clock to add.
+MAX_SECONDS = 3650 * 86400.0
 
 
 def parse_duration(value: object) -> float:
@@ -23,8 +25,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"not a duration: {value!r} ({_HINT})")
     if seconds < 0:
         raise ValueError(f"duration must not be negative: {value!r}")
-    if math.isinf(seconds):
-        raise ValueError(f"duration too large: {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"duration too large: {value!r} (at most {format_duration(MAX_SECONDS)})")
     return seconds
 
 
