@@ -774,17 +774,20 @@ class _Reader:
 
     def concurrency(self, node: Node, path: str) -> int | None:
         """Workers, each one task: Zoho lets an org have far fewer requests in flight anyway."""
-        number = self.count(node, path)
-        if number is not None and number > _MAX_CONCURRENCY:
-            self.report(node, path, f"{number} is more than {_MAX_CONCURRENCY} requests at once")
-            return None
-        return number
+        problem = f"is more than {_MAX_CONCURRENCY} requests at once"
+        return self._at_most(node, path, self.count(node, path), _MAX_CONCURRENCY, problem)
 
     def port(self, node: Node, path: str) -> int | None:
         """A TCP port; 0 lets the system pick a free one (handy for tests)."""
-        number = self.whole(node, path)
-        if number is not None and number > _MAX_PORT:
-            self.report(node, path, f"{number} is not a port number (0 to {_MAX_PORT})")
+        problem = f"is not a port number (0 to {_MAX_PORT})"
+        return self._at_most(node, path, self.whole(node, path), _MAX_PORT, problem)
+
+    def _at_most(
+        self, node: Node, path: str, number: int | None, maximum: int, problem: str
+    ) -> int | None:
+        """`number`, unless it exceeds `maximum`: then `problem`, said of it, is reported."""
+        if number is not None and number > maximum:
+            self.report(node, path, f"{number} {problem}")
             return None
         return number
 
