@@ -11,9 +11,11 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from watcher import state
 from watcher.state import (
     SCHEMA_VERSION,
     JobRecord,
@@ -530,3 +532,24 @@ async def test_the_writes_of_one_turn_of_the_event_loop_share_one_commit(path: P
     await store.save_durably(job("100"))
     assert store.commits == 1
     await store.close()
+
+
+async def test_our_file_found_read_only_is_made_private_before_sqlite_opens_it(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite opens a file its owner may not write read-only, and keeps it so: made 0600 only
+    afterwards (as a read-only backup restores it, 0444), the first save failed."""
+    await (await StateStore.open(path)).close()
+    os.chmod(path, 0o444)
+    modes: list[int] = []
+    connect = sqlite3.connect
+
+    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        modes.append(path.stat().st_mode & 0o777)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(state.sqlite3, "connect", recording_connect)
+    store = await StateStore.open(path)
+    await store.save_durably(job())
+    await store.close()
+    assert modes == [0o600]

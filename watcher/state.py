@@ -445,17 +445,24 @@ def _claim(path: Path, writer: bool) -> None:
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise not_a_file
-        header = os.read(descriptor, len(_SQLITE_HEADER))
-        if header and header != _SQLITE_HEADER:
+        header = os.read(descriptor, _HEADER_BYTES)
+        if header and not header.startswith(_SQLITE_HEADER):
             raise _damaged(path, "is not a zoho-job-watcher state file")
-        if writer and not header:  # new, or made empty by someone else: ours to make private
+        # New, made empty by someone else, or marked as ours: made private before SQLite opens
+        # it, which it would do read-only if it found it so (restored from a read-only backup).
+        if writer and (not header or _marked_ours(header)):
             _private(path, descriptor)
     finally:
         os.close(descriptor)
 
 
+def _marked_ours(header: bytes) -> bool:
+    """Whether an SQLite file's header carries our application id (bytes 68-71)."""
+    return int.from_bytes(header[68:72], "big") == _APPLICATION_ID
+
+
 def _private(path: Path, descriptor: int) -> None:
-    """Mode 0600 for the file open at `descriptor`: it holds the access token."""
+    """Mode 0600 for the file `path`, open at `descriptor`: it holds the access token."""
     try:
         os.fchmod(descriptor, 0o600)
     except OSError as exc:
@@ -476,7 +483,7 @@ def _make_private(path: Path) -> None:
         except OSError as exc:
             raise StateError(f"state file {path}: cannot open {name}: {exc.strerror}") from None
         try:
-            _private(path, descriptor)
+            _private(path.with_name(name), descriptor)
         finally:
             os.close(descriptor)
 
@@ -594,8 +601,10 @@ def _unusable(path: Path, exc: Exception) -> StateError:
     return _damaged(path, f"is damaged ({_one_line(exc)})")
 
 
-# How every SQLite file begins; an empty file is one SQLite has not written yet.
+# How every SQLite file begins (an empty file is one SQLite has not written yet), and how much
+# of it holds the application id.
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
 
 
 def _damaged(path: Path, problem: str) -> StateError:
