@@ -65,7 +65,9 @@ NOT_FOUND_ATTEMPTS = 3
 REQUEST_TIMEOUT_S = 1.0  # what a hang costs: one slot for this long
 # Arrival times at the simulator lag the watcher's rate-limit clock unevenly: both event loops
 # are busy (the watcher writing events, this process reading them). Measured: up to ~60 ms.
-LOOPBACK_JITTER_S = 0.1
+# The short soak in the suite met 60 in a 0.9 s window in every run, the limit itself: a stall of
+# a tenth of a second on a loaded CI machine would fail it. So 0.2 s, three times that measure.
+LOOPBACK_JITTER_S = 0.2
 WARM_UP_SHARE = 0.2
 RSS_GROWTH_LIMIT = 0.10
 # Beyond its planned length, a run that has not ended has lost a job or hangs.
