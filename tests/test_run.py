@@ -172,6 +172,20 @@ async def test_a_token_zoho_does_not_know_is_an_auth_failure(
     assert watcher.named("auth.failed")[0]["error"] == "INVALID_TOKEN"
 
 
+async def test_a_refused_fixed_token_is_said_once_and_not_sent_again(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    jobs = [("Deals", str(n)) for n in range(1, 21)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING"])
+    sim.revoke_tokens()
+    code, watcher = await watch_to_end(tmp_path, sim, jobs, max_concurrency=5)
+    assert code == 3
+    assert len(watcher.named("auth.failed")) == 1
+    # Those already on their way when the first 401 came back, and no more.
+    assert len(sim.requests) <= 5
+
+
 @pytest.mark.parametrize(
     ("fault", "error"),
     [

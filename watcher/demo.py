@@ -46,7 +46,12 @@ def _script(simulator: Simulator) -> None:
     simulator.add_job(
         "Deals",
         "554023000000506011",
-        ["SCHEDULED", "RUNNING:120,0,0,400", "RUNNING:200,90,0,400", "FAILED:200,200,0,400"],
+        [
+            "SCHEDULED:0,0,0,400",
+            "RUNNING:120,0,0,400",
+            "RUNNING:200,90,0,400",
+            "FAILED:200,200,0,400",
+        ],
     )
     simulator.add_job(
         "Contacts",

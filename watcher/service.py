@@ -261,8 +261,14 @@ class Watcher:
         if job is None or job.outcome is not None or self._runtime is None:
             return
         runtime = self._runtime
+
+        def wanted() -> bool:
+            """Not sent once the job is removed, nor once the run is ending: a refused fixed
+            token must not go out again with the polls that were waiting for their turn."""
+            return not self._finished.is_set() and self._tracker.tracks(job)
+
         try:
-            answer = await runtime.client.poll(spec, lambda: self._tracker.tracks(job))
+            answer = await runtime.client.poll(spec, wanted)
         except AuthFailed as exc:
             self._auth_failed(exc.code)
             return
@@ -292,6 +298,8 @@ class Watcher:
             runtime.gate.refused(decision.pause_all_for, self._org_backoff)
         elif answer.effect in SERVED:
             runtime.gate.answered()
+        if decision.fatal and self._finished.is_set():
+            return  # a refused token, said once: the other polls it failed add nothing
         try:
             await self._tracker.record(job, decision.events)
         except StateError as exc:
