@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Event, WatcherProcess, refresh_auth, run_cli, write_config
+from tests.harness import (
+    CREDENTIALS_ENV,
+    Event,
+    WatcherProcess,
+    refresh_auth,
+    run_cli,
+    write_config,
+)
 from watcher.simulator import Simulator
 
 A = ("Leads", "1001")
@@ -320,6 +328,45 @@ async def test_restart_resumes_without_repeating_events(tmp_path: Path, sim: Sim
 async def http_get(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status, await response.text()
+
+
+async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_event(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """`run | less`, paused; or a log shipper that has fallen behind. The pipe fills after a few
+    hundred lines: the polls, and SIGTERM, must go on regardless; and what the lines still held
+    back at the stop record is not saved as said, so the next run says it (at least once)."""
+    jobs = [("Deals", str(n)) for n in range(1, 1501)]
+    for job in jobs:
+        sim.add_job(*job, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
+    read_end, write_end = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "watcher", "run", "--config", str(daemon.config)),
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **CREDENTIALS_ENV},
+        )
+        os.close(write_end)
+        await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
+        process.terminate()
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
+        assert (process.returncode, stderr) == (0, b"")
+        with os.fdopen(read_end, "rb") as reader:
+            said = [json.loads(line) for line in reader.read().splitlines()]  # no line cut off
+    except BaseException:
+        os.close(read_end)
+        raise
+    finished = {e["job_id"] for e in said if e["event"] == "job.finished"}
+    assert len(finished) < len(jobs)  # most were held back when the stop came
+    again = await daemon.start("--exit-when-done")
+    assert await again.finish() == 0
+    replayed = {e["job_id"] for e in again.named("job.finished")}
+    assert finished | replayed == {job_id for _, job_id in jobs}
+    assert len(sim.requests) == len(jobs)  # nothing polled twice: only said again
 
 
 async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import os
+import select
+import stat
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import orjson
@@ -36,6 +40,7 @@ FORMATS = ("json", "console")
 REDACTED = "***"
 TOKENS_SCRUBBED = 8  # run-time tokens looked for in every line: the latest, an hour's life each
 _OURS = frozenset({"timestamp", "level", "event"})  # the leading keys, which fields cannot replace
+BACKLOG_MAX = 32 * 2**20  # bytes of lines a stalled reader may hold back; then lines are dropped
 
 
 def _json_line(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
@@ -133,34 +138,136 @@ def _spellings(secret: str) -> frozenset[str]:
     return frozenset(spellings)
 
 
+class _Pipe:
+    """A pipe or socket written without ever blocking the event loop. What the reader has no
+    room for yet waits in a bounded backlog and goes out as room comes (`loop.add_writer`): a
+    stalled reader (`run | less` paused, a slow log shipper) no longer stops polling, `/healthz`
+    or SIGTERM. Past `BACKLOG_MAX` bytes, lines are dropped and counted."""
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._fd = fd
+        self._loop = loop
+        self._backlog = bytearray()
+        self._accepted = 0  # bytes taken so far; `_sent` of them have reached the kernel
+        self._sent = 0
+        self._waiting: deque[tuple[int, Callable[[], None]]] = deque()  # (position, callback)
+        self.dropped = 0
+        self.broken: OSError | None = None
+        os.set_blocking(fd, False)  # one inherited non-blocking loses lines without this care
+
+    def write(self, data: bytes) -> None:
+        if len(self._backlog) + len(data) > BACKLOG_MAX:
+            self.dropped += data.count(b"\n")
+            return
+        self._accepted += len(data)
+        if not self._backlog:
+            data = data[self._send(data) :]
+            if not data:
+                return
+            self._loop.add_writer(self._fd, self._drain)
+        self._backlog += data
+
+    def when_sent(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once everything written so far has reached the kernel."""
+        if self._sent >= self._accepted:
+            callback()
+        else:
+            self._waiting.append((self._accepted, callback))
+
+    async def drained(self) -> None:
+        """Wait until the backlog has gone out (the caller bounds the wait)."""
+        while self._backlog and self.broken is None:
+            done = self._loop.create_future()
+            self.when_sent(functools.partial(_settle, done))
+            await done
+
+    def close(self) -> None:
+        """Write blocking again, now that nothing is held back."""
+        self._loop.remove_writer(self._fd)
+        os.set_blocking(self._fd, True)
+
+    def _send(self, data: bytes | bytearray) -> int:
+        """Write what the reader has room for, in whole lines of at most PIPE_BUF bytes where
+        it can: a pipe takes such a write whole or not at all, so a line is never cut off if
+        the process ends with some held back. How many bytes went."""
+        sent, view = 0, memoryview(data)
+        while sent < len(data):
+            end = _line_end(data, sent)
+            try:
+                written = os.write(self._fd, view[sent:end])
+            except BlockingIOError:
+                break
+            except OSError as exc:  # the reader went away: said at the next event
+                self.broken = exc
+                return len(data)
+            sent += written
+            self._sent += written
+            if sent < end:
+                break
+        return sent
+
+    def _drain(self) -> None:
+        del self._backlog[: self._send(self._backlog)]
+        if not self._backlog or self.broken is not None:
+            self._backlog.clear()
+            self._loop.remove_writer(self._fd)
+        while self._waiting and self._waiting[0][0] <= self._sent:
+            self._waiting.popleft()[1]()
+
+
 class _Lines:
     """structlog's output (`_Logger` hands it each line through `msg`): rendered lines, written
-    once per turn of the event loop."""
+    once per turn of the event loop; to a pipe or socket without blocking it (`_Pipe`)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._pending: list[str] = []
         self._scheduled = False  # a flush is due at the end of this turn of the loop
         self._broken: OSError | ValueError | None = None  # a batch could not be written
+        self._pipe: _Pipe | None = None
 
     def msg(self, line: str) -> None:
+        if self._pipe is not None and self._pipe.broken is not None:
+            self._broken = self._pipe.broken
         if self._broken is not None:
             raise self._broken
         self._pending.append(line)
         if self._scheduled:  # even if `flush` has emptied the batch since: one flush per turn
             return
         try:
-            asyncio.get_running_loop().call_soon(self._flush_later)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (start-up errors, tests): write at once
             self.flush()
-        else:
-            self._scheduled = True
+            return
+        if self._pipe is None:
+            self._pipe = _pipe_for(self._stream, loop)
+        loop.call_soon(self._flush_later)
+        self._scheduled = True
 
     def flush(self) -> None:
         if self._pending:
             lines, self._pending = self._pending, []
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
+            text = "\n".join(lines) + "\n"
+            if self._pipe is not None:
+                self._pipe.write(text.encode("utf-8", "backslashreplace"))
+            else:
+                self._stream.write(text)
+                self._stream.flush()
+
+    def when_out(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once every line so far is out of this process (at once, if it is)."""
+        self.flush()
+        if self._pipe is None:
+            callback()
+        else:
+            self._pipe.when_sent(callback)
+
+    async def drained(self) -> None:
+        self.flush()
+        if self._pipe is not None:
+            await self._pipe.drained()  # cancelled at the caller's bound: lines still held back
+            self._pipe.close()  # leave it as it was found: the reader has kept up
+            self._pipe = None
 
     def _flush_later(self) -> None:
         """A scheduled flush has no caller to tell: a dead stream (stdout closed) is reported to
@@ -170,6 +277,36 @@ class _Lines:
             self.flush()
         except (OSError, ValueError) as exc:
             self._broken = exc
+
+
+def _line_end(data: bytes | bytearray, start: int) -> int:
+    """Where the next write from `start` ends: after the last whole line within PIPE_BUF bytes,
+    or, for a line longer than that, after it."""
+    limit = start + select.PIPE_BUF
+    if limit >= len(data):
+        return len(data)
+    cut = data.rfind(b"\n", start, limit)
+    if cut < 0:
+        cut = data.find(b"\n", limit)
+    return len(data) if cut < 0 else cut + 1
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _pipe_for(stream: TextIO, loop: asyncio.AbstractEventLoop) -> _Pipe | None:
+    """A `_Pipe` for `stream` if it is a pipe or socket; a file never blocks for long, and a
+    terminal is left as it is (its mode is shared with the shell)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file at all (tests' StringIO)
+        return None
+    if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+        return None
+    stream.flush()  # what the stream holds goes first
+    return _Pipe(fd, loop)
 
 
 class _Logger(structlog.BoundLoggerBase):
@@ -223,3 +360,14 @@ class EventLog:
     def flush(self) -> None:
         """Write every pending line now."""
         self._lines.flush()
+
+    def when_out(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once every line so far has left this process: at once, unless a
+        stalled reader holds some back."""
+        self._lines.when_out(callback)
+
+    async def drained(self) -> None:
+        """Wait for the lines a stalled reader holds back to go out (the caller bounds the
+        wait: past it, what is still held back, and any line after, is lost with the process
+        rather than the process stuck behind it)."""
+        await self._lines.drained()

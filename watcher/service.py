@@ -47,6 +47,8 @@ PRUNE_EVERY_S = 3600.0
 # A due job this overdue with no worker busy means the scheduler itself has stopped serving.
 STUCK_AFTER_S = 60.0
 PACE_CHECK_S = 60.0  # how often a fallen stretch is looked for (see `Pace`)
+# How long a stop waits for event lines a stalled reader holds back (stops end within 5 s).
+LINES_OUT_S = 2.0
 
 
 class StartupError(Exception):
@@ -124,6 +126,7 @@ class Watcher:
             finally:
                 if server is not None:
                     await server.stop()
+                await self._lines_out()
         finally:
             if store is not None:
                 try:
@@ -132,6 +135,13 @@ class Watcher:
                     self._last_writes_failed(exc)
         self._stopped()
         return self._exit_code
+
+    async def _lines_out(self) -> None:
+        """Give the event lines a stalled reader holds back a moment to go out before the state
+        file closes, so that what they record is saved as said; a stop still ends in time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINES_OUT_S):
+                await self._log.drained()
 
     async def _open_store(self) -> StateStore | None:
         if self._config.state_path is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
@@ -122,13 +123,21 @@ class Tracker:
             return
         for event in events:
             self._log.emit(event)
-        if durable:
-            self._log.flush()  # out before the save below can record that they went out
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
             job.finished_at = self._wall()
             self.outcomes[job.outcome] += 1
-        self._save(job)
+        if durable:  # recorded as said only once the lines are out (a stalled reader waits)
+            self._log.when_out(functools.partial(self._save_said, self.as_record(job)))
+        else:
+            self._save(job)
+
+    def _save_said(self, record: JobRecord) -> None:
+        """A store that failed or closed meanwhile says so at its next save or its close; not
+        recorded as said, the events are said again after a restart."""
+        if self.store is not None:
+            with contextlib.suppress(StateError):
+                self.store.save(record)
 
     def _stored(self, spec: JobSpec) -> JobRecord | None:
         return None if self.store is None else self.store.jobs.get((spec.module, spec.job_id))
