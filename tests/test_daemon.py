@@ -369,6 +369,42 @@ async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_ev
     assert len(sim.requests) == len(jobs)  # nothing polled twice: only said again
 
 
+SMALL_BACKLOG = """
+import sys
+import watcher.__main__ as entry
+import watcher.events as events
+events.BACKLOG_MAX = 20_000
+sys.exit(entry.main())
+"""
+
+
+async def test_lines_a_stalled_reader_had_no_room_for_are_counted_once_it_reads_again(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    jobs = [("Deals", str(n)) for n in range(1, 1501)]
+    for job in jobs:
+        sim.add_job(*job, ["COMPLETED"])
+    config = write_config(tmp_path / "w.yaml", sim.url, jobs, rate_limit=100000)
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", SMALL_BACKLOG, "run", "--config", str(config)),
+        stdout=asyncio.subprocess.PIPE,  # not read for now: the pipe fills
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    assert process.stdout is not None
+    await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
+    said: list[Event] = []
+    while not said or said[-1]["event"] != "events.dropped":  # reading again drains the backlog
+        said.append(json.loads(await asyncio.wait_for(process.stdout.readline(), timeout=10)))
+    process.terminate()
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
+    assert (process.returncode, stderr) == (0, b"")
+    dropped = said[-1]
+    assert dropped["level"] == "warning"
+    # watcher.started and three lines a job: each either said or counted as dropped.
+    assert len(said) - 1 + dropped["count"] == 1 + 3 * len(jobs)
+
+
 async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["RUNNING:10,0,0,100", "RUNNING:20,0,0,100"])
     sim.add_job(*B, ["COMPLETED"])

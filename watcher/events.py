@@ -144,20 +144,23 @@ class _Pipe:
     stalled reader (`run | less` paused, a slow log shipper) no longer stops polling, `/healthz`
     or SIGTERM. Past `BACKLOG_MAX` bytes, lines are dropped and counted."""
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fd: int, loop: asyncio.AbstractEventLoop, dropped: Callable[[int], None]
+    ) -> None:
         self._fd = fd
         self._loop = loop
+        self._report_dropped = dropped  # hears how many, once the backlog has gone
         self._backlog = bytearray()
         self._accepted = 0  # bytes taken so far; `_sent` of them have reached the kernel
         self._sent = 0
         self._waiting: deque[tuple[int, Callable[[], None]]] = deque()  # (position, callback)
-        self.dropped = 0
+        self._dropped = 0
         self.broken: OSError | None = None
         os.set_blocking(fd, False)  # one inherited non-blocking loses lines without this care
 
     def write(self, data: bytes) -> None:
         if len(self._backlog) + len(data) > BACKLOG_MAX:
-            self.dropped += data.count(b"\n")
+            self._dropped += data.count(b"\n")
             return
         self._accepted += len(data)
         if not self._backlog:
@@ -213,14 +216,18 @@ class _Pipe:
             self._loop.remove_writer(self._fd)
         while self._waiting and self._waiting[0][0] <= self._sent:
             self._waiting.popleft()[1]()
+        if self._dropped and not self._backlog:
+            count, self._dropped = self._dropped, 0
+            self._report_dropped(count)
 
 
 class _Lines:
     """structlog's output (`_Logger` hands it each line through `msg`): rendered lines, written
     once per turn of the event loop; to a pipe or socket without blocking it (`_Pipe`)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, dropped: Callable[[int], None]) -> None:
         self._stream = stream
+        self._dropped = dropped
         self._pending: list[str] = []
         self._scheduled = False  # a flush is due at the end of this turn of the loop
         self._broken: OSError | ValueError | None = None  # a batch could not be written
@@ -240,7 +247,7 @@ class _Lines:
             self.flush()
             return
         if self._pipe is None:
-            self._pipe = _pipe_for(self._stream, loop)
+            self._pipe = _pipe_for(self._stream, loop, self._dropped)
         loop.call_soon(self._flush_later)
         self._scheduled = True
 
@@ -296,7 +303,9 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _pipe_for(stream: TextIO, loop: asyncio.AbstractEventLoop) -> _Pipe | None:
+def _pipe_for(
+    stream: TextIO, loop: asyncio.AbstractEventLoop, dropped: Callable[[int], None]
+) -> _Pipe | None:
     """A `_Pipe` for `stream` if it is a pipe or socket; a file never blocks for long, and a
     terminal is left as it is (its mode is shared with the shell)."""
     try:
@@ -306,7 +315,7 @@ def _pipe_for(stream: TextIO, loop: asyncio.AbstractEventLoop) -> _Pipe | None:
     if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
         return None
     stream.flush()  # what the stream holds goes first
-    return _Pipe(fd, loop)
+    return _Pipe(fd, loop, dropped)
 
 
 class _Logger(structlog.BoundLoggerBase):
@@ -330,7 +339,7 @@ class EventLog:
 
     def __init__(self, stream: TextIO, fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
         self._scrub = _Scrub(secrets)
-        self._lines = _Lines(stream)
+        self._lines = _Lines(stream, self._dropped)
         chain: list[Processor]
         if fmt == "json":
             chain = [_Stamp(), _json_line, self._scrub]
@@ -339,6 +348,9 @@ class EventLog:
             chain = [_Stamp(), self._scrub.values, console, self._scrub]
         self._enabled = frozenset(LEVELS[LEVELS.index(level) :])
         self._logger = _Logger(self._lines, chain, {})
+
+    def _dropped(self, count: int) -> None:
+        self.log("warning", "events.dropped", count=count)
 
     def add_token(self, token: str) -> None:
         """Scrub a token obtained at run time too (while it is among the latest few)."""
