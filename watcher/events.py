@@ -232,10 +232,9 @@ class _Lines:
         self._scheduled = False  # a flush is due at the end of this turn of the loop
         self._broken: OSError | ValueError | None = None  # a batch could not be written
         self._pipe: _Pipe | None = None
+        self._looked = False  # whether the stream was looked at for a pipe yet
 
     def msg(self, line: str) -> None:
-        if self._pipe is not None and self._pipe.broken is not None:
-            self._broken = self._pipe.broken
         if self._broken is not None:
             raise self._broken
         self._pending.append(line)
@@ -246,7 +245,8 @@ class _Lines:
         except RuntimeError:  # no loop (start-up errors, tests): write at once
             self.flush()
             return
-        if self._pipe is None:
+        if not self._looked:  # once: a file or terminal stays as it is
+            self._looked = True
             self._pipe = _pipe_for(self._stream, loop, self._dropped)
         loop.call_soon(self._flush_later)
         self._scheduled = True
@@ -257,6 +257,7 @@ class _Lines:
             text = "\n".join(lines) + "\n"
             if self._pipe is not None:
                 self._pipe.write(text.encode("utf-8", "backslashreplace"))
+                self._broken = self._pipe.broken  # the reader went away: said at the next event
             else:
                 self._stream.write(text)
                 self._stream.flush()
