@@ -170,6 +170,10 @@ class _Pipe:
             self._loop.add_writer(self._fd, self._drain)
         self._backlog += data
 
+    def holding(self) -> bool:
+        """Whether lines written wait for the reader to make room."""
+        return self._sent < self._accepted
+
     def when_sent(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything written so far has reached the kernel."""
         if self._sent >= self._accepted:
@@ -262,9 +266,11 @@ class _Lines:
                 self._stream.write(text)
                 self._stream.flush()
 
+    def holding(self) -> bool:
+        return self._pipe is not None and self._pipe.holding()
+
     def when_out(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once every line so far is out of this process (at once, if it is)."""
-        self.flush()
+        """Run `callback` once every line written so far is out of this process."""
         if self._pipe is None:
             callback()
         else:
@@ -374,9 +380,14 @@ class EventLog:
         """Write every pending line now."""
         self._lines.flush()
 
+    def holding(self) -> bool:
+        """Whether a stalled reader holds back lines already written (see `when_out`)."""
+        return self._lines.holding()
+
     def when_out(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once every line so far has left this process: at once, unless a
-        stalled reader holds some back."""
+        """Run `callback` once every line written so far has left this process: at once,
+        unless a stalled reader holds some back. (Lines emitted but not yet written, which go
+        at the end of the loop's turn or at `flush`, are not waited for.)"""
         self._lines.when_out(callback)
 
     async def drained(self) -> None:

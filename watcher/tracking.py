@@ -123,21 +123,13 @@ class Tracker:
             return
         for event in events:
             self._log.emit(event)
+        if durable:
+            self._log.flush()  # out (or held back) before the save below records them as said
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
             job.finished_at = self._wall()
             self.outcomes[job.outcome] += 1
-        if durable:  # recorded as said only once the lines are out (a stalled reader waits)
-            self._log.when_out(functools.partial(self._save_said, self.as_record(job)))
-        else:
-            self._save(job)
-
-    def _save_said(self, record: JobRecord) -> None:
-        """A store that failed or closed meanwhile says so at its next save or its close; not
-        recorded as said, the events are said again after a restart."""
-        if self.store is not None:
-            with contextlib.suppress(StateError):
-                self.store.save(record)
+        self._save(job)
 
     def _stored(self, spec: JobSpec) -> JobRecord | None:
         return None if self.store is None else self.store.jobs.get((spec.module, spec.job_id))
@@ -179,8 +171,23 @@ class Tracker:
         return [Event(e.name, e.level, {**e.fields, "replayed": True}) for e in owed]
 
     def _save(self, job: JobState, removed_at: float | None = None) -> None:
-        if self.store is not None:
-            self.store.save(self.as_record(job, removed_at))
+        """Saved at once; or, while a stalled reader holds event lines back, once those lines
+        are out, in the order of the saves: a job is recorded as having said what it said only
+        when it has (or is said again after a restart), and never with an older record last."""
+        if self.store is None:
+            return
+        record = self.as_record(job, removed_at)
+        if self._log.holding():
+            self._log.when_out(functools.partial(self._save_held, record))
+        else:
+            self.store.save(record)
+
+    def _save_held(self, record: JobRecord) -> None:
+        """A store that failed or closed meanwhile says so at its next save or its close; not
+        recorded as said, the events are said again after a restart."""
+        assert self.store is not None
+        with contextlib.suppress(StateError):
+            self.store.save(record)
 
     def as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
         return JobRecord(
