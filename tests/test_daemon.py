@@ -350,11 +350,12 @@ async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_ev
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **CREDENTIALS_ENV},
         )
-        os.close(write_end)
         await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
         process.terminate()
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
         assert (process.returncode, stderr) == (0, b"")
+        assert os.get_blocking(write_end)  # left as found, for whoever writes to it next
+        os.close(write_end)
         with os.fdopen(read_end, "rb") as reader:
             said = [json.loads(line) for line in reader.read().splitlines()]  # no line cut off
     except BaseException:
@@ -384,9 +385,10 @@ async def test_lines_a_stalled_reader_had_no_room_for_are_counted_once_it_reads_
     jobs = [("Deals", str(n)) for n in range(1, 1501)]
     for job in jobs:
         sim.add_job(*job, ["COMPLETED"])
-    config = write_config(tmp_path / "w.yaml", sim.url, jobs, rate_limit=100000)
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-c", SMALL_BACKLOG, "run", "--config", str(config)),
+        *(sys.executable, "-c", SMALL_BACKLOG, "run", "--config", str(daemon.config)),
         stdout=asyncio.subprocess.PIPE,  # not read for now: the pipe fills
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **CREDENTIALS_ENV},
@@ -397,12 +399,19 @@ async def test_lines_a_stalled_reader_had_no_room_for_are_counted_once_it_reads_
     while not said or said[-1]["event"] != "events.dropped":  # reading again drains the backlog
         said.append(json.loads(await asyncio.wait_for(process.stdout.readline(), timeout=10)))
     process.terminate()
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
+    rest, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
     assert (process.returncode, stderr) == (0, b"")
     dropped = said[-1]
     assert dropped["level"] == "warning"
     # watcher.started and three lines a job: each either said or counted as dropped.
     assert len(said) - 1 + dropped["count"] == 1 + 3 * len(jobs)
+    # A dropped line was never said: the next run says it.
+    said += [json.loads(line) for line in rest.splitlines()]
+    finished = {e["job_id"] for e in said if e["event"] == "job.finished"}
+    again = await daemon.start("--exit-when-done")
+    assert await again.finish() == 0
+    replayed = {e["job_id"] for e in again.named("job.finished")}
+    assert finished | replayed == {job_id for _, job_id in jobs}
 
 
 async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:

@@ -160,7 +160,7 @@ class _Pipe:
 
     def write(self, data: bytes) -> None:
         if len(self._backlog) + len(data) > BACKLOG_MAX:
-            self._dropped += data.count(b"\n")
+            self._dropped += data.count(b"\n")  # until the backlog has gone, see `when_sent`
             return
         self._accepted += len(data)
         if not self._backlog:
@@ -175,7 +175,10 @@ class _Pipe:
         return self._sent < self._accepted
 
     def when_sent(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once everything written so far has reached the kernel."""
+        """Run `callback` once everything written so far has reached the kernel. While lines
+        are being dropped it never runs: what it waits for may be among them."""
+        if self._dropped:
+            return
         if self._sent >= self._accepted:
             callback()
         else:
@@ -237,6 +240,7 @@ class _Lines:
         self._broken: OSError | ValueError | None = None  # a batch could not be written
         self._pipe: _Pipe | None = None
         self._looked = False  # whether the stream was looked at for a pipe yet
+        self._stalled = False  # the reader was still stalled when the process began to end
 
     def msg(self, line: str) -> None:
         if self._broken is not None:
@@ -256,6 +260,8 @@ class _Lines:
         self._scheduled = True
 
     def flush(self) -> None:
+        if self._stalled:
+            self._pending.clear()
         if self._pending:
             lines, self._pending = self._pending, []
             text = "\n".join(lines) + "\n"
@@ -279,9 +285,15 @@ class _Lines:
     async def drained(self) -> None:
         self.flush()
         if self._pipe is not None:
-            await self._pipe.drained()  # cancelled at the caller's bound: lines still held back
-            self._pipe.close()  # leave it as it was found: the reader has kept up
-            self._pipe = None
+            try:
+                await self._pipe.drained()  # the caller bounds the wait
+            finally:
+                # Left as it was found, for whoever writes to it next. Lines still held back
+                # are lost with the process, and so is any line after: the reader is stalled,
+                # and a blocking write would keep the process from ending.
+                self._stalled = self._pipe.holding()
+                self._pipe.close()
+                self._pipe = None
 
     def _flush_later(self) -> None:
         """A scheduled flush has no caller to tell: a dead stream (stdout closed) is reported to
@@ -305,6 +317,16 @@ def _line_end(data: bytes | bytearray, start: int) -> int:
     return len(data) if cut < 0 else cut + 1
 
 
+def _also_stderr(info: os.stat_result) -> bool:
+    """Whether stderr is the same pipe (`2>&1 | ...`): made non-blocking for our lines, it would
+    be for every message on stderr too, which would then be lost to a full pipe."""
+    try:
+        errors = os.fstat(2)
+    except OSError:
+        return False
+    return (errors.st_dev, errors.st_ino) == (info.st_dev, info.st_ino)
+
+
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -319,7 +341,8 @@ def _pipe_for(
         fd = stream.fileno()
     except (OSError, ValueError):  # not a file at all (tests' StringIO)
         return None
-    if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+    info = os.fstat(fd)
+    if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)) or _also_stderr(info):
         return None
     stream.flush()  # what the stream holds goes first
     return _Pipe(fd, loop, dropped)
