@@ -259,7 +259,8 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
         raise ConfigError(redact(problems, config.zoho.auth.secrets()))
-    _refuse_secrets_in(jobs, config.zoho.auth.secrets(), str(config.jobs_dir))
+    # The main file's were checked as it was parsed.
+    _refuse_secrets_in(jobs[len(config.jobs) :], config.zoho.auth.secrets(), str(config.jobs_dir))
     return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())
 
 

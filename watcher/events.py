@@ -179,7 +179,7 @@ class _Pipe:
         are being dropped it never runs: what it waits for may be among them."""
         if self._dropped:
             return
-        if self._sent >= self._accepted:
+        if not self.holding():
             callback()
         else:
             self._waiting.append((self._accepted, callback))
@@ -260,9 +260,9 @@ class _Lines:
         self._scheduled = True
 
     def flush(self) -> None:
-        if self._stalled:
+        if self._stalled:  # nobody to write to any more, and no blocking write to risk
             self._pending.clear()
-        if self._pending:
+        elif self._pending:
             lines, self._pending = self._pending, []
             text = "\n".join(lines) + "\n"
             if self._pipe is not None:
