@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.harness import WatcherProcess, write_config
+from tests.harness import ACCESS_TOKEN, WatcherProcess, write_config
+from watcher import credits, service
+from watcher.config import load_all
 from watcher.credits import RELAXED, Demand, Pace
+from watcher.events import EventLog
 from watcher.simulator import Simulator
 
 JOBS = [("Leads", "1"), ("Deals", "2"), ("Contacts", "3")]
@@ -119,3 +124,25 @@ async def test_credits_gauge_follows_the_header(
     assert "zoho_watcher_api_credits_remaining 2.0" in text
     watcher.process.terminate()
     assert await watcher.finish(timeout=5) == 0
+
+
+async def test_an_aged_out_credit_reading_brings_a_parked_job_forward(
+    tmp_path: Path,
+    sim_factory: Callable[..., Awaitable[Simulator]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No answer tells the watcher that a low reading has gone stale: the periodic pace check
+    does. Without it the job would sit out the gap stretched by floor / remaining (100 s here)."""
+    monkeypatch.setattr(service, "PACE_CHECK_S", 0.05)
+    monkeypatch.setattr(credits, "REMAINING_TTL_S", 0.3)
+    sim = await sim_factory(org_credits=1)  # every answer says 0 credits are left
+    sim.add_job("Leads", "1", ["RUNNING"])
+    path = write_config(
+        tmp_path / "w.yaml", sim.url, [("Leads", "1")], credits_floor=1000, schedule="fixed"
+    )
+    config = load_all(path, {"ZOHO_ACCESS_TOKEN": ACCESS_TOKEN})
+    watcher = service.Watcher(config, EventLog(io.StringIO(), "json", "info", [ACCESS_TOKEN]))
+    running = asyncio.create_task(watcher.run())
+    await sim.wait_for(lambda s: len(s.requests) >= 2, timeout=10)
+    watcher.stop()
+    assert await running == 0
