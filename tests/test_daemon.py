@@ -370,6 +370,32 @@ async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_ev
     assert len(sim.requests) == len(jobs)  # nothing polled twice: only said again
 
 
+async def test_a_stalled_reader_that_goes_away_ends_the_watcher_quietly(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """`run | less`, paused, then quit: the lines held back can go nowhere now. The watcher ends
+    at its next event, as with any closed stdout, without a word on stderr meanwhile."""
+    jobs = [("Deals", str(n)) for n in range(1, 1501)]
+    for job in jobs:
+        sim.add_job(*job, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "watcher", "run", "--config", str(daemon.config)),
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    os.close(write_end)
+    await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
+    os.close(read_end)  # the reader goes away with lines still held back
+    write_config(daemon.config, sim.url, jobs[1:], top=daemon.top, rate_limit=100000)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=10)  # the reload's event
+    assert (process.returncode, stderr) == (0, b"")
+
+
 SMALL_BACKLOG = """
 import sys
 import watcher.__main__ as entry

@@ -200,20 +200,23 @@ class _Pipe:
         """Write what the reader has room for, in whole lines of at most PIPE_BUF bytes where
         it can: a pipe takes such a write whole or not at all, so a line is never cut off if
         the process ends with some held back. How many bytes went."""
-        sent, view = 0, memoryview(data)
-        while sent < len(data):
-            end = _line_end(data, sent)
-            try:
-                written = os.write(self._fd, view[sent:end])
-            except BlockingIOError:
-                break
-            except OSError as exc:  # the reader went away: said at the next event
-                self.broken = exc
-                return len(data)
-            sent += written
-            self._sent += written
-            if sent < end:
-                break
+        sent = 0
+        # Released on the way out, a failure included: an export still alive would make the
+        # backlog a bytearray that can no longer be cut, and `_drain` would fail at every turn.
+        with memoryview(data) as view:
+            while sent < len(data):
+                end = _line_end(data, sent)
+                try:
+                    written = os.write(self._fd, view[sent:end])
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # the reader went away: said at the next event
+                    self.broken = exc.with_traceback(None)
+                    return len(data)
+                sent += written
+                self._sent += written
+                if sent < end:
+                    break
         return sent
 
     def _drain(self) -> None:
