@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.classify import classify, parse_retry_after
+from watcher.classify import classify, failure_kind, parse_retry_after
 from watcher.zoho_api import MASS_UPDATE, Effect
 
 NOW = 1_700_000_000.0
@@ -181,6 +185,8 @@ def test_a_credits_header_that_is_no_plain_number_is_ignored_and_the_row_kept(
         (503, "NOT_FOUND", Effect.TRANSIENT),
         (502, "INVALID_TOKEN", Effect.TRANSIENT),
         (429, "INTERNAL_ERROR", Effect.RATE_LIMITED),
+        (503, "INVALID_DATA", Effect.TRANSIENT),
+        (429, "INVALID_DATA", Effect.RATE_LIMITED),
     ],
 )
 def test_server_trouble_and_the_rate_limit_win_over_the_code_in_the_body(
@@ -188,7 +194,7 @@ def test_server_trouble_and_the_rate_limit_win_over_the_code_in_the_body(
 ) -> None:
     """A 5xx says the server failed, a 429 that the org is over its limit, whatever the body
     names: neither may end a job or the watcher, and a 429 must still pause everybody."""
-    assert answer(status, error(code)).effect is effect
+    assert answer(status, error(code, param_name="job_id")).effect is effect
 
 
 @pytest.mark.parametrize("value", [None, "", "soon", "-5", "nan", "inf"])
@@ -221,3 +227,13 @@ def test_any_answer_classifies_without_raising(
     result = classify(MASS_UPDATE, status, headers, body, NOW)
     assert isinstance(result.effect, Effect)
     assert (result.observation is not None) == (result.effect is Effect.OBSERVED)
+
+
+def test_failures_that_waiting_cannot_heal_are_named_apart_from_a_refused_connection() -> None:
+    key = ConnectionKey("zohoapis.com", 443, True, True, None, None, None)
+    certificate = ssl.SSLCertVerificationError("self-signed certificate in certificate chain")
+    unresolved = OSError(socket.EAI_NONAME, "Name or service not known")
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert failure_kind(aiohttp.ClientConnectorCertificateError(key, certificate)) == "tls_error"
+    assert failure_kind(aiohttp.ClientConnectorDNSError(key, unresolved)) == "dns_error"
+    assert failure_kind(aiohttp.ClientConnectorError(key, refused)) == "connection_error"

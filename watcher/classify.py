@@ -152,7 +152,11 @@ def _error_effect(
     # names: such an answer can neither end a job nor the watcher, nor escape the org-wide pause.
     server_said = http_status >= 500 or http_status == 429
     effect = known.effect if known is not None and not server_said else None
-    if code == INVALID_DATA and _names_param(error.get("details"), kind.id_param):
+    if (
+        code == INVALID_DATA
+        and not server_said
+        and _names_param(error.get("details"), kind.id_param)
+    ):
         effect = Effect.NOT_FOUND
     if effect is None:
         effect = effect_of_http_status(http_status)
@@ -184,6 +188,12 @@ def failure_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "truncated_response"
+    # Neither heals by waiting, and both look like any refused connection otherwise: a missing
+    # CA bundle or an intercepting proxy, a host name that does not resolve.
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls_error"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns_error"
     if isinstance(exc, aiohttp.ClientConnectionError):
         return "connection_error"
     if isinstance(exc, aiohttp.ClientResponseError):
