@@ -240,6 +240,38 @@ async def test_a_signal_while_the_config_loads_is_acted_on_once_the_run_starts(
     assert all(text in stdout for text in said)
 
 
+SIGNALS_AFTER_THE_RUN = """
+import os, signal, sys
+import watcher.__main__ as entry
+import watcher.cli as cli
+command = cli._command
+def command_then_signalled(*args):
+    code = command(*args)  # the run has ended; the process has not yet
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        os.kill(os.getpid(), getattr(signal, name))
+    return code
+cli._command = command_then_signalled
+sys.exit(entry.main())
+"""
+
+
+async def test_a_signal_after_the_run_has_ended_does_not_change_its_exit_code(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job("Leads", "1", ["COMPLETED"])
+    config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")])
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", SIGNALS_AFTER_THE_RUN),
+        *("run", "--config", str(config), "--exit-when-done"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert (process.returncode, stderr) == (0, b"")
+    assert b'"event":"watcher.stopped"' in stdout
+
+
 async def test_a_stop_while_a_short_command_runs_ends_it_as_the_signal_ends_any_process(
     tmp_path: Path, sim: Simulator
 ) -> None:

@@ -530,11 +530,21 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
 
 async def serve(watcher: Watcher, signalled: Sequence[int] = ()) -> int:
     """Run until done or signalled: SIGTERM and SIGINT stop gracefully, SIGHUP reloads.
-    `signalled` holds the stop signals that came before the loop listened: it stops at once."""
+    `signalled` holds the stop signals that came before the loop listened: it stops at once.
+
+    Once the run has ended its exit code is decided, and those signals are ignored: the loop's
+    close would otherwise restore their default action, and a signal in the last moments of the
+    process would end it as killed (143, 130, 129) after `watcher.stopped` said 0.
+    """
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watcher.stop)
     loop.add_signal_handler(signal.SIGHUP, watcher.reload)
     if signalled:
         watcher.stop()
-    return await watcher.run()
+    try:
+        return await watcher.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
