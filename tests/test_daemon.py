@@ -472,6 +472,23 @@ async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:
     assert await watcher.finish() == 0
 
 
+async def test_jobs_are_listed_in_config_order_after_a_reload_too(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    for job in (A, B, C):
+        sim.add_job(*job, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, http={"host": "127.0.0.1", "port": 0})
+    daemon.write([A, B])
+    watcher = await daemon.start()
+    started = await watcher.wait_event("watcher.started")
+    daemon.write([A, C, B])
+    await watcher.wait_event("config.reloaded")
+    _, text = await http_get(f"http://{started['http']}/jobs")
+    assert [job["job_id"] for job in json.loads(text)] == [A[1], C[1], B[1]]
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
 async def test_a_malformed_request_to_the_listener_prints_nothing(
     tmp_path: Path, sim: Simulator
 ) -> None:

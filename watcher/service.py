@@ -481,7 +481,13 @@ class Watcher:
         return counts
 
     def _jobs_view(self) -> list[dict[str, object]]:
-        return [record_view(self._tracker.as_record(job)) for job in self._tracker.jobs.values()]
+        """In config order, also after a reload (which tracks the jobs it adds after the rest)."""
+        jobs = self._tracker.jobs
+        return [
+            record_view(self._tracker.as_record(jobs[spec]))
+            for spec in self._config.jobs
+            if spec in jobs
+        ]
 
     def _started(self, server: HttpServer | None) -> None:
         zoho, polling = self._config.zoho, self._config.polling
