@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
@@ -485,6 +486,30 @@ async def test_jobs_are_listed_in_config_order_after_a_reload_too(
     await watcher.wait_event("config.reloaded")
     _, text = await http_get(f"http://{started['http']}/jobs")
     assert [job["job_id"] for job in json.loads(text)] == [A[1], C[1], B[1]]
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+def _no_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(_no_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+async def test_an_ipv6_listener_is_named_so_that_it_can_be_reached(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, http={"host": "::1", "port": 0})
+    daemon.write([A])
+    watcher = await daemon.start()
+    started = await watcher.wait_event("watcher.started")
+    assert started["http"].startswith("[::1]:")
+    assert await http_get(f"http://{started['http']}/healthz") == (200, '{"status": "ok"}')
     watcher.process.terminate()
     assert await watcher.finish() == 0
 

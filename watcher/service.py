@@ -165,7 +165,7 @@ class Watcher:
         try:
             await server.start()
         except OSError as exc:
-            where = f"{settings.host}:{settings.port}"
+            where = _host_port(settings.host, settings.port)
             raise StartupError(f"http: cannot listen on {where}: {exc.strerror}") from None
         return server
 
@@ -491,7 +491,7 @@ class Watcher:
 
     def _started(self, server: HttpServer | None) -> None:
         zoho, polling = self._config.zoho, self._config.polling
-        listening = f"{self._config.http.host}:{server.port}" if server is not None else None
+        listening = _host_port(self._config.http.host, server.port) if server is not None else None
         self._log.log(
             "info",
             "watcher.started",
@@ -517,6 +517,11 @@ class Watcher:
             unfinished=self._tracker.unfinished,
         )
         self._log.flush()  # the last line: out before the process ends, not at the next loop turn
+
+
+def _host_port(host: str, port: int) -> str:
+    """`host:port` that splits back into the two: an IPv6 address goes in brackets, as in a URL."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
