@@ -305,6 +305,26 @@ async def test_sighup_reloads_at_once(tmp_path: Path, sim: Simulator) -> None:
     assert await watcher.finish() == 0
 
 
+async def test_a_restart_does_not_poll_a_job_again_before_its_interval(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Each restart would otherwise spend a credit per job: a crash loop, or a rolling update of
+    ten thousand jobs, would spend a small org's day."""
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A], interval="1500ms", max_interval="3s")
+    first = await daemon.start()
+    await first.wait_event("job.status_changed")
+    first.process.terminate()
+    assert await first.finish() == 0
+    second = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests) == 2, timeout=10)
+    seen, again = sim.requests
+    assert again.at - seen.done >= 1.5 - 0.05  # the interval, from the answer (wall clock)
+    second.process.terminate()
+    assert await second.finish() == 0
+
+
 async def test_restart_resumes_without_repeating_events(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["FAILED:1,9,0,10"])
     sim.add_job(*B, ["SCHEDULED", "SCHEDULED", "RUNNING"] + ["RUNNING"] * 20 + ["COMPLETED"])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_delay
+from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_delay, resume_delay
 
 INTERVAL, MAX_INTERVAL = 10.0, 300.0
 
@@ -157,3 +157,21 @@ def test_an_empty_history_polls_at_the_interval() -> None:
 def test_an_unknown_schedule_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown schedule 'eager'"):
         delay([], "eager")
+
+
+def test_a_resumed_job_is_polled_an_interval_after_it_was_last_seen() -> None:
+    assert resume_delay(None, now=1000.0, interval=10.0) == 0.0  # never seen: at once
+    assert resume_delay(997.0, now=1000.0, interval=10.0) == 7.0  # seen 3 s before the restart
+    assert resume_delay(900.0, now=1000.0, interval=10.0) == 0.0  # overdue: at once
+
+
+@given(
+    last_seen=st.floats(-1e9, 1e9),
+    now=st.floats(-1e9, 1e9),
+    interval=st.floats(0.01, 1e5),
+)
+def test_a_resumed_job_waits_at_most_an_interval_whatever_the_clock_did(
+    last_seen: float, now: float, interval: float
+) -> None:
+    """A wall clock stepped back puts `last_seen` in the future: no longer wait for all that."""
+    assert 0.0 <= resume_delay(last_seen, now, interval) <= interval

@@ -85,6 +85,17 @@ def next_delay(
     return min(max_interval, max(interval, delay))
 
 
+def resume_delay(last_seen: float | None, now: float, interval: float) -> float:
+    """Seconds until the first poll of a job (times in epoch seconds): at once for one never
+    seen; for one a restart resumes, `interval` after it was last seen, as if the watcher had
+    not stopped. Otherwise every restart would spend a credit per job: a crash loop, or a rolling
+    update of a watcher of ten thousand jobs, would spend a small org's day. A wall clock that
+    went back waits no longer than `interval`."""
+    if last_seen is None:
+        return 0.0
+    return min(interval, max(0.0, last_seen + interval - now))
+
+
 def _aim(fit: _Fit, interval: float) -> float:
     """Just after the predicted finish once it is firm enough that a miss stays within
     `interval`; until then early by the doubt, to poll again with a better prediction.

@@ -29,6 +29,7 @@ from watcher.events import EventLog
 from watcher.job import Event, apply_answer
 from watcher.ratelimit import RequestGate
 from watcher.reload import ConfigWatcher
+from watcher.schedule import resume_delay
 from watcher.scheduler import Scheduler
 from watcher.state import StateError, StateStore, record_view
 from watcher.tracking import Tracker
@@ -215,7 +216,7 @@ class Watcher:
             self._state_failed(exc)
             return
         self._runtime = self._build(session, tokens)
-        self._poll_now(to_poll)
+        self._poll_first(to_poll)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._runtime.scheduler.run())
             group.create_task(self._follow_config())
@@ -259,12 +260,15 @@ class Watcher:
             self._metrics.token_refreshed("ok" if ok else "failed")
 
     async def _track(self, specs: tuple[JobSpec, ...]) -> None:
-        self._poll_now(await self._tracker.track(specs))
+        self._poll_first(await self._tracker.track(specs))
 
-    def _poll_now(self, specs: list[JobSpec]) -> None:
+    def _poll_first(self, specs: list[JobSpec]) -> None:
+        """A new job at once; one the state file remembers, `interval` after it was last seen."""
         assert self._runtime is not None
+        now, interval = time.time(), self._config.polling.interval
         for spec in specs:
-            self._runtime.scheduler.schedule(spec, 0.0)
+            delay = resume_delay(self._tracker.jobs[spec].last_seen, now, interval)
+            self._runtime.scheduler.schedule(spec, delay)
 
     async def _poll(self, spec: JobSpec) -> None:
         job = self._tracker.jobs.get(spec)
