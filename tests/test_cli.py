@@ -185,6 +185,37 @@ async def test_stdout_closed_from_the_start_ends_quietly(
     assert (stderr == b"") is not broken
 
 
+@pytest.mark.parametrize("command", ["run", "demo"])
+async def test_a_stdout_that_takes_no_more_lines_stops_the_watcher_with_one_line(
+    tmp_path: Path, sim: Simulator, command: str
+) -> None:
+    """`run > events.jsonl` on a full disk: no traceback, not exit 1 (which says a job failed),
+    and nothing tracked is lost: the next run, heard, says how the job ended."""
+    sim.add_job("Leads", "1", ["COMPLETED"])
+    state = tmp_path / "state.db"
+    config = write_config(
+        tmp_path / "w.yaml", sim.url, [("Leads", "1")], top={"state_path": str(state)}
+    )
+    options = () if command == "demo" else ("--config", str(config), "--exit-when-done")
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "watcher", command, *options),
+            stdout=full,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **CREDENTIALS_ENV},
+        )
+    finally:
+        os.close(full)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    said = b"zoho-job-watcher: cannot write events to stdout: No space left on device\n"
+    assert (process.returncode, stderr) == (2, said)
+    if command == "run":
+        code, stdout, _ = await run_cli("run", "--config", str(config), "--exit-when-done")
+        assert code == 0
+        assert '"event":"job.finished"' in stdout
+
+
 SIGNALS_WHILE_LOADING = """
 import os, signal, sys
 import watcher.__main__ as entry

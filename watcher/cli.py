@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watcher.config import Config, ConfigError, load_all, redact
-from watcher.events import FORMATS, LEVELS, EventLog
+from watcher.events import FORMATS, LEVELS, EventLog, OutputFailed
 from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
 from watcher.status import show_status
 
@@ -23,13 +23,23 @@ def main(argv: Sequence[str] | None = None, signalled: Sequence[int] = ()) -> in
     """`signalled`: the stop signals noted since the process started (see `__main__`); `run` and
     `demo` stop at once on them, the short commands end as those signals end a process."""
     args = _parser().parse_args(argv)
+    code = EXIT_OK
     try:
         return _command(args, signalled)
     except* BrokenPipeError:  # stdout closed (`| head`): nobody reads what we write any more
         pass
-    if sys.stdout is not None:  # Python's own flush at exit would meet the closed pipe again
+    except* OutputFailed as failed:  # a full disk, say: the events go nowhere any more
+        reason = _first(failed).strerror
+        print(f"{PROG}: cannot write events to stdout: {reason}", file=sys.stderr)
+        code = EXIT_CONFIG
+    if sys.stdout is not None:  # Python's own flush at exit would meet the dead stdout again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_OK
+    return code
+
+
+def _first(group: BaseExceptionGroup[OutputFailed]) -> OutputFailed:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _command(args: argparse.Namespace, signalled: Sequence[int]) -> int:

@@ -210,8 +210,8 @@ class _Pipe:
                     written = os.write(self._fd, view[sent:end])
                 except BlockingIOError:
                     break
-                except OSError as exc:  # the reader went away: said at the next event
-                    self.broken = exc.with_traceback(None)
+                except OSError as exc:  # said at the next event
+                    self.broken = _failure(exc)
                     return len(data)
                 sent += written
                 self._sent += written
@@ -272,8 +272,11 @@ class _Lines:
                 self._pipe.write(text.encode("utf-8", "backslashreplace"))
                 self._broken = self._pipe.broken  # the reader went away: said at the next event
             else:
-                self._stream.write(text)
-                self._stream.flush()
+                try:
+                    self._stream.write(text)
+                    self._stream.flush()
+                except OSError as exc:
+                    raise _failure(exc) from None
 
     def holding(self) -> bool:
         return self._pipe is not None and self._pipe.holding()
@@ -306,6 +309,19 @@ class _Lines:
             self.flush()
         except (OSError, ValueError) as exc:
             self._broken = exc
+
+
+class OutputFailed(OSError):
+    """stdout takes no more lines, and not because its reader went away (that is a
+    BrokenPipeError, and a quiet end): a full disk, a file past its size limit, an I/O error.
+    The watcher cannot go on unheard, so it stops and says why on stderr."""
+
+
+def _failure(exc: OSError) -> OSError:
+    """What a failed write of event lines raises, without the frames that hold the data."""
+    if isinstance(exc, BrokenPipeError | ConnectionResetError):
+        return exc.with_traceback(None)
+    return OutputFailed(exc.errno, exc.strerror)
 
 
 def _line_end(data: bytes | bytearray, start: int) -> int:
