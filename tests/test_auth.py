@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -350,6 +352,30 @@ def test_data_center_mapping(data_center: str, accounts: str, api: str) -> None:
 )
 def test_token_answers(status: int, body: bytes, expected: Grant | Refusal) -> None:
     assert read_token_answer(status, body) == expected
+
+
+async def test_requests_held_up_by_a_refresh_do_not_leave_together_past_the_rate(
+    tmp_path: Path, sim_factory: SimFactory
+) -> None:
+    """Let through by the gate, then waiting for the token that died meanwhile, they would all
+    leave at once when it came, with those let through while they waited: twice the rate."""
+    sim = await sim_factory(token_lifetime=2.0)
+    jobs = [("Leads", str(n)) for n in range(1, 41)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING"])
+    sim.script_tokens(["ok", "slow:1"])
+    polling = {"interval": "100ms", "max_interval": "100ms", "max_concurrency": 10}
+    watcher = await watch(tmp_path, sim, jobs, rate_limit=10, rate_period="1s", **polling)
+
+    def past_the_refresh(s: Simulator) -> bool:
+        refreshed = s.token_requests[1].done if len(s.token_requests) > 1 else math.inf
+        return any(r.at > refreshed + 1.5 for r in s.requests)
+
+    await sim.wait_for(past_the_refresh, timeout=30)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    sent = sorted(r.at for r in sim.requests)
+    assert max(bisect.bisect_left(sent, at + 0.8) - i for i, at in enumerate(sent)) <= 10
 
 
 async def test_a_token_that_expires_while_a_request_waits_for_the_gate_is_not_sent(

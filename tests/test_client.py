@@ -14,8 +14,8 @@ from watcher.zoho_api import MASS_UPDATE
 
 
 class SlowToRefresh:
-    """A token source whose token is asked for twice a poll, the second time after the gate;
-    the job stops being wanted while that second ask waits (a refresh backing off, say)."""
+    """A token source whose token dies while the request waits at the gate, so that it is
+    asked for again; the job stops being wanted while that ask waits (a refresh backing off)."""
 
     api_domain: str | None = None
 
@@ -25,6 +25,9 @@ class SlowToRefresh:
     async def token(self) -> str:
         self.asked += 1
         return ACCESS_TOKEN
+
+    def usable(self) -> str | None:
+        return ACCESS_TOKEN if self.asked > 1 else None
 
     async def rejected(self, token: str) -> bool:
         return False

@@ -59,6 +59,10 @@ class TokenSource(Protocol):
 
     async def token(self) -> str: ...
 
+    def usable(self) -> str | None:
+        """The token to send now if one can be sent without waiting; None if `token` would wait."""
+        ...
+
     async def rejected(self, token: str) -> bool:
         """Zoho refused `token`; True if a different token is now worth one retry."""
         ...
@@ -76,6 +80,9 @@ class FixedToken:
         self.api_domain: str | None = None
 
     async def token(self) -> str:
+        return self._secret.reveal()
+
+    def usable(self) -> str:
         return self._secret.reveal()
 
     async def rejected(self, token: str) -> bool:
@@ -231,16 +238,25 @@ class RefreshingToken:
         for its successor. Credentials a refresh found dead end the run at the next poll."""
         if self._failed is not None:
             raise AuthFailed(self._failed.code)
-        now = self._clock()
+        if (token := self.usable()) is not None:
+            return token
         if self._token is None:
             await self._refresh("startup")
         elif self._token == self._refused:
             await self._refresh("rejected")
-        elif now >= self._expires_at:
+        else:
             await self._refresh("expiry")
-        elif now >= self._refresh_at:
-            self._start_refresh("expiry")
         assert self._token is not None
+        return self._token
+
+    def usable(self) -> str | None:
+        if self._failed is not None or self._token is None or self._token == self._refused:
+            return None
+        now = self._clock()
+        if now >= self._expires_at:
+            return None
+        if now >= self._refresh_at:
+            self._start_refresh("expiry")
         return self._token
 
     async def rejected(self, token: str) -> bool:

@@ -85,21 +85,24 @@ class ZohoClient:
     ) -> tuple[Answer, str] | None:
         """One request, and the token it carried; None if the gate turned it away unsent.
 
-        A refresh that is due happens before the gate is asked, so that requests held up by it
-        do not then leave together on slots taken long before. The token sent is asked for again
-        once the gate lets the request go: a wait there (a 429 pause, the credit budget) can
-        outlast a token's life.
+        The gate lets a request go only with a usable token in hand, so that it leaves at once.
+        A wait at the gate (the rate, a 429 pause, the credit budget) can outlast a token's life;
+        a request that took its slot and then waited for the refresh would leave with all the
+        others that did, on slots aged meanwhile, exceeding the rate. Turned away for want of a
+        token, it takes nothing, waits for the refresh, and asks the gate again.
         """
         try:
             url = self.url(spec)
         except ValueError:
             return Answer(Effect.REJECTED, None, code="invalid_module"), ""
-        await self._tokens.token()
-        if not await self._gate.admit(wanted):
-            return None
-        token = await self._tokens.token()
-        if not wanted():  # removed while a refresh held the request back
-            return None
+        tokens = self._tokens
+        while True:
+            await tokens.token()
+            if await self._gate.admit(lambda: wanted() and tokens.usable() is not None):
+                if (token := tokens.usable()) is not None:
+                    break
+            elif not wanted():
+                return None
         headers = {AUTH_HEADER: f"{AUTH_SCHEME} {token}"}
         sent = time.monotonic()
         try:
