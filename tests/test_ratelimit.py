@@ -124,3 +124,13 @@ async def test_a_request_no_longer_wanted_is_turned_away_and_takes_nothing() -> 
     assert await gate.admit(lambda: False) is False
     # The second credit is still there; spent, this would wait a day.
     assert await asyncio.wait_for(gate.admit(), timeout=5) is True
+
+
+async def test_a_reload_to_a_longer_period_still_counts_what_was_sent_within_it() -> None:
+    """Twenty sent under 5 per 50 ms fill a limit of 20 per second: the next must wait."""
+    gate = RequestGate(rate_limit=5, rate_period=0.05, budget=CreditBudget(None, 0))
+    for _ in range(20):
+        await gate.admit()
+    gate.set_rate(20, 1.0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(gate.admit(), timeout=0.3)
