@@ -146,3 +146,27 @@ async def test_an_aged_out_credit_reading_brings_a_parked_job_forward(
     await sim.wait_for(lambda s: len(s.requests) >= 2, timeout=10)
     watcher.stop()
     assert await running == 0
+
+
+async def test_a_retry_comes_when_its_event_said_whatever_the_credits(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """Gaps stretch while credits are low (here five times), but a retry keeps its backoff."""
+    sim = await sim_factory(org_credits=4)  # from the third answer on, 1 credit left
+    sim.add_job("Leads", "1", ["RUNNING:1,0,0,100"] * 3 + ["500", "RUNNING:1,0,0,100"])
+    config = write_config(
+        tmp_path / "w.yaml",
+        sim.url,
+        [("Leads", "1")],
+        credits_floor=5,
+        schedule="fixed",
+        backoff_initial="200ms",
+        backoff_max="200ms",
+    )
+    watcher = await WatcherProcess.start("run", "--config", str(config))
+    failed = await watcher.wait_event("job.poll_failed")
+    await sim.wait_for(lambda s: len(s.requests) >= 5)
+    failing, retry = sim.requests[3:5]
+    assert retry.at - failing.done < failed["retry_in_s"] + 0.3  # not five times that
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0

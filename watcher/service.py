@@ -324,9 +324,12 @@ class Watcher:
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif decision.next_poll_in is not None:
-            if answer.effect is Effect.OBSERVED:  # a retry's delay is no pace to budget for
+            # A retry's delay is no pace to budget for, nor to stretch: its backoff already
+            # grows, and its event said when it comes.
+            stretch = 1.0
+            if answer.effect is Effect.OBSERVED:
                 runtime.demand.plan(spec, decision.next_poll_in)
-            stretch = runtime.budget.stretch(now, runtime.demand.per_s)
+                stretch = runtime.budget.stretch(now, runtime.demand.per_s)
             delay = runtime.pace.plan(spec, now, decision.next_poll_in, stretch)
             runtime.scheduler.schedule(spec, delay)
         else:
