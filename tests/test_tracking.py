@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import time
+import tracemalloc
 from pathlib import Path
 
 from watcher.config import JobSpec
@@ -107,3 +109,39 @@ async def test_a_replayed_job_finished_says_why_the_job_ended(tmp_path: Path) ->
     assert [(e["outcome"], e["error"], e["replayed"]) for e in finished] == [
         ("rejected", "NO_PERMISSION", True)
     ]
+
+
+async def test_a_stalled_reader_costs_one_held_save_per_job_not_one_per_poll(
+    tmp_path: Path,
+) -> None:
+    """Polls that said nothing still save their job; while the reader is stalled those saves
+    wait for the lines before them. A quiet watcher would otherwise grow for as long as the
+    stall lasts (about 0.7 KB a poll). Once the reader reads, the latest record is saved."""
+    read_end, write_end = os.pipe()
+    store = await StateStore.open(tmp_path / "state.db")
+    log = EventLog(os.fdopen(write_end, "w"), "json", "info")
+    tracker = Tracker(log, store, time.time, time.monotonic)
+    specs = [JobSpec("Leads", str(n)) for n in range(1, 4)]
+    await tracker.track(specs)
+    for n in range(2000):  # more than the pipe holds
+        log.log("info", "filler", n=n, pad="x" * 100)
+    log.flush()
+    assert log.holding()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(5000):
+            for spec in specs:
+                job = tracker.jobs[spec]
+                job.polls += 1
+                await tracker.record(job, ())
+        grown = tracemalloc.take_snapshot().compare_to(before, "filename")
+    finally:
+        tracemalloc.stop()
+    assert sum(stat.size_diff for stat in grown) < 200_000  # 15,000 saves held: 7 MB before
+    loop = asyncio.get_running_loop()
+    while log.holding():  # the reader reads again
+        await loop.run_in_executor(None, os.read, read_end, 1 << 16)
+    os.close(read_end)
+    assert {store.jobs[spec].polls for spec in specs} == {5000}
+    await store.close()

@@ -174,6 +174,11 @@ class _Pipe:
         """Whether lines written wait for the reader to make room."""
         return self._sent < self._accepted
 
+    @property
+    def accepted(self) -> int:
+        """Bytes taken so far: where in the stream a `when_sent` made now would wait for."""
+        return self._accepted
+
     def when_sent(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything written so far has reached the kernel. While lines
         are being dropped it never runs: what it waits for may be among them."""
@@ -280,6 +285,9 @@ class _Lines:
 
     def holding(self) -> bool:
         return self._pipe is not None and self._pipe.holding()
+
+    def written(self) -> int:
+        return 0 if self._pipe is None else self._pipe.accepted
 
     def when_out(self, callback: Callable[[], None]) -> None:
         """Run `callback` once every line written so far is out of this process."""
@@ -425,6 +433,11 @@ class EventLog:
     def holding(self) -> bool:
         """Whether a stalled reader holds back lines already written (see `when_out`)."""
         return self._lines.holding()
+
+    def written(self) -> int:
+        """How far the lines written so far reach: two `when_out` made at the same point wait
+        for the same lines."""
+        return self._lines.written()
 
     def when_out(self, callback: Callable[[], None]) -> None:
         """Run `callback` once every line written so far has left this process: at once,

@@ -22,6 +22,8 @@ from watcher.state import JobRecord, StateError, StateStore
 # Events whose loss would matter: their state is committed before they go out.
 DURABLE_EVENTS = frozenset({"job.status_changed", "job.finished"})
 
+_Key = tuple[str, str]  # a job as the store names it: (module, job_id)
+
 
 class Tracker:
     """Tracked jobs by spec, their outcomes, and their persistence (when a store is given).
@@ -42,6 +44,11 @@ class Tracker:
         self._monotonic = monotonic
         self.jobs: dict[JobSpec, JobState] = {}
         self.outcomes: Counter[str] = Counter()
+        # Saves waiting for held-back lines (see `_hold`): the batch of the latest point in the
+        # stream, and for each job the batch its record waits in.
+        self._batch: dict[_Key, JobRecord] = {}
+        self._batch_at = -1
+        self._held_in: dict[_Key, dict[_Key, JobRecord]] = {}
 
     @property
     def unfinished(self) -> int:
@@ -178,16 +185,33 @@ class Tracker:
             return
         record = self.as_record(job, removed_at)
         if self._log.holding():
-            self._log.when_out(functools.partial(self._save_held, record))
+            self._hold(record)
         else:
             self.store.save(record)
 
-    def _save_held(self, record: JobRecord) -> None:
+    def _hold(self, record: JobRecord) -> None:
+        """Keep `record` for when the lines written so far are out. Saves made at the same point
+        of the stream share one batch, and a job keeps only its latest record, in the latest
+        batch: a stalled reader then costs one record per job, not one per poll."""
+        at = self._log.written()
+        if at != self._batch_at:
+            self._batch, self._batch_at = {}, at
+            self._log.when_out(functools.partial(self._save_held, self._batch))
+        key = (record.module, record.job_id)
+        earlier = self._held_in.get(key)
+        if earlier is not None and earlier is not self._batch:
+            del earlier[key]  # saved with the later batch instead: a replay at worst
+        self._batch[key] = record
+        self._held_in[key] = self._batch
+
+    def _save_held(self, batch: dict[_Key, JobRecord]) -> None:
         """A store that failed or closed meanwhile says so at its next save or its close; not
         recorded as said, the events are said again after a restart."""
         assert self.store is not None
-        with contextlib.suppress(StateError):
-            self.store.save(record)
+        for key, record in batch.items():
+            del self._held_in[key]
+            with contextlib.suppress(StateError):
+                self.store.save(record)
 
     def as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
         return JobRecord(
