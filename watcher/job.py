@@ -100,7 +100,9 @@ def _observed(
 ) -> Decision:
     job.failures = 0
     job.not_found = 0
-    job.samples = (*job.samples, _sample(observation, now))[-SAMPLES_KEPT:]
+    job.samples = (*job.samples, sample_of(observation.status, observation.counts, now))[
+        -SAMPLES_KEPT:
+    ]
     seen = estimate(job.samples)
     previous, job.status, job.counts = job.status, observation.status, observation.counts
     events = [status_changed(job, previous, seen)] if job.status != previous else []
@@ -113,11 +115,11 @@ def _observed(
     return Decision(tuple(events), next_poll_in=delay)
 
 
-def _sample(observation: Observation, now: float) -> Sample:
-    counts = observation.counts
+def sample_of(status: str, counts: Counts, at: float) -> Sample:
+    """What the schedule and the estimates read of a status row seen `at`."""
     updated, failed = counts.get("updated_count"), counts.get("failed_count")
     done = None if updated is None or failed is None else updated + failed
-    return Sample(now, observation.status, done, counts.get("total_count"))
+    return Sample(at, status, done, counts.get("total_count"))
 
 
 def status_changed(job: JobState, previous: str | None, seen: Estimate) -> Event:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from watcher.config import JobSpec
 from watcher.events import EventLog
-from watcher.job import Event, JobState, finished_event, status_changed, tenths_done
+from watcher.job import Event, JobState, finished_event, sample_of, status_changed, tenths_done
 from watcher.schedule import estimate
 from watcher.state import JobRecord, StateError, StateStore
 
@@ -171,11 +171,20 @@ class Tracker:
         guarantee allows from a real repetition.
         """
         owed = []
+        seen_at = self._seen_at(job)
         if job.status != job.emitted_status and job.status is not None:
-            owed.append(status_changed(job, job.emitted_status, estimate(job.samples)))
+            seen = estimate((sample_of(job.status, job.counts, seen_at),))
+            owed.append(status_changed(job, job.emitted_status, seen))
         if job.outcome is not None and job.finished_at is None:
-            owed.append(finished_event(job, self._monotonic()))
+            owed.append(finished_event(job, seen_at))
         return [Event(e.name, e.level, {**e.fields, "replayed": True}) for e in owed]
+
+    def _seen_at(self, job: JobState) -> float:
+        """When the last answer came, on the monotonic clock: what a replayed event reports
+        figures as of (its duration, its progress), not the restart, which may be hours on."""
+        if job.last_seen is None:
+            return self._monotonic()
+        return job.added_at + max(0.0, job.last_seen - job.first_seen)
 
     def _save(self, job: JobState, removed_at: float | None = None) -> None:
         """Saved at once; or, while a stalled reader holds event lines back, once those lines
