@@ -907,9 +907,20 @@ def test_every_unset_variable_is_reported() -> None:
 
 
 def test_several_variables_and_escapes_in_one_value() -> None:
-    text = "zoho:\n  auth:\n    access_token: 'a${X}-${Y}$$b$c'\n"
-    token = parse(text, {"X": "1", "Y": "$2"}).zoho.auth.access_token
-    assert token == Secret("a1-$2$b$c")
+    text = "zoho:\n  auth:\n    access_token: 'a${X}-${Y}$$b$$c$9'\n"
+    token = parse(text, {"X": "1", "Y": "$Z"}).zoho.auth.access_token
+    assert token == Secret("a1-$Z$b$c$9")  # a value from the environment is not read again
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("api_domain", "https://$ZOHO_DOMAIN"), ("api_version", "v$V")],
+)
+def test_a_bare_dollar_name_anywhere_is_refused_not_taken_as_text(key: str, value: str) -> None:
+    """Taken as text, the watcher would poll a host that cannot exist, for ever."""
+    text = AUTH.replace("zoho:\n", f"zoho:\n  {key}: '{value}'\n", 1)
+    message = "write ${NAME} for an environment variable, $$ for a literal $"
+    assert problem(text) == f"cfg.yaml:2: zoho.{key}: {message}"
 
 
 def test_variables_reach_durations_modules_and_job_ids() -> None:

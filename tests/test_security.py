@@ -129,7 +129,7 @@ async def test_a_certificate_nobody_vouches_for_is_refused(tmp_path: Path, refre
         )
         watcher.process.terminate()
         assert await watcher.finish() == 0
-        assert {e["error"] for e in watcher.named(failure)} == {"connection_error"}
+        assert {e["error"] for e in watcher.named(failure)} == {"tls_error"}
         assert watcher.named("job.finished") == []
         assert zoho.asked == []
 

@@ -90,7 +90,7 @@ _MAX_DIGITS = 18  # keeps counts within 64 bits and clear of int()'s 4300-digit 
 MASKED_LENGTH = 8
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNBRACED = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")  # $NAME, meant as ${NAME}
-_REFERENCE = re.compile(r"\$(?:\$|\{(?P<name>[^}]*)(?P<end>\}?))")
+_REFERENCE = re.compile(r"\$(?:\$|\{(?P<name>[^}]*)(?P<end>\}?)|(?P<bare>[A-Za-z_]))")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRAILING_NEWLINE = re.compile(r"\r?\n\Z")
 _NO_CREDENTIALS = (
@@ -669,8 +669,13 @@ class _Reader:
         return expanded if len(self.problems) == count else None
 
     def _expand(self, match: re.Match[str], node: Node, path: str, env: Mapping[str, str]) -> str:
-        """One ${VAR} or $$; the reference is not echoed, as it may sit inside a secret."""
+        """One ${VAR} or $$; the reference is not echoed, as it may sit inside a secret. A bare
+        $NAME is refused: taken as text, `https://$DOMAIN` would be polled for ever, and a
+        `state_path` of `$DIR/state.db` would land where no restart looks."""
         name, end = match["name"], match["end"]
+        if match["bare"] is not None:
+            self.report(node, path, "write ${NAME} for an environment variable, $$ for a literal $")
+            return ""
         if name is None:
             return "$"
         if not end:
