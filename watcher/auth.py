@@ -24,6 +24,7 @@ from watcher.backoff import backoff_delay
 from watcher.classify import failure_kind
 from watcher.config import AuthSettings, Secret, url_problem
 from watcher.job import Event
+from watcher.proxy import proxy_for
 from watcher.state import StoredToken
 from watcher.zoho_api import (
     OAUTH_PERMANENT_ERRORS,
@@ -193,6 +194,7 @@ class RefreshingToken:
             "client_secret": auth.client_secret.reveal(),
         }
         self._url = f"{auth.accounts_url}{OAUTH_TOKEN_PATH}"
+        self._proxy = proxy_for(self._url)
         form = self._form
         self._issued_for = _issued_for(self._url, form["client_id"], form["refresh_token"])
         self._emit = emit
@@ -338,7 +340,7 @@ class RefreshingToken:
         try:
             # Never followed: a redirect would carry the form, secrets and all, wherever it says.
             async with self._session.post(
-                self._url, data=self._form, allow_redirects=False
+                self._url, data=self._form, allow_redirects=False, proxy=self._proxy
             ) as response:
                 return read_token_answer(response.status, await response.read())
         except (TimeoutError, aiohttp.ClientError) as exc:

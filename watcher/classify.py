@@ -188,10 +188,13 @@ def failure_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "truncated_response"
-    # Neither heals by waiting, and both look like any refused connection otherwise: a missing
-    # CA bundle or an intercepting proxy, a host name that does not resolve.
+    # None of these heals by waiting, and each looks like any refused connection otherwise: a
+    # missing CA bundle or an intercepting proxy, a proxy that refuses or cannot be reached, a
+    # host name that does not resolve.
     if isinstance(exc, aiohttp.ClientSSLError):
         return "tls_error"
+    if isinstance(exc, aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError):
+        return "proxy_error"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns_error"
     if isinstance(exc, aiohttp.ClientConnectionError):

@@ -16,6 +16,7 @@ from yarl import URL
 from watcher.auth import TokenSource
 from watcher.classify import Answer, classify, failure_kind
 from watcher.config import JobSpec
+from watcher.proxy import proxy_for
 from watcher.ratelimit import RequestGate
 from watcher.zoho_api import AUTH_HEADER, AUTH_SCHEME, Effect, JobKind
 
@@ -33,6 +34,7 @@ class ZohoClient:
         kind: JobKind,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._proxy = proxy_for(api_domain)
         self._session = session
         self._gate = gate
         self._tokens = tokens
@@ -110,6 +112,7 @@ class ZohoClient:
                 url,
                 headers=headers,
                 allow_redirects=False,
+                proxy=self._proxy,
                 middlewares=(_ResendsAdmitted(self._gate),),
             ) as response:
                 body = await response.read()

@@ -921,7 +921,7 @@ def url_problem(text: str) -> str | None:
         return not_url
     if "@" in parts.netloc:
         return "must not contain a user name or password"
-    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname or ""):
+    if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
         return "must use https (http is allowed only for localhost)"
     if "?" in text or "#" in text:
         return "must not have a query or fragment"
@@ -944,7 +944,8 @@ def _encodable_host(host: str) -> bool:
     return True
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine (what http, rather than https, may reach)."""
     if host == "localhost":
         return True
     try:
