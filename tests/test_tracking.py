@@ -167,3 +167,30 @@ async def test_a_stalled_reader_costs_one_held_save_per_job_not_one_per_poll(
     os.close(read_end)
     assert {store.jobs[spec].polls for spec in specs} == {5000}
     await store.close()
+
+
+async def test_transitions_held_back_by_a_stalled_reader_are_said_again_from_the_last_one_out(
+    tmp_path: Path,
+) -> None:
+    """Two transitions behind a stalled reader, then a stop: neither line went out, so the state
+    file must not say the first one did (the next run would then skip it)."""
+    read_end, write_end = os.pipe()
+    store = await StateStore.open(tmp_path / "state.db")
+    log = EventLog(os.fdopen(write_end, "w"), "json", "info")
+    tracker = Tracker(log, store, time.time, time.monotonic)
+    spec = JobSpec("Leads", "1")
+    await tracker.track([spec])
+    job = tracker.jobs[spec]
+    for n in range(2000):  # more than the pipe holds
+        log.log("info", "filler", n=n, pad="x" * 100)
+    log.flush()
+    assert log.holding()
+    for previous, status in ((None, "SCHEDULED"), ("SCHEDULED", "RUNNING")):
+        job.status = status
+        await tracker.record(job, [status_changed(job, previous, Estimate(None, None))])
+    await store.close()
+    os.close(read_end)
+    again = await StateStore.open(tmp_path / "state.db")
+    (record,) = again.jobs.values()
+    assert (record.status, record.emitted_status) == ("RUNNING", None)
+    await again.close()

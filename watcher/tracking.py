@@ -115,7 +115,7 @@ class Tracker:
         # Without a store nothing is durable: no commit to wait for, no flush to force.
         durable = store is not None and any(e.name in DURABLE_EVENTS for e in events)
         if store is not None and durable:
-            saving = store.save_durably(self.as_record(job))
+            saving = store.save_durably(self._committed(job, store))
             try:
                 await asyncio.shield(saving)
             except asyncio.CancelledError:
@@ -124,6 +124,17 @@ class Tracker:
                     self._emit(job, events, durable)
                 raise
         self._emit(job, events, durable)
+
+    def _committed(self, job: JobState, store: StateStore) -> JobRecord:
+        """What to commit before `job`'s events go out. While a stalled reader holds lines
+        back, the transition last said is the last one the store heard of, not the last one
+        written: saved as said, a line still held back would be lost with a stop, where now the
+        next run says the change since what the reader last saw."""
+        record = self.as_record(job)
+        if self._log.holding():
+            said = store.jobs.get((record.module, record.job_id))
+            record = record._replace(emitted_status=None if said is None else said.emitted_status)
+        return record
 
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         if not self.tracks(job):  # removed while its state was being saved
