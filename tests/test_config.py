@@ -28,6 +28,7 @@ from watcher.config import (
     load_all,
     load_config,
     load_jobs_file,
+    load_state_path,
     parse_config,
     parse_jobs_file,
     read_file_bytes,
@@ -1575,3 +1576,16 @@ def test_a_secret_pasted_as_a_module_in_a_jobs_file_is_refused_unsaid(tmp_path: 
 def test_an_empty_secret_file_path_names_no_file() -> None:
     text = "zoho:\n  auth:\n    access_token_file: ''\n"
     assert problem(text) == "cfg.yaml:3: zoho.auth.access_token_file: no file named"
+
+
+def test_status_reads_only_the_state_path(tmp_path: Path) -> None:
+    """Neither the credentials nor the rest of the file need be right for a look at the state."""
+    path = tmp_path / "w.yaml"
+    path.write_text("zoho:\n  auth:\n    access_token: ${UNSET}\nstate_path: ${DIR}/state.db\n")
+    assert load_state_path(path, {"DIR": "/var/lib/w"}) == Path("/var/lib/w/state.db")
+    path.write_text("jobs: [x]\n")
+    assert load_state_path(path, {}) is None
+    path.write_text("state_path: ${DIR}/state.db\n")
+    with pytest.raises(ConfigError) as info:
+        load_state_path(path, {})
+    assert info.value.problems == (f"{path}:1: state_path: environment variable DIR is not set",)

@@ -587,6 +587,25 @@ async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) ->
     )
 
 
+async def test_status_needs_only_the_state_file_not_the_credentials(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """An admin's shell rarely has the service's secrets: `status` reads only state_path."""
+    sim.add_job(*A, ["COMPLETED"])
+    state = tmp_path / "state.db"
+    auth = {"access_token": "${SERVICE_ONLY_TOKEN}"}
+    config = write_config(
+        tmp_path / "w.yaml", sim.url, [A], auth=auth, top={"state_path": str(state)}
+    )
+    watcher = await WatcherProcess.start(
+        "run", "--config", str(config), "--exit-when-done", env={"SERVICE_ONLY_TOKEN": "sim-token"}
+    )
+    assert await watcher.finish() == 0
+    code, stdout, stderr = await run_cli("status", "--config", str(config), "--json")
+    assert (code, stderr) == (0, "")
+    assert [job["outcome"] for job in json.loads(stdout)] == ["completed"]
+
+
 @pytest.mark.parametrize(
     ("state_path", "problem"),
     [(None, "sets no state_path"), ("not/there/state.db", "no state file at")],

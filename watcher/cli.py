@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from watcher.config import Config, ConfigError, load_all, redact
+from watcher.config import Config, ConfigError, load_all, load_state_path, redact
 from watcher.events import FORMATS, LEVELS, EventLog, OutputFailed
 from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
-from watcher.status import show_status
+from watcher.status import show_status, state_file
 
 PROG = "zoho-job-watcher"
 
@@ -51,13 +51,13 @@ def _command(args: argparse.Namespace, signalled: Sequence[int]) -> int:
         _default_signals(signalled)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "status":
+        return _status(args.config, as_json=args.json)
     try:
         config = load_all(args.config)
     except ConfigError as exc:
         return _config_failed(exc)
     try:
-        if args.command == "status":
-            return asyncio.run(show_status(config, as_json=args.json))
         log = _event_log(args, config.zoho.auth.secrets())
         watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
         return asyncio.run(serve(watcher, signalled))
@@ -74,6 +74,18 @@ def _default_signals(signalled: Sequence[int]) -> None:
         signal.signal(stop, signal.SIG_DFL)
     for signum in signalled[:1]:
         signal.raise_signal(signum)
+
+
+def _status(path: Path, *, as_json: bool) -> int:
+    try:
+        state_path = load_state_path(path)
+    except ConfigError as exc:
+        return _config_failed(exc)
+    try:
+        return asyncio.run(show_status(state_file(state_path), as_json=as_json))
+    except StartupError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _check_config(path: Path) -> int:

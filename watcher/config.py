@@ -238,6 +238,28 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
     return config
 
 
+def load_state_path(path: Path, env: Mapping[str, str] | None = None) -> Path | None:
+    """Only `state_path`: all that `status` reads. An admin's shell often has neither the
+    credentials the rest names (`${VAR}`s, secret files) nor, mid-edit, jobs files that read
+    well, and needs neither to look at what the watcher remembers."""
+    source = str(path)
+    reader = _Reader(source, os.environ if env is None else env)
+    root = _compose(_read_file(path, "config file", None), source)
+    node = _top_level(root, "state_path")
+    state_path = None if node is None else _optional(reader.local_path)(node, "state_path")
+    if reader.problems:
+        raise ConfigError(reader.redacted_problems())
+    return state_path
+
+
+def _top_level(root: Node, key: str) -> Node | None:
+    if isinstance(root, MappingNode):
+        for name, value in root.value:
+            if isinstance(name, ScalarNode) and name.value == key:
+                return cast(Node, value)
+    return None
+
+
 def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """The main file plus every jobs file in its jobs_dir: the complete set of jobs to watch.
 

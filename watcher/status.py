@@ -5,22 +5,28 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
-from watcher.config import Config
 from watcher.service import StartupError
 from watcher.state import JobRecord, StateError, StateStore, record_view
 
 COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN", "ERROR")
 
 
-async def show_status(config: Config, *, as_json: bool) -> int:
-    """Print every job the state file knows, oldest first. Needs `state_path` in the config."""
-    if config.state_path is None:
+def state_file(state_path: Path | None) -> Path:
+    """The config's `state_path`, if there is a file to look at: a look must not create one (a
+    mistyped path, say)."""
+    if state_path is None:
         raise StartupError("status: the config sets no state_path, so nothing is remembered")
-    if not config.state_path.exists():  # a look must not create one (a mistyped path, say)
-        raise StartupError(f"status: no state file at {config.state_path}")
+    if not state_path.exists():
+        raise StartupError(f"status: no state file at {state_path}")
+    return state_path
+
+
+async def show_status(state_path: Path, *, as_json: bool) -> int:
+    """Print every job the state file knows, oldest first."""
     try:
-        store = await StateStore.open(config.state_path, writer=False)
+        store = await StateStore.open(state_path, writer=False)
     except StateError as exc:
         raise StartupError(str(exc)) from None
     records = sorted(store.jobs.values(), key=lambda record: record.first_seen)
