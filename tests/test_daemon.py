@@ -622,6 +622,19 @@ async def test_status_without_a_state_file_says_so_and_creates_none(
     assert not (tmp_path / "not").exists()
 
 
+async def test_status_on_an_empty_state_file_shows_nothing_and_leaves_it_empty(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A watcher that created the file and died at once, or `touch state.db`: a look must not
+    turn it into a database (world-readable, at that)."""
+    state = tmp_path / "state.db"
+    state.touch(mode=0o644)
+    config = write_config(tmp_path / "w.yaml", sim.url, [A], top={"state_path": str(state)})
+    code, stdout, stderr = await run_cli("status", "--config", str(config), "--json")
+    assert (code, json.loads(stdout), stderr) == (0, [], "")
+    assert (os.stat(state).st_size, sorted(os.listdir(tmp_path))) == (0, ["state.db", "w.yaml"])
+
+
 async def test_status_leaves_an_older_schema_for_the_watcher_to_upgrade(
     tmp_path: Path, sim: Simulator
 ) -> None:

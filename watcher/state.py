@@ -384,8 +384,10 @@ def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
     except (sqlite3.Error, OSError) as exc:
         raise _unusable(path, exc) from None
     try:
-        _prepare(connection, path, writer)
-        jobs, token = _read_jobs(connection), _read_token(connection)
+        if _prepare(connection, path, writer):
+            jobs, token = _read_jobs(connection), _read_token(connection)
+        else:  # an empty file, looked at: nothing in it yet, and nothing written to it
+            jobs, token = {}, None
         return _Loaded(connection, jobs, token, (opened.st_dev, opened.st_ino), lock)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
         connection.close()
@@ -488,9 +490,10 @@ def _make_private(path: Path) -> None:
             os.close(descriptor)
 
 
-def _prepare(connection: sqlite3.Connection, path: Path, writer: bool) -> None:
+def _prepare(connection: sqlite3.Connection, path: Path, writer: bool) -> bool:
     """Check the file is an intact state file of ours before writing anything to it (a foreign
-    or damaged file is left exactly as it was), then set it up for the writer."""
+    or damaged file is left exactly as it was), then set it up for the writer. False for an
+    empty file a reader found: a look must not turn it into a database."""
     problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
         raise _damaged(path, f"fails its integrity check ({problems[0]})")
@@ -499,6 +502,8 @@ def _prepare(connection: sqlite3.Connection, path: Path, writer: bool) -> None:
     fresh = application_id == 0 and tables == 0
     if not fresh and application_id != _APPLICATION_ID:
         raise _damaged(path, "is not a zoho-job-watcher state file")
+    if fresh and not writer:
+        return False
     version = None if fresh else _check_version(connection, path)
     if version is not None and version < SCHEMA_VERSION and not writer:
         raise StateError(
@@ -512,6 +517,7 @@ def _prepare(connection: sqlite3.Connection, path: Path, writer: bool) -> None:
     connection.execute("PRAGMA synchronous = NORMAL")
     if version != SCHEMA_VERSION:
         _set_up(connection, path)
+    return True
 
 
 def _tables(connection: sqlite3.Connection) -> int:
