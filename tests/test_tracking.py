@@ -194,3 +194,33 @@ async def test_transitions_held_back_by_a_stalled_reader_are_said_again_from_the
     (record,) = again.jobs.values()
     assert (record.status, record.emitted_status) == ("RUNNING", None)
     await again.close()
+
+
+async def test_an_end_owed_by_a_job_removed_while_the_watcher_was_down_is_said_first(
+    tmp_path: Path,
+) -> None:
+    """Killed between the commit of a failure and its lines, then the job left the config: the
+    failure happened all the same, and is said (replayed) before the job's removal."""
+    store = await StateStore.open(tmp_path / "state.db")
+    counts = {"failed_count": 9, "updated_count": 1, "not_updated_count": 0, "total_count": 10}
+    seen = time.time() - 60.0
+    record = JobRecord(
+        *("Leads", "1", "FAILED", counts, "RUNNING", "failed", None, 3, seen, seen, None, None)
+    )
+    await store.save_durably(record)
+    stream = io.StringIO()
+    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
+    tracker.forget_missing([])
+    await store.close()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["event"], e.get("replayed")) for e in events] == [
+        ("job.status_changed", True),
+        ("job.finished", True),
+        ("job.removed", None),
+    ]
+    again = await StateStore.open(tmp_path / "state.db")
+    (kept,) = again.jobs.values()
+    assert (kept.emitted_status, kept.finished_at is not None) == ("FAILED", True)
+    assert kept.removed_at is not None
+    assert tracker.outcomes.total() == 0  # not the config's: no part of the exit code
+    await again.close()

@@ -64,6 +64,8 @@ class Tracker:
             record = self._stored(spec)
             job = self._resume(spec, record) if record else self._new(spec)
             self.jobs[spec] = job
+            if job.outcome is not None and job.finished_at is not None:  # said before a restart
+                self.outcomes[job.outcome] += 1
             if record is None or record.removed_at is not None:
                 self._log.emit(Event("job.added", "info", job.fields()))
             owed = self._owed(job) if record else None  # a new job owes nothing
@@ -100,8 +102,19 @@ class Tracker:
         for (module, job_id), record in list(self.store.jobs.items()):
             spec = JobSpec(module, job_id)
             if record.removed_at is None and spec not in configured:
-                self._log.log("info", "job.removed", module=module, job_id=job_id)
-                self.store.save(record._replace(removed_at=self._wall()))
+                self._forget(self.store, spec, record)
+
+    def _forget(self, store: StateStore, spec: JobSpec, record: JobRecord) -> None:
+        """Mark a job removed, saying first what it still owes: an end committed but never said
+        (a crash between the two) happened all the same, removed from the config or not."""
+        for event in self._owed(self._resume(spec, record)):
+            self._log.emit(event)
+        self._log.log("info", "job.removed", module=spec.module, job_id=spec.job_id)
+        now = self._wall()
+        ended_at = record.finished_at or (now if record.outcome is not None else None)
+        store.save(
+            record._replace(emitted_status=record.status, finished_at=ended_at, removed_at=now)
+        )
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
         """Persist what `events` record, then emit them, then note that they went out.
@@ -157,7 +170,7 @@ class Tracker:
 
     def _resume(self, spec: JobSpec, record: JobRecord) -> JobState:
         age = max(0.0, self._wall() - record.first_seen)
-        job = JobState(
+        return JobState(
             spec,
             added_at=self._monotonic() - age,
             first_seen=record.first_seen,
@@ -171,9 +184,6 @@ class Tracker:
             last_seen=record.last_seen,
             tenths_reported=tenths_done(record.counts),  # announced before the restart
         )
-        if job.outcome is not None and job.finished_at is not None:
-            self.outcomes[job.outcome] += 1
-        return job
 
     def _owed(self, job: JobState) -> list[Event]:
         """Events whose state was committed but which may not have gone out before a crash.
