@@ -61,10 +61,15 @@ def _command(args: argparse.Namespace, signalled: Sequence[int]) -> int:
         log = _event_log(args, config.zoho.auth.secrets())
         watcher = Watcher(config, log, exit_when_done=args.exit_when_done)
         return asyncio.run(serve(watcher, signalled))
-    except StartupError as exc:  # it may quote a setting: a secret put there stays unsaid
-        (said,) = redact([str(exc)], config.zoho.auth.secrets())
-        print(f"{PROG}: {said}", file=sys.stderr)
-        return EXIT_CONFIG
+    except StartupError as exc:
+        return _startup_failed(exc, config.zoho.auth.secrets())
+
+
+def _startup_failed(exc: StartupError, secrets: Sequence[str]) -> int:
+    """It may quote a setting: a secret put there stays unsaid."""
+    (said,) = redact([str(exc)], secrets)
+    print(f"{PROG}: {said}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _default_signals(signalled: Sequence[int]) -> None:
@@ -84,8 +89,16 @@ def _status(path: Path, *, as_json: bool) -> int:
     try:
         return asyncio.run(show_status(state_file(state_path), as_json=as_json))
     except StartupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _startup_failed(exc, _known_secrets(path))
+
+
+def _known_secrets(path: Path) -> Sequence[str]:
+    """The secrets the config names, as far as this shell can read them (`status` needs none,
+    but its messages quote the state file's path, where one may have been put)."""
+    try:
+        return load_all(path).zoho.auth.secrets()
+    except ConfigError:
+        return ()
 
 
 def _check_config(path: Path) -> int:
