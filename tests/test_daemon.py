@@ -351,17 +351,25 @@ async def http_get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+def more_lines_than_a_pipe_holds(
+    tmp_path: Path, sim: Simulator
+) -> tuple[Daemon, list[tuple[str, str]]]:
+    """1,500 jobs, each ending at its first poll: three lines a job, over a megabyte in all."""
+    jobs = [("Deals", str(n)) for n in range(1, 1501)]
+    for job in jobs:
+        sim.add_job(*job, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
+    return daemon, jobs
+
+
 async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_event(
     tmp_path: Path, sim: Simulator
 ) -> None:
     """`run | less`, paused; or a log shipper that has fallen behind. The pipe fills after a few
     hundred lines: the polls, and SIGTERM, must go on regardless; and what the lines still held
     back at the stop record is not saved as said, so the next run says it (at least once)."""
-    jobs = [("Deals", str(n)) for n in range(1, 1501)]
-    for job in jobs:
-        sim.add_job(*job, ["COMPLETED"])
-    daemon = Daemon(tmp_path, sim)
-    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
+    daemon, jobs = more_lines_than_a_pipe_holds(tmp_path, sim)
     read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
@@ -396,11 +404,7 @@ async def test_a_stalled_reader_that_goes_away_ends_the_watcher_quietly(
 ) -> None:
     """`run | less`, paused, then quit: the lines held back can go nowhere now. The watcher ends
     at its next event, as with any closed stdout, without a word on stderr meanwhile."""
-    jobs = [("Deals", str(n)) for n in range(1, 1501)]
-    for job in jobs:
-        sim.add_job(*job, ["COMPLETED"])
-    daemon = Daemon(tmp_path, sim)
-    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
+    daemon, jobs = more_lines_than_a_pipe_holds(tmp_path, sim)
     read_end, write_end = os.pipe()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -429,11 +433,7 @@ sys.exit(entry.main())
 async def test_lines_a_stalled_reader_had_no_room_for_are_counted_once_it_reads_again(
     tmp_path: Path, sim: Simulator
 ) -> None:
-    jobs = [("Deals", str(n)) for n in range(1, 1501)]
-    for job in jobs:
-        sim.add_job(*job, ["COMPLETED"])
-    daemon = Daemon(tmp_path, sim)
-    write_config(daemon.config, sim.url, jobs, top=daemon.top, rate_limit=100000)
+    daemon, jobs = more_lines_than_a_pipe_holds(tmp_path, sim)
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-c", SMALL_BACKLOG, "run", "--config", str(daemon.config)),
         stdout=asyncio.subprocess.PIPE,  # not read for now: the pipe fills

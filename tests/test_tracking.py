@@ -29,6 +29,26 @@ async def one_tracked_job(tmp_path: Path) -> tuple[StateStore, io.StringIO, Trac
     return store, stream, tracker, tracker.jobs[spec]
 
 
+async def stored(
+    tmp_path: Path, status: str, outcome: str, done: int, first_seen: float, last_seen: float
+) -> tuple[StateStore, io.StringIO, Tracker]:
+    """A state file holding Leads/1 as a crash between the commit of its end and the lines
+    saying it leaves it (it was RUNNING when last said), and a tracker on it."""
+    store = await StateStore.open(tmp_path / "state.db")
+    counts = {"failed_count": 10 - done, "updated_count": done, "not_updated_count": 0}
+    record = JobRecord(
+        *("Leads", "1", status, {**counts, "total_count": 10}, "RUNNING", outcome, None, 3),
+        *(first_seen, last_seen, None, None),
+    )
+    await store.save_durably(record)
+    stream = io.StringIO()
+    return (
+        store,
+        stream,
+        Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic),
+    )
+
+
 async def test_a_durable_event_is_written_before_record_returns(tmp_path: Path) -> None:
     store, stream, tracker, job = await one_tracked_job(tmp_path)
     spec = job.spec
@@ -116,16 +136,10 @@ async def test_replayed_events_give_the_figures_of_their_answer_not_of_the_resta
 ) -> None:
     """A crash between the commit of a finish and its lines, and a restart an hour later: the
     job took 12.5 s, and its last answer said 10 of 10 records were done."""
-    store = await StateStore.open(tmp_path / "state.db")
-    counts = {"failed_count": 0, "updated_count": 10, "not_updated_count": 0, "total_count": 10}
     first_seen = time.time() - 3600.0
-    record = JobRecord(
-        *("Leads", "1", "COMPLETED", counts, "RUNNING", "completed", None, 4),
-        *(first_seen, first_seen + 12.5, None, None),
+    store, stream, resumed = await stored(
+        tmp_path, "COMPLETED", "completed", 10, first_seen, first_seen + 12.5
     )
-    await store.save_durably(record)
-    stream = io.StringIO()
-    resumed = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
     await resumed.track([JobSpec("Leads", "1")])
     await store.close()
     events = {e["event"]: e for e in map(json.loads, stream.getvalue().splitlines())}
@@ -201,15 +215,8 @@ async def test_an_end_owed_by_a_job_removed_while_the_watcher_was_down_is_said_f
 ) -> None:
     """Killed between the commit of a failure and its lines, then the job left the config: the
     failure happened all the same, and is said (replayed) before the job's removal."""
-    store = await StateStore.open(tmp_path / "state.db")
-    counts = {"failed_count": 9, "updated_count": 1, "not_updated_count": 0, "total_count": 10}
     seen = time.time() - 60.0
-    record = JobRecord(
-        *("Leads", "1", "FAILED", counts, "RUNNING", "failed", None, 3, seen, seen, None, None)
-    )
-    await store.save_durably(record)
-    stream = io.StringIO()
-    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
+    store, stream, tracker = await stored(tmp_path, "FAILED", "failed", 1, seen, seen)
     tracker.forget_missing([])
     await store.close()
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
