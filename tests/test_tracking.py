@@ -231,3 +231,24 @@ async def test_an_end_owed_by_a_job_removed_while_the_watcher_was_down_is_said_f
     assert kept.removed_at is not None
     assert tracker.outcomes.total() == 0  # not the config's: no part of the exit code
     await again.close()
+
+
+async def test_an_owed_end_held_back_by_a_stalled_reader_is_not_recorded_as_said(
+    tmp_path: Path,
+) -> None:
+    """The same removal, its lines stuck behind a stalled reader at the stop: said again next
+    time, not recorded as said and lost."""
+    seen = time.time() - 60.0
+    store, _, _ = await stored(tmp_path, "FAILED", "failed", 1, seen, seen)
+    read_end, write_end = os.pipe()
+    log = EventLog(os.fdopen(write_end, "w"), "json", "info")
+    for n in range(2000):  # more than the pipe holds
+        log.log("info", "filler", n=n, pad="x" * 100)
+    log.flush()
+    Tracker(log, store, time.time, time.monotonic).forget_missing([])
+    await store.close()
+    os.close(read_end)
+    again = await StateStore.open(tmp_path / "state.db")
+    (kept,) = again.jobs.values()
+    assert (kept.emitted_status, kept.finished_at) == ("RUNNING", None)
+    await again.close()

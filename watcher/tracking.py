@@ -102,17 +102,18 @@ class Tracker:
         for (module, job_id), record in list(self.store.jobs.items()):
             spec = JobSpec(module, job_id)
             if record.removed_at is None and spec not in configured:
-                self._forget(self.store, spec, record)
+                self._forget(spec, record)
 
-    def _forget(self, store: StateStore, spec: JobSpec, record: JobRecord) -> None:
+    def _forget(self, spec: JobSpec, record: JobRecord) -> None:
         """Mark a job removed, saying first what it still owes: an end committed but never said
         (a crash between the two) happened all the same, removed from the config or not."""
         for event in self._owed(self._resume(spec, record)):
             self._log.emit(event)
         self._log.log("info", "job.removed", module=spec.module, job_id=spec.job_id)
+        self._log.flush()  # out (or held back) before the save below records them as said
         now = self._wall()
         ended_at = record.finished_at or (now if record.outcome is not None else None)
-        store.save(
+        self._put(
             record._replace(emitted_status=record.status, finished_at=ended_at, removed_at=now)
         )
 
@@ -211,9 +212,11 @@ class Tracker:
         """Saved at once; or, while a stalled reader holds event lines back, once those lines
         are out, in the order of the saves: a job is recorded as having said what it said only
         when it has (or is said again after a restart), and never with an older record last."""
-        if self.store is None:
-            return
-        record = self.as_record(job, removed_at)
+        if self.store is not None:
+            self._put(self.as_record(job, removed_at))
+
+    def _put(self, record: JobRecord) -> None:
+        assert self.store is not None
         if self._log.holding():
             self._hold(record)
         else:
