@@ -185,7 +185,7 @@ async def test_stdout_closed_from_the_start_ends_quietly(
     assert (stderr == b"") is not broken
 
 
-@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("command", ["run", "demo", "check-config", "status"])
 async def test_a_stdout_that_takes_no_more_lines_stops_the_watcher_with_one_line(
     tmp_path: Path, sim: Simulator, command: str
 ) -> None:
@@ -196,7 +196,12 @@ async def test_a_stdout_that_takes_no_more_lines_stops_the_watcher_with_one_line
     config = write_config(
         tmp_path / "w.yaml", sim.url, [("Leads", "1")], top={"state_path": str(state)}
     )
-    options = () if command == "demo" else ("--config", str(config), "--exit-when-done")
+    if command == "status":  # something to show
+        assert (await run_cli("run", "--config", str(config), "--exit-when-done"))[0] == 0
+    options = {
+        "demo": (),
+        "run": ("--config", str(config), "--exit-when-done"),
+    }.get(command, ("--config", str(config)))
     full = os.open("/dev/full", os.O_WRONLY)
     try:
         process = await asyncio.create_subprocess_exec(
@@ -208,7 +213,7 @@ async def test_a_stdout_that_takes_no_more_lines_stops_the_watcher_with_one_line
     finally:
         os.close(full)
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    said = b"zoho-job-watcher: cannot write events to stdout: No space left on device\n"
+    said = b"zoho-job-watcher: cannot write to stdout: No space left on device\n"
     assert (process.returncode, stderr) == (2, said)
     if command == "run":
         code, stdout, _ = await run_cli("run", "--config", str(config), "--exit-when-done")

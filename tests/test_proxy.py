@@ -28,6 +28,13 @@ def test_the_proxy_the_environment_names_is_used(monkeypatch: pytest.MonkeyPatch
     assert proxy_for("https://accounts.zoho.eu/oauth/v2/token") == PROXY
 
 
+def test_a_proxy_named_without_a_scheme_is_an_http_proxy_as_for_curl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp.example:3128")
+    assert proxy_for("https://www.zohoapis.eu") == PROXY
+
+
 def test_no_proxy_and_this_machine_are_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", PROXY)
     monkeypatch.setenv("HTTP_PROXY", PROXY)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from watcher.config import Config, ConfigError, load_all, load_state_path, redact
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None, signalled: Sequence[int] = ()) -> in
         pass
     except* OutputFailed as failed:  # a full disk, say: the events go nowhere any more
         reason = _first(failed).strerror
-        print(f"{PROG}: cannot write events to stdout: {reason}", file=sys.stderr)
+        print(f"{PROG}: cannot write to stdout: {reason}", file=sys.stderr)
         code = EXIT_CONFIG
     if sys.stdout is not None:  # Python's own flush at exit would meet the dead stdout again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -50,9 +51,11 @@ def _command(args: argparse.Namespace, signalled: Sequence[int]) -> int:
     if args.command != "run":
         _default_signals(signalled)
     if args.command == "check-config":
-        return _check_config(args.config)
+        with _printing():
+            return _check_config(args.config)
     if args.command == "status":
-        return _status(args.config, as_json=args.json)
+        with _printing():
+            return _status(args.config, as_json=args.json)
     try:
         config = load_all(args.config)
     except ConfigError as exc:
@@ -70,6 +73,20 @@ def _startup_failed(exc: StartupError, secrets: Sequence[str]) -> int:
     (said,) = redact([str(exc)], secrets)
     print(f"{PROG}: {said}", file=sys.stderr)
     return EXIT_CONFIG
+
+
+@contextlib.contextmanager
+def _printing() -> Iterator[None]:
+    """A short command's output fails as the event stream does (see OutputFailed): one line on
+    stderr and exit 2 for a full disk, a quiet end for a reader gone."""
+    try:
+        yield
+        if sys.stdout is not None:  # what is still buffered fails here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputFailed(exc.errno, exc.strerror) from None
 
 
 def _default_signals(signalled: Sequence[int]) -> None:

@@ -22,4 +22,7 @@ def proxy_for(url: str) -> str | None:
     host = parts.hostname or ""
     if is_loopback(host) or urllib.request.proxy_bypass(host):
         return None
-    return urllib.request.getproxies().get(parts.scheme.lower())
+    proxy = urllib.request.getproxies().get(parts.scheme.lower())
+    if proxy and "://" not in proxy:  # `host:port`, which curl takes as an http proxy
+        proxy = f"http://{proxy}"
+    return proxy
