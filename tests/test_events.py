@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from watcher import events
 from watcher.events import REDACTED, TOKENS_SCRUBBED, EventLog
 from watcher.job import Event
 
@@ -211,3 +212,27 @@ def test_a_secret_too_short_to_be_a_credential_does_not_mangle_the_lines() -> No
     EventLog(stream, "json", "info", secrets=["10"]).log("info", "x", interval_s=10.0, n=10)
     (line,) = lines(stream)
     assert (line["interval_s"], line["n"]) == (10.0, 10)
+
+
+async def test_a_stop_after_lines_were_dropped_waits_only_until_the_reader_has_caught_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not the whole of LINES_OUT_S: what a drop took cannot come back, what is left can go."""
+    monkeypatch.setattr(events, "BACKLOG_MAX", 100_000)
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    log = EventLog(stream, "json", "info")
+    for n in range(3000):  # more than the pipe and the backlog hold: some are dropped
+        log.log("info", "filler", n=n, pad="x" * 100)
+        log.flush()
+    assert log.lost() > 0
+    loop = asyncio.get_running_loop()
+    reading = loop.run_in_executor(None, _read_all, read_end)
+    await asyncio.wait_for(log.drained(), timeout=1.0)
+    stream.close()
+    await reading
+
+
+def _read_all(fd: int) -> None:
+    with os.fdopen(fd, "rb") as reader:
+        reader.read()

@@ -11,6 +11,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
+from watcher import events
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import JobState, status_changed
@@ -251,4 +254,36 @@ async def test_an_owed_end_held_back_by_a_stalled_reader_is_not_recorded_as_said
     again = await StateStore.open(tmp_path / "state.db")
     (kept,) = again.jobs.values()
     assert (kept.emitted_status, kept.finished_at) == ("RUNNING", None)
+    await again.close()
+
+
+async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped past the backlog's bound, the line was never said: however the job is saved
+    later, the state file must not record it as said."""
+    monkeypatch.setattr(events, "BACKLOG_MAX", 100_000)
+    read_end, write_end = os.pipe()
+    store = await StateStore.open(tmp_path / "state.db")
+    stream = os.fdopen(write_end, "w")
+    log = EventLog(stream, "json", "info")
+    tracker = Tracker(log, store, time.time, time.monotonic)
+    spec = JobSpec("Leads", "1")
+    await tracker.track([spec])
+    job = tracker.jobs[spec]
+    for n in range(3000):  # more than the pipe and the backlog hold
+        log.log("info", "filler", n=n, pad="x" * 100)
+        log.flush()
+    job.status = "RUNNING"
+    await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
+    loop = asyncio.get_running_loop()
+    while log.holding():  # the reader reads again: the dropped line does not come back
+        await loop.run_in_executor(None, os.read, read_end, 1 << 16)
+    await tracker.record(job, ())  # a later poll that said nothing saves the job again
+    await store.close()
+    stream.close()
+    os.close(read_end)
+    again = await StateStore.open(tmp_path / "state.db")
+    (record,) = again.jobs.values()
+    assert (record.status, record.emitted_status) == ("RUNNING", None)
     await again.close()

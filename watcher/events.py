@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import select
@@ -154,13 +153,19 @@ class _Pipe:
         self._accepted = 0  # bytes taken so far; `_sent` of them have reached the kernel
         self._sent = 0
         self._waiting: deque[tuple[int, Callable[[], None]]] = deque()  # (position, callback)
-        self._dropped = 0
+        self._emptied: list[asyncio.Future[None]] = []  # settled once the backlog has gone
+        self._dropped = 0  # lines dropped since the backlog last went, to report then
+        self.lost = 0  # lines dropped in all
+        self._lost_bytes = 0
         self.broken: OSError | None = None
         os.set_blocking(fd, False)  # one inherited non-blocking loses lines without this care
 
     def write(self, data: bytes) -> None:
         if len(self._backlog) + len(data) > BACKLOG_MAX:
-            self._dropped += data.count(b"\n")  # until the backlog has gone, see `when_sent`
+            lines = data.count(b"\n")
+            self._dropped += lines  # until the backlog has gone, see `when_sent`
+            self.lost += lines
+            self._lost_bytes += len(data)
             return
         self._accepted += len(data)
         if not self._backlog:
@@ -175,9 +180,10 @@ class _Pipe:
         return self._sent < self._accepted
 
     @property
-    def accepted(self) -> int:
-        """Bytes taken so far: where in the stream a `when_sent` made now would wait for."""
-        return self._accepted
+    def position(self) -> int:
+        """Bytes taken or dropped so far: two `when_sent` made at the same position wait for
+        the same lines, and one made after a drop never runs."""
+        return self._accepted + self._lost_bytes
 
     def when_sent(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything written so far has reached the kernel. While lines
@@ -193,7 +199,7 @@ class _Pipe:
         """Wait until the backlog has gone out (the caller bounds the wait)."""
         while self._backlog and self.broken is None:
             done = self._loop.create_future()
-            self.when_sent(functools.partial(_settle, done))
+            self._emptied.append(done)
             await done
 
     def close(self) -> None:
@@ -229,6 +235,9 @@ class _Pipe:
         if not self._backlog or self.broken is not None:
             self._backlog.clear()
             self._loop.remove_writer(self._fd)
+            for emptied in self._emptied:
+                _settle(emptied)
+            self._emptied.clear()
         while self._waiting and self._waiting[0][0] <= self._sent:
             self._waiting.popleft()[1]()
         if self._dropped and not self._backlog:
@@ -287,7 +296,10 @@ class _Lines:
         return self._pipe is not None and self._pipe.holding()
 
     def written(self) -> int:
-        return 0 if self._pipe is None else self._pipe.accepted
+        return 0 if self._pipe is None else self._pipe.position
+
+    def lost(self) -> int:
+        return 0 if self._pipe is None else self._pipe.lost
 
     def when_out(self, callback: Callable[[], None]) -> None:
         """Run `callback` once every line written so far is out of this process."""
@@ -438,6 +450,10 @@ class EventLog:
         """How far the lines written so far reach: two `when_out` made at the same point wait
         for the same lines."""
         return self._lines.written()
+
+    def lost(self) -> int:
+        """How many lines a stalled reader has cost so far (dropped past the backlog's bound)."""
+        return self._lines.lost()
 
     def when_out(self, callback: Callable[[], None]) -> None:
         """Run `callback` once every line written so far has left this process: at once,

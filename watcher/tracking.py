@@ -49,6 +49,10 @@ class Tracker:
         self._batch: dict[_Key, JobRecord] = {}
         self._batch_at = -1
         self._held_in: dict[_Key, dict[_Key, JobRecord]] = {}
+        # Jobs a durable line of which a stalled reader cost (dropped past the backlog): what
+        # the state file last heard was said of them, (emitted_status, finished_at), kept in
+        # every later save so that the next run says again what was lost.
+        self._unsaid: dict[_Key, tuple[str | None, float | None]] = {}
 
     @property
     def unfinished(self) -> int:
@@ -92,6 +96,7 @@ class Tracker:
                 self.outcomes[job.outcome] -= 1
             self._log.log("info", "job.removed", **job.fields())
             self._save(job, removed_at=self._wall())
+            self._unsaid.pop((spec.module, spec.job_id), None)
 
     def forget_missing(self, configured: Iterable[JobSpec]) -> None:
         """Jobs the store still tracks but the config no longer names (removed while we were
@@ -153,15 +158,26 @@ class Tracker:
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         if not self.tracks(job):  # removed while its state was being saved
             return
+        lost = self._log.lost()
         for event in events:
             self._log.emit(event)
         if durable:
             self._log.flush()  # out (or held back) before the save below records them as said
+            if self._log.lost() != lost:
+                self._lost(job)
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
             job.finished_at = self._wall()
             self.outcomes[job.outcome] += 1
         self._save(job)
+
+    def _lost(self, job: JobState) -> None:
+        key = (job.spec.module, job.spec.job_id)
+        if key not in self._unsaid:
+            said = self._stored(job.spec)
+            self._unsaid[key] = (
+                (None, None) if said is None else (said.emitted_status, said.finished_at)
+            )
 
     def _stored(self, spec: JobSpec) -> JobRecord | None:
         return None if self.store is None else self.store.jobs.get((spec.module, spec.job_id))
@@ -247,17 +263,19 @@ class Tracker:
                 self.store.save(record)
 
     def as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
+        key = (job.spec.module, job.spec.job_id)
+        emitted_status, finished_at = self._unsaid.get(key, (job.emitted_status, job.finished_at))
         return JobRecord(
             module=job.spec.module,
             job_id=job.spec.job_id,
             status=job.status,
             counts=job.counts,
-            emitted_status=job.emitted_status,
+            emitted_status=emitted_status,
             outcome=job.outcome,
             error=job.error,
             polls=job.polls,
             first_seen=job.first_seen,
             last_seen=job.last_seen,
-            finished_at=job.finished_at,
+            finished_at=finished_at,
             removed_at=removed_at,
         )
