@@ -136,6 +136,24 @@ def test_a_broken_edit_is_reported_once_and_its_fix_seen_in_a_new_jobs_dir(
     assert [spec.job_id for spec in fixed.jobs] == ["1", "2"]
 
 
+def test_undoing_a_broken_edit_is_said_although_the_config_is_as_before(tmp_path: Path) -> None:
+    """The last word must not stay `config.invalid`: the fix is taken, if only to say so."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    good = path.read_text()
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    path.write_text("jobs: [\n")
+    assert follower.check() is None
+    with pytest.raises(ConfigError):
+        follower.check()
+    path.write_text(good)  # the edit undone: the same config as the one running
+    assert follower.check() is None
+    healed = follower.check()
+    assert healed is not None
+    assert [spec.job_id for spec in healed.jobs] == ["1"]
+    assert follower.check() is None  # and once only
+
+
 def test_what_is_read_must_be_what_settled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file is cut again between the look that saw it settled and the read."""
     path = tmp_path / "watcher.yaml"

@@ -77,10 +77,11 @@ class ConfigWatcher:
             self._jobs_dir = config.jobs_dir
             self._pending, self._moving = config.fingerprint, self._moving + 1
             return None
+        healed = self._problems is not None  # said broken: that it works again must be said
         self._loaded, self._problems, self._jobs_dir = config.fingerprint, None, config.jobs_dir
         self._pending, self._moving = None, 0
         unchanged, self._running = config == self._running, config  # a comment is no change
-        return None if unchanged and not report_now else config
+        return None if unchanged and not (report_now or healed) else config
 
     def _fingerprint(self) -> bytes:
         """The files as they are now, taken as load_all takes them: the same digest when nothing
