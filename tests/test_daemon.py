@@ -325,6 +325,18 @@ async def test_a_restart_does_not_poll_a_job_again_before_its_interval(
     assert await second.finish() == 0
 
 
+async def test_a_relative_state_path_is_shown_where_it_really_is(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It starts from the working directory, which a reader of the event cannot see."""
+    sim.add_job(*A, ["COMPLETED"])
+    monkeypatch.chdir(tmp_path)  # the watcher's working directory
+    config = write_config(tmp_path / "w.yaml", sim.url, [A], top={"state_path": "rel-state.db"})
+    watcher = await WatcherProcess.start("run", "--config", str(config), "--exit-when-done")
+    assert await watcher.finish() == 0
+    assert watcher.named("watcher.started")[0]["state_path"] == str(tmp_path / "rel-state.db")
+
+
 async def test_restart_resumes_without_repeating_events(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["FAILED:1,9,0,10"])
     sim.add_job(*B, ["SCHEDULED", "SCHEDULED", "RUNNING"] + ["RUNNING"] * 20 + ["COMPLETED"])

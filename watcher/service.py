@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -511,7 +513,7 @@ class Watcher:
             max_concurrency=polling.max_concurrency,
             exit_when_done=self._exit_when_done,
             http=listening,
-            state_path=str(self._config.state_path) if self._config.state_path else None,
+            state_path=_absolute(self._config.state_path),
         )
 
     def _stopped(self) -> None:
@@ -524,6 +526,12 @@ class Watcher:
             unfinished=self._tracker.unfinished,
         )
         self._log.flush()  # the last line: out before the process ends, not at the next loop turn
+
+
+def _absolute(path: Path | None) -> str | None:
+    """Where a relative path really is: it starts from the working directory, which a reader
+    of the event cannot see."""
+    return None if path is None else os.path.abspath(path)
 
 
 def _host_port(host: str, port: int) -> str:
