@@ -150,22 +150,49 @@ async def test_replayed_events_give_the_figures_of_their_answer_not_of_the_resta
     assert events["job.finished"]["duration_s"] == 12.5
 
 
+class Stalled:
+    """An event log on a pipe whose reader reads nothing until `read_again`: it already holds
+    back `lines` lines (past the backlog's bound, some are dropped)."""
+
+    def __init__(self, lines: int = 2000) -> None:
+        self._read_end, write_end = os.pipe()
+        self._stream = os.fdopen(write_end, "w")
+        self.log = EventLog(self._stream, "json", "info")
+        for n in range(lines):
+            self.log.log("info", "filler", n=n, pad="x" * 100)
+            self.log.flush()
+        assert self.log.holding()
+
+    async def read_again(self) -> None:
+        """Until nothing is held back any more."""
+        loop = asyncio.get_running_loop()
+        while self.log.holding():
+            await loop.run_in_executor(None, os.read, self._read_end, 1 << 16)
+
+    def close(self) -> None:
+        self._stream.close()
+        os.close(self._read_end)
+
+
+async def kept(tmp_path: Path) -> JobRecord:
+    """The one job the state file holds, as the next run reads it."""
+    again = await StateStore.open(tmp_path / "state.db")
+    (record,) = again.jobs.values()
+    await again.close()
+    return record
+
+
 async def test_a_stalled_reader_costs_one_held_save_per_job_not_one_per_poll(
     tmp_path: Path,
 ) -> None:
     """Polls that said nothing still save their job; while the reader is stalled those saves
     wait for the lines before them. A quiet watcher would otherwise grow for as long as the
     stall lasts (about 0.7 KB a poll). Once the reader reads, the latest record is saved."""
-    read_end, write_end = os.pipe()
     store = await StateStore.open(tmp_path / "state.db")
-    log = EventLog(os.fdopen(write_end, "w"), "json", "info")
-    tracker = Tracker(log, store, time.time, time.monotonic)
     specs = [JobSpec("Leads", str(n)) for n in range(1, 4)]
+    stalled = Stalled()
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
     await tracker.track(specs)
-    for n in range(2000):  # more than the pipe holds
-        log.log("info", "filler", n=n, pad="x" * 100)
-    log.flush()
-    assert log.holding()
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
@@ -178,10 +205,8 @@ async def test_a_stalled_reader_costs_one_held_save_per_job_not_one_per_poll(
     finally:
         tracemalloc.stop()
     assert sum(stat.size_diff for stat in grown) < 200_000  # 15,000 saves held: 7 MB before
-    loop = asyncio.get_running_loop()
-    while log.holding():  # the reader reads again
-        await loop.run_in_executor(None, os.read, read_end, 1 << 16)
-    os.close(read_end)
+    await stalled.read_again()
+    stalled.close()
     assert {store.jobs[spec].polls for spec in specs} == {5000}
     await store.close()
 
@@ -191,26 +216,19 @@ async def test_transitions_held_back_by_a_stalled_reader_are_said_again_from_the
 ) -> None:
     """Two transitions behind a stalled reader, then a stop: neither line went out, so the state
     file must not say the first one did (the next run would then skip it)."""
-    read_end, write_end = os.pipe()
     store = await StateStore.open(tmp_path / "state.db")
-    log = EventLog(os.fdopen(write_end, "w"), "json", "info")
-    tracker = Tracker(log, store, time.time, time.monotonic)
+    stalled = Stalled()
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
     spec = JobSpec("Leads", "1")
     await tracker.track([spec])
     job = tracker.jobs[spec]
-    for n in range(2000):  # more than the pipe holds
-        log.log("info", "filler", n=n, pad="x" * 100)
-    log.flush()
-    assert log.holding()
     for previous, status in ((None, "SCHEDULED"), ("SCHEDULED", "RUNNING")):
         job.status = status
         await tracker.record(job, [status_changed(job, previous, Estimate(None, None))])
     await store.close()
-    os.close(read_end)
-    again = await StateStore.open(tmp_path / "state.db")
-    (record,) = again.jobs.values()
+    stalled.close()
+    record = await kept(tmp_path)
     assert (record.status, record.emitted_status) == ("RUNNING", None)
-    await again.close()
 
 
 async def test_an_end_owed_by_a_job_removed_while_the_watcher_was_down_is_said_first(
@@ -228,12 +246,10 @@ async def test_an_end_owed_by_a_job_removed_while_the_watcher_was_down_is_said_f
         ("job.finished", True),
         ("job.removed", None),
     ]
-    again = await StateStore.open(tmp_path / "state.db")
-    (kept,) = again.jobs.values()
-    assert (kept.emitted_status, kept.finished_at is not None) == ("FAILED", True)
-    assert kept.removed_at is not None
+    record = await kept(tmp_path)
+    assert (record.emitted_status, record.finished_at is not None) == ("FAILED", True)
+    assert record.removed_at is not None
     assert tracker.outcomes.total() == 0  # not the config's: no part of the exit code
-    await again.close()
 
 
 async def test_an_owed_end_held_back_by_a_stalled_reader_is_not_recorded_as_said(
@@ -243,18 +259,12 @@ async def test_an_owed_end_held_back_by_a_stalled_reader_is_not_recorded_as_said
     time, not recorded as said and lost."""
     seen = time.time() - 60.0
     store, _, _ = await stored(tmp_path, "FAILED", "failed", 1, seen, seen)
-    read_end, write_end = os.pipe()
-    log = EventLog(os.fdopen(write_end, "w"), "json", "info")
-    for n in range(2000):  # more than the pipe holds
-        log.log("info", "filler", n=n, pad="x" * 100)
-    log.flush()
-    Tracker(log, store, time.time, time.monotonic).forget_missing([])
+    stalled = Stalled()
+    Tracker(stalled.log, store, time.time, time.monotonic).forget_missing([])
     await store.close()
-    os.close(read_end)
-    again = await StateStore.open(tmp_path / "state.db")
-    (kept,) = again.jobs.values()
-    assert (kept.emitted_status, kept.finished_at) == ("RUNNING", None)
-    await again.close()
+    stalled.close()
+    record = await kept(tmp_path)
+    assert (record.emitted_status, record.finished_at) == ("RUNNING", None)
 
 
 async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_the_next_run(
@@ -263,27 +273,17 @@ async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_th
     """Dropped past the backlog's bound, the line was never said: however the job is saved
     later, the state file must not record it as said."""
     monkeypatch.setattr(events, "BACKLOG_MAX", 100_000)
-    read_end, write_end = os.pipe()
     store = await StateStore.open(tmp_path / "state.db")
-    stream = os.fdopen(write_end, "w")
-    log = EventLog(stream, "json", "info")
-    tracker = Tracker(log, store, time.time, time.monotonic)
     spec = JobSpec("Leads", "1")
+    stalled = Stalled(lines=3000)  # more than the pipe and the backlog hold
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
     await tracker.track([spec])
     job = tracker.jobs[spec]
-    for n in range(3000):  # more than the pipe and the backlog hold
-        log.log("info", "filler", n=n, pad="x" * 100)
-        log.flush()
     job.status = "RUNNING"
     await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
-    loop = asyncio.get_running_loop()
-    while log.holding():  # the reader reads again: the dropped line does not come back
-        await loop.run_in_executor(None, os.read, read_end, 1 << 16)
+    await stalled.read_again()  # the dropped line does not come back
     await tracker.record(job, ())  # a later poll that said nothing saves the job again
     await store.close()
-    stream.close()
-    os.close(read_end)
-    again = await StateStore.open(tmp_path / "state.db")
-    (record,) = again.jobs.values()
+    stalled.close()
+    record = await kept(tmp_path)
     assert (record.status, record.emitted_status) == ("RUNNING", None)
-    await again.close()
