@@ -633,6 +633,7 @@ def test_secret_file_path_may_come_from_the_environment(tmp_path: Path) -> None:
         (b"\n", "the secret is empty"),
         (TOKEN.encode() + b"\n\n", "the secret contains a line break or other control character"),
         (b"one\ntwo", "the secret contains a line break or other control character"),
+        (b"  1000.CLIENTID  \n", "the secret starts or ends with a space"),
         (b"\xff\xfe", "cannot read '{path}': not UTF-8 text (bad byte at offset 0)"),
     ],
 )
@@ -668,6 +669,7 @@ def test_secret_and_secret_file_together_are_refused(tmp_path: Path) -> None:
         ("", "no value given"),
         ("[a, b]", "expected a single value, got a list"),
         ('"a\\tb"', "the secret contains a line break or other control character"),
+        ('" 1000.abc.def"', "the secret starts or ends with a space"),
     ],
 )
 def test_bad_inline_secrets(value: str, message: str) -> None:

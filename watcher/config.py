@@ -858,6 +858,8 @@ class _Reader:
             self.report(node, key, "the secret is empty")
         elif _CONTROL.search(text):
             self.report(node, key, "the secret contains a line break or other control character")
+        elif text != text.strip():  # pasted along with it: Zoho would refuse it, far from here
+            self.report(node, key, "the secret starts or ends with a space")
         elif not _is_utf8(text):  # a byte the environment held that no header or form can carry
             self.report(node, key, "the secret is not valid UTF-8 text")
         else:
