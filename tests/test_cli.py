@@ -94,6 +94,31 @@ async def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     assert "1 job" in stdout
 
 
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ("a-directory", ": not a regular file; choose a file's path"),
+        ("notes.txt", " is not a zoho-job-watcher state file; move the file aside"),
+        ("new/state.db", None),  # `run` makes it, and its directory
+    ],
+)
+async def test_check_config_refuses_a_state_path_run_would_refuse(
+    tmp_path: Path, state: str, problem: str | None
+) -> None:
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    path = tmp_path / "watcher.yaml"
+    path.write_text(GOOD + f"state_path: {tmp_path / state}\n")
+    code, _, stderr = await run_cli("check-config", "--config", str(path))
+    if problem is None:
+        assert (code, stderr) == (0, "")
+    else:
+        assert code == 2
+        assert stderr.startswith(f"zoho-job-watcher: state file {tmp_path / state}{problem}")
+        assert len(stderr.splitlines()) == 1
+    assert not (tmp_path / "new").exists()  # a check creates nothing
+
+
 async def test_the_shipped_example_config_validates() -> None:
     example = Path(__file__).parent.parent / "config" / "watcher.example.yaml"
     code, _, stderr = await run_cli("check-config", "--config", str(example))

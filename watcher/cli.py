@@ -15,6 +15,7 @@ from pathlib import Path
 from watcher.config import Config, ConfigError, load_all, load_state_path, redact
 from watcher.events import FORMATS, LEVELS, EventLog, OutputFailed
 from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
+from watcher.state import StateError, check_path
 from watcher.status import show_status, state_file
 
 PROG = "zoho-job-watcher"
@@ -123,6 +124,11 @@ def _check_config(path: Path) -> int:
         config: Config = load_all(path)
     except ConfigError as exc:
         return _config_failed(exc)
+    if config.state_path is not None:  # what `run` would refuse before watching anything
+        try:
+            check_path(config.state_path)
+        except StateError as exc:
+            return _startup_failed(StartupError(str(exc)), config.zoho.auth.secrets())
     print(f"{path}: OK, {len(config.jobs)} job(s)")
     return EXIT_OK
 

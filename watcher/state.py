@@ -419,6 +419,14 @@ def _lock(path: Path) -> int:
     return descriptor
 
 
+def check_path(path: Path) -> None:
+    """What `check-config` can tell of a state file without opening it for SQLite: StateError
+    for what `run` would refuse at once (not a regular file, not an SQLite file). A missing one
+    is fine: `run` creates it."""
+    if os.path.lexists(path):
+        _claim(path, writer=False)
+
+
 def _claim(path: Path, writer: bool) -> None:
     """Make sure `path` can be opened as a state file, changing nothing that is not one: a writer
     creates it (and its directory), 0600 before SQLite ever opens it, for SQLite would use the
