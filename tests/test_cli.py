@@ -341,3 +341,28 @@ async def test_a_stop_while_a_short_command_runs_ends_it_as_the_signal_ends_any_
         "SIGINT", "check-config", "--config", str(config)
     )
     assert (code, stdout, stderr) == (-signal.SIGINT, b"", b"")  # no KeyboardInterrupt traceback
+
+
+SIGHUP_WHILE_IMPORTING = """
+import os, signal, sys
+import watcher.__main__ as entry
+class SignalOnImport:  # the moment `watcher.cli` is imported: handlers in place, nothing else
+    def find_spec(self, name, path, target=None):
+        if name == "watcher.cli":
+            os.kill(os.getpid(), signal.SIGHUP)
+        return None
+sys.meta_path.insert(0, SignalOnImport())
+sys.exit(entry.main())
+"""
+
+
+async def test_a_sighup_while_a_short_command_starts_ends_it_too(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "w.yaml", "http://127.0.0.1:9", [("Leads", "1")])
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", SIGHUP_WHILE_IMPORTING, "check-config", "--config", str(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert (process.returncode, stdout, stderr) == (-signal.SIGHUP, b"", b"")

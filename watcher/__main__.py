@@ -16,11 +16,11 @@ def main() -> int:
     def note(signum: int, _: object) -> None:
         signalled.append(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # A SIGHUP too: it ends a short command (`check-config`, `status`) as it ends any process,
+    # while `run` drops it (a ConfigMap update as the pod starts): its first checks compare the
+    # files with what the load read.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, note)
-    # A SIGHUP before the watcher listens (a ConfigMap update as the pod starts) is lost without
-    # harm: the first checks compare the files with what the load read.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from watcher.cli import main as cli_main
 
     return cli_main(signalled=signalled)

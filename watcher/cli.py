@@ -22,8 +22,8 @@ PROG = "zoho-job-watcher"
 
 
 def main(argv: Sequence[str] | None = None, signalled: Sequence[int] = ()) -> int:
-    """`signalled`: the stop signals noted since the process started (see `__main__`); `run` and
-    `demo` stop at once on them, the short commands end as those signals end a process."""
+    """`signalled`: the signals noted since the process started (see `__main__`); `run` and
+    `demo` stop at once on a stop signal, the short commands end as those signals end a process."""
     args = _parser().parse_args(argv)
     code = EXIT_OK
     try:

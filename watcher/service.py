@@ -556,7 +556,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
 
 async def serve(watcher: Watcher, signalled: Sequence[int] = ()) -> int:
     """Run until done or signalled: SIGTERM and SIGINT stop gracefully, SIGHUP reloads.
-    `signalled` holds the stop signals that came before the loop listened: it stops at once.
+    `signalled` holds the signals that came before the loop listened: a stop signal among them
+    stops it at once; a SIGHUP is dropped, for the first checks compare the files anyway.
 
     Once the run has ended its exit code is decided, and those signals are ignored: the loop's
     close would otherwise restore their default action, and a signal in the last moments of the
@@ -566,7 +567,7 @@ async def serve(watcher: Watcher, signalled: Sequence[int] = ()) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, watcher.stop)
     loop.add_signal_handler(signal.SIGHUP, watcher.reload)
-    if signalled:
+    if any(signum != signal.SIGHUP for signum in signalled):
         watcher.stop()
     try:
         return await watcher.run()
