@@ -147,20 +147,19 @@ def _error_effect(
     assert isinstance(error, dict)
     code = error.get("code")
     code = code if isinstance(code, str) and code else f"http_{http_status}"
+    return _code_effect(kind, http_status, code, error.get("details")), code, None
+
+
+def _code_effect(kind: JobKind, http_status: int, code: str, details: object) -> Effect:
+    """A 5xx says the server failed and a 429 that the org is over its limit, whatever the body
+    names: such an answer can neither end a job nor the watcher, nor escape the org-wide pause.
+    Otherwise the code decides, where we know it."""
+    if http_status >= 500 or http_status == 429:
+        return effect_of_http_status(http_status)
+    if code == INVALID_DATA and _names_param(details, kind.id_param):
+        return Effect.NOT_FOUND
     known = ERRORS.get(code)
-    # A 5xx says the server failed and a 429 that the org is over its limit, whatever the body
-    # names: such an answer can neither end a job nor the watcher, nor escape the org-wide pause.
-    server_said = http_status >= 500 or http_status == 429
-    effect = known.effect if known is not None and not server_said else None
-    if (
-        code == INVALID_DATA
-        and not server_said
-        and _names_param(error.get("details"), kind.id_param)
-    ):
-        effect = Effect.NOT_FOUND
-    if effect is None:
-        effect = effect_of_http_status(http_status)
-    return effect, code, None
+    return effect_of_http_status(http_status) if known is None else known.effect
 
 
 def _names_param(details: object, param: str) -> bool:

@@ -69,7 +69,7 @@ def _command(args: argparse.Namespace, signalled: Sequence[int]) -> int:
         return _startup_failed(exc, config.zoho.auth.secrets())
 
 
-def _startup_failed(exc: StartupError, secrets: Sequence[str]) -> int:
+def _startup_failed(exc: StartupError | StateError, secrets: Sequence[str]) -> int:
     """It may quote a setting: a secret put there stays unsaid."""
     (said,) = redact([str(exc)], secrets)
     print(f"{PROG}: {said}", file=sys.stderr)
@@ -128,7 +128,7 @@ def _check_config(path: Path) -> int:
         try:
             check_path(config.state_path)
         except StateError as exc:
-            return _startup_failed(StartupError(str(exc)), config.zoho.auth.secrets())
+            return _startup_failed(exc, config.zoho.auth.secrets())
     print(f"{path}: OK, {len(config.jobs)} job(s)")
     return EXIT_OK
 

@@ -155,17 +155,14 @@ class _Pipe:
         self._waiting: deque[tuple[int, Callable[[], None]]] = deque()  # (position, callback)
         self._emptied: list[asyncio.Future[None]] = []  # settled once the backlog has gone
         self._dropped = 0  # lines dropped since the backlog last went, to report then
-        self.lost = 0  # lines dropped in all
-        self._lost_bytes = 0
+        self.lost = 0  # bytes of lines dropped in all
         self.broken: OSError | None = None
         os.set_blocking(fd, False)  # one inherited non-blocking loses lines without this care
 
     def write(self, data: bytes) -> None:
         if len(self._backlog) + len(data) > BACKLOG_MAX:
-            lines = data.count(b"\n")
-            self._dropped += lines  # until the backlog has gone, see `when_sent`
-            self.lost += lines
-            self._lost_bytes += len(data)
+            self._dropped += data.count(b"\n")  # until the backlog has gone, see `when_sent`
+            self.lost += len(data)
             return
         self._accepted += len(data)
         if not self._backlog:
@@ -183,7 +180,7 @@ class _Pipe:
     def position(self) -> int:
         """Bytes taken or dropped so far: two `when_sent` made at the same position wait for
         the same lines, and one made after a drop never runs."""
-        return self._accepted + self._lost_bytes
+        return self._accepted + self.lost
 
     def when_sent(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything written so far has reached the kernel. While lines
@@ -452,7 +449,8 @@ class EventLog:
         return self._lines.written()
 
     def lost(self) -> int:
-        """How many lines a stalled reader has cost so far (dropped past the backlog's bound)."""
+        """How much a stalled reader has cost so far: bytes of lines dropped past the backlog's
+        bound (it grows with every drop)."""
         return self._lines.lost()
 
     def when_out(self, callback: Callable[[], None]) -> None:

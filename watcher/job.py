@@ -100,9 +100,8 @@ def _observed(
 ) -> Decision:
     job.failures = 0
     job.not_found = 0
-    job.samples = (*job.samples, sample_of(observation.status, observation.counts, now))[
-        -SAMPLES_KEPT:
-    ]
+    sample = sample_of(observation.status, observation.counts, now)
+    job.samples = (*job.samples, sample)[-SAMPLES_KEPT:]
     seen = estimate(job.samples)
     previous, job.status, job.counts = job.status, observation.status, observation.counts
     events = [status_changed(job, previous, seen)] if job.status != previous else []

@@ -50,9 +50,9 @@ class Tracker:
         self._batch_at = -1
         self._held_in: dict[_Key, dict[_Key, JobRecord]] = {}
         # Jobs a durable line of which a stalled reader cost (dropped past the backlog): what
-        # the state file last heard was said of them, (emitted_status, finished_at), kept in
-        # every later save so that the next run says again what was lost.
-        self._unsaid: dict[_Key, tuple[str | None, float | None]] = {}
+        # was said of them as the state file last heard (see `_said`), kept in every later save
+        # so that the next run says again what was lost.
+        self._unsaid: dict[JobSpec, tuple[str | None, float | None]] = {}
 
     @property
     def unfinished(self) -> int:
@@ -96,7 +96,7 @@ class Tracker:
                 self.outcomes[job.outcome] -= 1
             self._log.log("info", "job.removed", **job.fields())
             self._save(job, removed_at=self._wall())
-            self._unsaid.pop((spec.module, spec.job_id), None)
+            self._unsaid.pop(spec, None)
 
     def forget_missing(self, configured: Iterable[JobSpec]) -> None:
         """Jobs the store still tracks but the config no longer names (removed while we were
@@ -151,33 +151,30 @@ class Tracker:
         next run says the change since what the reader last saw."""
         record = self.as_record(job)
         if self._log.holding():
-            said = store.jobs.get((record.module, record.job_id))
-            record = record._replace(emitted_status=None if said is None else said.emitted_status)
+            record = record._replace(emitted_status=self._said(job.spec)[0])
         return record
 
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         if not self.tracks(job):  # removed while its state was being saved
             return
-        lost = self._log.lost()
+        lost = self._log.lost() if durable else 0
         for event in events:
             self._log.emit(event)
         if durable:
             self._log.flush()  # out (or held back) before the save below records them as said
-            if self._log.lost() != lost:
-                self._lost(job)
+            if self._log.lost() != lost:  # dropped past the backlog: never said
+                self._unsaid.setdefault(job.spec, self._said(job.spec))
         job.emitted_status = job.status
         if job.outcome is not None and job.finished_at is None:
             job.finished_at = self._wall()
             self.outcomes[job.outcome] += 1
         self._save(job)
 
-    def _lost(self, job: JobState) -> None:
-        key = (job.spec.module, job.spec.job_id)
-        if key not in self._unsaid:
-            said = self._stored(job.spec)
-            self._unsaid[key] = (
-                (None, None) if said is None else (said.emitted_status, said.finished_at)
-            )
+    def _said(self, spec: JobSpec) -> tuple[str | None, float | None]:
+        """(emitted_status, finished_at) as the state file last heard them: saves wait behind
+        held-back lines, so this is what a reader has been told."""
+        said = self._stored(spec)
+        return (None, None) if said is None else (said.emitted_status, said.finished_at)
 
     def _stored(self, spec: JobSpec) -> JobRecord | None:
         return None if self.store is None else self.store.jobs.get((spec.module, spec.job_id))
@@ -263,8 +260,9 @@ class Tracker:
                 self.store.save(record)
 
     def as_record(self, job: JobState, removed_at: float | None = None) -> JobRecord:
-        key = (job.spec.module, job.spec.job_id)
-        emitted_status, finished_at = self._unsaid.get(key, (job.emitted_status, job.finished_at))
+        emitted_status, finished_at = self._unsaid.get(
+            job.spec, (job.emitted_status, job.finished_at)
+        )
         return JobRecord(
             module=job.spec.module,
             job_id=job.spec.job_id,
