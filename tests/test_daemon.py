@@ -325,6 +325,28 @@ async def test_a_restart_does_not_poll_a_job_again_before_its_interval(
     assert await second.finish() == 0
 
 
+async def test_a_restart_polls_a_job_when_the_run_before_planned_it(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Here a retry Zoho asked for in 3 s, longer than `interval`: polled sooner, it would spend
+    a credit the plan did not, and tell a busy Zoho nothing new."""
+    sim.add_job(*A, ["429:3", "RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A], interval="500ms", max_interval="5s", backoff_max="5s")
+    first = await daemon.start()
+    failed = await first.wait_event("job.poll_failed")
+    assert failed["retry_in_s"] == 3.0
+    first.process.terminate()
+    assert await first.finish() == 0
+    second = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests) == 2, timeout=10)
+    refused, again = sim.requests
+    assert again.at - refused.done >= 3.0 - 0.05  # as planned, not `interval` after it
+    assert again.at - refused.done < 3.0 + 2.0
+    second.process.terminate()
+    assert await second.finish() == 0
+
+
 async def test_a_relative_state_path_is_shown_where_it_really_is(
     tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

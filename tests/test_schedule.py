@@ -159,19 +159,38 @@ def test_an_unknown_schedule_is_refused() -> None:
         delay([], "eager")
 
 
-def test_a_resumed_job_is_polled_an_interval_after_it_was_last_seen() -> None:
-    assert resume_delay(None, now=1000.0, interval=10.0) == 0.0  # never seen: at once
-    assert resume_delay(997.0, now=1000.0, interval=10.0) == 7.0  # seen 3 s before the restart
-    assert resume_delay(900.0, now=1000.0, interval=10.0) == 0.0  # overdue: at once
+def resumed(last_seen: float | None, next_poll_at: float | None, now: float = 1000.0) -> float:
+    return resume_delay(last_seen, next_poll_at, now, INTERVAL, MAX_INTERVAL)
+
+
+def test_a_resumed_job_is_polled_when_the_run_before_planned_it() -> None:
+    assert resumed(None, None) == 0.0  # never seen nor planned: at once
+    assert resumed(990.0, 1100.0) == 100.0  # planned 100 s after the restart
+    assert resumed(None, 1030.0) == 30.0  # a retry planned before any answer was seen
+    assert resumed(700.0, 900.0) == 0.0  # overdue: at once
+
+
+def test_a_plan_from_a_file_that_kept_none_comes_an_interval_after_the_job_was_last_seen() -> None:
+    assert resumed(997.0, None) == 7.0  # seen 3 s before the restart
+    assert resumed(900.0, None) == 0.0  # overdue: at once
 
 
 @given(
-    last_seen=st.floats(-1e9, 1e9),
+    last_seen=st.none() | st.floats(-1e9, 1e9),
+    next_poll_at=st.none() | st.floats(-1e9, 1e9),
     now=st.floats(-1e9, 1e9),
     interval=st.floats(0.01, 1e5),
+    widest=st.floats(1.0, 1e3),
 )
-def test_a_resumed_job_waits_at_most_an_interval_whatever_the_clock_did(
-    last_seen: float, now: float, interval: float
+def test_a_resumed_job_waits_at_most_max_interval_whatever_the_clock_did(
+    last_seen: float | None,
+    next_poll_at: float | None,
+    now: float,
+    interval: float,
+    widest: float,
 ) -> None:
-    """A wall clock stepped back puts `last_seen` in the future: no longer wait for all that."""
-    assert 0.0 <= resume_delay(last_seen, now, interval) <= interval
+    """A wall clock stepped back puts the plan far in the future: no longer wait for all that;
+    nor for a plan made under a wider `max_interval` than the one now set."""
+    max_interval = interval * widest
+    waited = resume_delay(last_seen, next_poll_at, now, interval, max_interval)
+    assert 0.0 <= waited <= (max_interval if next_poll_at is not None else interval)

@@ -278,6 +278,7 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
     kept = kept._replace(outcome="completed", polls=4, first_seen=1.0, last_seen=2.0)
     assert store.jobs == {("Leads", "7"): kept._replace(finished_at=2.0)}
     await store.save_durably(job("8", outcome="rejected", error="NO_PERMISSION"))
+    await store.save_durably(job("9")._replace(next_poll_at=1_700_000_100.0))
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
@@ -285,6 +286,7 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
         )
     again = await StateStore.open(path)
     assert again.jobs[("Leads", "8")].error == "NO_PERMISSION"
+    assert again.jobs[("Leads", "9")].next_poll_at == 1_700_000_100.0
     await again.close()
 
 
@@ -292,7 +294,7 @@ async def test_an_upgrade_that_fails_leaves_the_file_as_it_was(path: Path) -> No
     write_schema_1(path)
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("ALTER TABLE jobs ADD COLUMN error TEXT")  # the upgrade's step then fails
-    with pytest.raises(StateError, match=r"cannot bring it to schema version 2 \(duplicate col"):
+    with pytest.raises(StateError, match=r"cannot bring it to schema version 3 \(duplicate col"):
         await StateStore.open(path)
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
@@ -304,7 +306,7 @@ def test_a_look_does_not_upgrade_a_file_an_older_watcher_may_still_use(path: Pat
     write_schema_1(path)
     before = path.read_bytes()
     with pytest.raises(
-        StateError, match="schema version 1, this zoho-job-watcher reads 2: run its watcher once"
+        StateError, match="schema version 1, this zoho-job-watcher reads 3: run its watcher once"
     ):
         asyncio.run(StateStore.open(path, writer=False))
     assert path.read_bytes() == before

@@ -87,6 +87,20 @@ async def test_a_job_removed_during_its_durable_save_says_nothing_and_stays_remo
     await again.close()
 
 
+async def test_a_job_keeps_its_planned_poll_until_it_is_removed(tmp_path: Path) -> None:
+    """Added again later, it starts afresh rather than waiting for a plan it left behind."""
+    store, _, tracker, job = await one_tracked_job(tmp_path)
+    key = (job.spec.module, job.spec.job_id)
+    job.next_poll_at = time.time() + 250.0
+    await tracker.record(job, [])
+    assert store.jobs[key].next_poll_at == job.next_poll_at
+    tracker.untrack([job.spec])
+    await store.close()
+    again = await StateStore.open(tmp_path / "state.db")
+    assert again.jobs[key].next_poll_at is None
+    await again.close()
+
+
 async def test_an_answer_for_a_removed_job_is_neither_said_nor_saved(tmp_path: Path) -> None:
     store, stream, tracker, job = await one_tracked_job(tmp_path)
     spec = job.spec

@@ -45,6 +45,7 @@ class JobState:
     error: str | None = None  # Zoho's code when the outcome is not_found or rejected
     first_seen: float = 0.0
     last_seen: float | None = None
+    next_poll_at: float | None = None  # when the next poll is planned; None once it has ended
     emitted_status: str | None = None  # the status of the last job.status_changed that went out
     finished_at: float | None = None  # when job.finished went out
     samples: tuple[Sample, ...] = ()  # the latest SAMPLES_KEPT; a tuple: none costs nothing

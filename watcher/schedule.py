@@ -85,12 +85,24 @@ def next_delay(
     return min(max_interval, max(interval, delay))
 
 
-def resume_delay(last_seen: float | None, now: float, interval: float) -> float:
-    """Seconds until the first poll of a job (times in epoch seconds): at once for one never
-    seen; for one a restart resumes, `interval` after it was last seen, as if the watcher had
-    not stopped. Otherwise every restart would spend a credit per job: a crash loop, or a rolling
-    update of a watcher of ten thousand jobs, would spend a small org's day. A wall clock that
-    went back waits no longer than `interval`."""
+def resume_delay(
+    last_seen: float | None,
+    next_poll_at: float | None,
+    now: float,
+    interval: float,
+    max_interval: float,
+) -> float:
+    """Seconds until the first poll of a job a run starts with (times in epoch seconds).
+
+    One a restart resumes is polled when the run before planned it, as if the watcher had not
+    stopped: otherwise every restart would spend a credit per job, and a crash loop, or a rolling
+    update of a watcher of ten thousand jobs, would spend a small org's day. Never later than
+    `max_interval`, whatever the wall clock did meanwhile or the settings now say. A file from
+    before plans were kept: `interval` after the job was last seen. A job never seen nor planned:
+    at once.
+    """
+    if next_poll_at is not None:
+        return min(max_interval, max(0.0, next_poll_at - now))
     if last_seen is None:
         return 0.0
     return min(interval, max(0.0, last_seen + interval - now))

@@ -265,11 +265,14 @@ class Watcher:
         self._poll_first(await self._tracker.track(specs))
 
     def _poll_first(self, specs: list[JobSpec]) -> None:
-        """A new job at once; one the state file remembers, `interval` after it was last seen."""
+        """A new job at once; one the state file remembers, when its last run planned it."""
         assert self._runtime is not None
-        now, interval = time.time(), self._config.polling.interval
+        now, polling = time.time(), self._config.polling
         for spec in specs:
-            delay = resume_delay(self._tracker.jobs[spec].last_seen, now, interval)
+            job = self._tracker.jobs[spec]
+            delay = resume_delay(
+                job.last_seen, job.next_poll_at, now, polling.interval, polling.max_interval
+            )
             self._runtime.scheduler.schedule(spec, delay)
 
     async def _poll(self, spec: JobSpec) -> None:
@@ -297,7 +300,7 @@ class Watcher:
             return
         if self._metrics is not None:
             self._metrics.poll_done(answer.effect.value, answer.elapsed)
-        job.last_seen = time.time()
+        job.last_seen = seen = time.time()
         now = runtime.clock()
         if answer.credits_remaining is not None:
             self._credits_reported(answer.credits_remaining, now)
@@ -316,6 +319,9 @@ class Watcher:
             runtime.gate.answered()
         if decision.fatal and self._finished.is_set():
             return  # a refused token, said once: the other polls it failed add nothing
+        # Planned before the save, which keeps the plan: a restart polls the job when planned.
+        delay = None if decision.fatal else self._plan(spec, answer, decision.next_poll_in, now)
+        job.next_poll_at = None if delay is None else seen + delay
         try:
             await self._tracker.record(job, decision.events)
         except StateError as exc:
@@ -325,18 +331,27 @@ class Watcher:
             return
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
-        elif decision.next_poll_in is not None:
-            # A retry's delay is no pace to budget for, nor to stretch: its backoff already
-            # grows, and its event said when it comes.
-            stretch = 1.0
-            if answer.effect is Effect.OBSERVED:
-                runtime.demand.plan(spec, decision.next_poll_in)
-                stretch = runtime.budget.stretch(now, runtime.demand.per_s)
-            delay = runtime.pace.plan(spec, now, decision.next_poll_in, stretch)
+        elif delay is not None:
             runtime.scheduler.schedule(spec, delay)
         else:
             runtime.unplan(spec)
             self._check_done()
+
+    def _plan(
+        self, spec: JobSpec, answer: Answer, next_poll_in: float | None, now: float
+    ) -> float | None:
+        """Seconds until `spec`'s next poll, its gap stretched to the credit budget; None once
+        the job has ended. A retry's delay is no pace to budget for, nor to stretch: its backoff
+        already grows, and its event said when it comes."""
+        if next_poll_in is None:
+            return None
+        assert self._runtime is not None
+        runtime = self._runtime
+        stretch = 1.0
+        if answer.effect is Effect.OBSERVED:
+            runtime.demand.plan(spec, next_poll_in)
+            stretch = runtime.budget.stretch(now, runtime.demand.per_s)
+        return runtime.pace.plan(spec, now, next_poll_in, stretch)
 
     async def _keep_pace(self) -> None:
         """Bring parked jobs forward when the stretch has fallen: checked every minute, as a

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Marks the file as ours in SQLite's header, so another program's database is recognised as such
 # instead of being mistaken for a damaged state file, or worse, written to.
 _APPLICATION_ID = 0x7A6A7731  # "zjw1"
@@ -55,6 +55,7 @@ _SCHEMA = (
         last_seen REAL,
         finished_at REAL,
         removed_at REAL,
+        next_poll_at REAL,
         PRIMARY KEY (module, job_id)
     ) WITHOUT ROWID
     """,
@@ -71,6 +72,7 @@ _SCHEMA = (
 # inside the transaction that also records the new version, so an upgrade is whole or not at all.
 _UPGRADES: dict[int, str] = {
     1: "ALTER TABLE jobs ADD COLUMN error TEXT",  # 2: why a job ended not_found or rejected
+    2: "ALTER TABLE jobs ADD COLUMN next_poll_at REAL",  # 3: when its next poll was planned
 }
 _SET_VERSION = f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'"
 _RECOVER = (
@@ -102,6 +104,7 @@ class JobRecord(NamedTuple):
     last_seen: float | None  # time of the last answer
     finished_at: float | None
     removed_at: float | None  # when it left the config; None while configured
+    next_poll_at: float | None = None  # when its next poll was planned; None once it has ended
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class Tracker:
             if job.outcome is not None and job.finished_at is not None:  # counted once out
                 self.outcomes[job.outcome] -= 1
             self._log.log("info", "job.removed", **job.fields())
+            job.next_poll_at = None  # no poll planned: added again, it starts afresh
             self._save(job, removed_at=self._wall())
             self._unsaid.pop(spec, None)
 
@@ -119,7 +120,12 @@ class Tracker:
         now = self._wall()
         ended_at = record.finished_at or (now if record.outcome is not None else None)
         self._put(
-            record._replace(emitted_status=record.status, finished_at=ended_at, removed_at=now)
+            record._replace(
+                emitted_status=record.status,
+                finished_at=ended_at,
+                removed_at=now,
+                next_poll_at=None,
+            )
         )
 
     async def record(self, job: JobState, events: Sequence[Event]) -> None:
@@ -196,6 +202,7 @@ class Tracker:
             emitted_status=record.emitted_status,
             finished_at=record.finished_at,
             last_seen=record.last_seen,
+            next_poll_at=record.next_poll_at,
             tenths_reported=tenths_done(record.counts),  # announced before the restart
         )
 
@@ -276,4 +283,5 @@ class Tracker:
             last_seen=job.last_seen,
             finished_at=finished_at,
             removed_at=removed_at,
+            next_poll_at=job.next_poll_at,
         )
