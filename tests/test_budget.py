@@ -32,6 +32,25 @@ async def test_the_daily_budget_is_never_exceeded(tmp_path: Path, sim: Simulator
     assert await watcher.finish(timeout=5) == 0
 
 
+async def test_the_daily_budget_holds_across_a_restart(tmp_path: Path, sim: Simulator) -> None:
+    """With a state file, credits spent before a restart count for their 24 hours: a crash loop
+    or a redeploy must not start every run with a full day's budget."""
+    for job in JOBS:
+        sim.add_job(*job, ["RUNNING"])
+    state = {"state_path": str(tmp_path / "state.db")}
+    config = write_config(tmp_path / "w.yaml", sim.url, JOBS, top=state, credits_per_day=2)
+    first = await WatcherProcess.start("run", "--config", str(config))
+    await sim.wait_for(lambda s: len(s.requests) >= 2)
+    first.process.terminate()
+    assert await first.finish(timeout=5) == 0
+    second = await WatcherProcess.start("run", "--config", str(config))
+    await second.wait_event("watcher.started")
+    with pytest.raises(TimeoutError):  # the job never polled is due at once; the budget is spent
+        await sim.wait_for(lambda s: len(s.requests) > 2, timeout=1.5)
+    second.process.terminate()
+    assert await second.finish(timeout=5) == 0
+
+
 def test_demand_is_the_sum_of_poll_rates() -> None:
     demand = Demand()
     demand.plan("a", 10.0)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget
+from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, carried_over
 
 HOUR = 3_600.0
 
@@ -39,6 +39,51 @@ def test_wait_is_the_time_until_the_oldest_credit_ages_out() -> None:
     assert budget.wait(DAY_S) == 0.0
     budget.spend(DAY_S)
     assert budget.wait(DAY_S) == pytest.approx(10.0)
+
+
+@given(
+    st.integers(1, 50),
+    st.lists(st.floats(-DAY_S, 0.0), max_size=60).map(sorted),
+    st.floats(0.0, DAY_S),
+    st.lists(st.floats(0.0, DAY_S / 10), min_size=1, max_size=100),
+)
+def test_credits_spent_before_a_restart_count_for_the_rest_of_their_24_hours(
+    per_day: int, before: list[float], set_back: float, gaps: list[float]
+) -> None:
+    """The run before sent up to the restart (at 0.0) honouring its budget; the wall clock may
+    have been set back since. With what it spent carried over, every 24 hours keep the budget.
+    (Times in real seconds; the new run's monotonic clock reads 5.0 at the restart.)"""
+    sent: list[float] = []
+    budget = CreditBudget(per_day, floor=0)
+    for at in before:
+        if budget.wait(at) == 0.0:
+            budget.spend(at)
+            sent.append(at)
+    resumed = CreditBudget(per_day, floor=0, spent_before=carried_over(sent, -set_back, 5.0))
+    now = 5.0
+    for gap in gaps:
+        now += gap
+        now += resumed.wait(now)
+        resumed.spend(now)
+        sent.append(now - 5.0)
+    for start in sent:
+        assert sum(1 for at in sent if start <= at < start + DAY_S) <= per_day
+
+
+def test_each_credit_spent_under_a_budget_is_told_to_be_kept() -> None:
+    kept: list[str] = []
+    budget = CreditBudget(None, floor=0, on_spend=lambda: kept.append("credit"))
+    budget.spend(1.0)  # no budget: nothing to keep
+    budget.configure(10, floor=0)
+    budget.spend(2.0)
+    budget.spend(3.0)
+    assert kept == ["credit", "credit"]
+
+
+def test_credits_carried_over_are_those_of_the_last_24_hours_on_the_new_clock() -> None:
+    wall = 1_000_000.0
+    spent = [wall - DAY_S - 1.0, wall - HOUR, wall - 10.0, wall + 50.0]  # the last: clock went back
+    assert carried_over(spent, wall, now=7.0) == [7.0 - HOUR, -3.0, 7.0]
 
 
 def test_without_a_budget_nothing_waits_or_stretches() -> None:

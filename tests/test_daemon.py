@@ -683,7 +683,7 @@ async def test_status_leaves_an_older_schema_for_the_watcher_to_upgrade(
     config = write_config(tmp_path / "watcher.yaml", sim.url, [A], top={"state_path": str(state)})
     code, stdout, stderr = await run_cli("status", "--config", str(config))
     assert (code, stdout, stderr.count("\n")) == (2, "", 1)
-    assert "schema version 1, this zoho-job-watcher reads 2: run its watcher once" in stderr
+    assert "schema version 1, this zoho-job-watcher reads 3: run its watcher once" in stderr
     assert state.read_bytes() == before
 
 

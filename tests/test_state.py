@@ -271,6 +271,20 @@ def write_schema_1(path: Path, version: str = "1") -> None:
         )
 
 
+async def test_credits_spent_are_kept_in_order_until_forgotten(path: Path) -> None:
+    store = await StateStore.open(path)
+    for at in (30.0, 10.0, 20.0):
+        store.save_spent(at)
+    await store.close()
+    again = await StateStore.open(path)
+    assert again.spent == [10.0, 20.0, 30.0]
+    again.forget_spent(before=20.0)
+    await again.close()
+    look = await StateStore.open(path, writer=False)
+    assert look.spent == [20.0, 30.0]
+    await look.close()
+
+
 async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> None:
     write_schema_1(path)
     store = await StateStore.open(path)
@@ -279,6 +293,7 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
     assert store.jobs == {("Leads", "7"): kept._replace(finished_at=2.0)}
     await store.save_durably(job("8", outcome="rejected", error="NO_PERMISSION"))
     await store.save_durably(job("9")._replace(next_poll_at=1_700_000_100.0))
+    store.save_spent(1_700_000_050.0)
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
@@ -287,6 +302,7 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
     again = await StateStore.open(path)
     assert again.jobs[("Leads", "8")].error == "NO_PERMISSION"
     assert again.jobs[("Leads", "9")].next_poll_at == 1_700_000_100.0
+    assert again.spent == [1_700_000_050.0]
     await again.close()
 
 

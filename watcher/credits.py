@@ -13,7 +13,7 @@ credits a day. Beyond a few hundred thousand a day, count per second instead.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -40,8 +40,19 @@ _ROUNDING_S = 1e-6
 class CreditBudget:
     """Credits spent by this watcher in the last 24 hours and what Zoho says the org has left."""
 
-    def __init__(self, credits_per_day: int | None, floor: int) -> None:
-        self._spent: deque[float] = deque()  # when each credit of the last 24 hours went, in order
+    def __init__(
+        self,
+        credits_per_day: int | None,
+        floor: int,
+        *,
+        spent_before: Iterable[float] = (),
+        on_spend: Callable[[], None] | None = None,
+    ) -> None:
+        """`spent_before`: when credits went before this budget began (a run before a restart),
+        in order; `on_spend` is told of each credit spent from now on, to keep it likewise."""
+        # When each credit of the last 24 hours went, in order.
+        self._spent: deque[float] = deque(spent_before)
+        self._on_spend = on_spend
         self._reading: tuple[float, int] | None = None  # (seen at, remaining) from Zoho's header
         self._low = False  # within a drop below the floor
         self.configure(credits_per_day, floor)
@@ -61,6 +72,8 @@ class CreditBudget:
             return
         self._spent.append(now)
         self._forget(now)
+        if self._on_spend is not None:
+            self._on_spend()
 
     def wait(self, now: float) -> float:
         """Seconds until one more request fits the rolling-24 h budget (0.0 if it fits now)."""
@@ -108,6 +121,14 @@ class CreditBudget:
         """Drop credits spent 24 hours ago or more: they no longer count, and memory stays small."""
         while self._spent and self._spent[0] + DAY_S <= now:
             self._spent.popleft()
+
+
+def carried_over(spent: Iterable[float], wall: float, now: float) -> list[float]:
+    """Credits spent before this run (epoch seconds, in order) that still count at `wall`, on
+    the monotonic clock that reads `now` at the same moment, where the budget keeps its times. A
+    wall clock that went back since cannot put a credit in the future, to count for longer than
+    a day."""
+    return [now - max(0.0, wall - at) for at in spent if wall - at < DAY_S]
 
 
 def still_news(reading: tuple[float, int] | None, now: float) -> int | None:

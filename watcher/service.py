@@ -26,7 +26,7 @@ from watcher.backoff import backoff_delay
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.config import Config, ConfigError, JobSpec
-from watcher.credits import CreditBudget, Demand, Pace
+from watcher.credits import DAY_S, CreditBudget, Demand, Pace, carried_over
 from watcher.events import EventLog
 from watcher.job import Event, apply_answer
 from watcher.ratelimit import RequestGate
@@ -228,7 +228,16 @@ class Watcher:
     def _build(self, session: aiohttp.ClientSession, tokens: TokenSource) -> _Runtime:
         zoho, polling = self._config.zoho, self._config.polling
         api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
-        budget = CreditBudget(polling.credits_per_day, polling.credits_floor)
+        loop = asyncio.get_running_loop()
+        store = self._tracker.store
+        budget = CreditBudget(
+            polling.credits_per_day,
+            polling.credits_floor,
+            spent_before=()
+            if store is None
+            else carried_over(store.spent, time.time(), loop.time()),
+            on_spend=None if store is None else lambda: store.save_spent(time.time()),
+        )
         gate = RequestGate(
             polling.rate_limit,
             polling.rate_period,
@@ -236,7 +245,6 @@ class Watcher:
             self._metrics.rate_limit_waited if self._metrics is not None else None,
         )
         client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
-        loop = asyncio.get_running_loop()
         scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
         return _Runtime(gate, client, scheduler, budget, Demand(), Pace(), loop.time)
 
@@ -444,6 +452,7 @@ class Watcher:
             return
         while True:
             try:
+                store.forget_spent(time.time() - DAY_S)
                 pruned = await store.prune(time.time() - self._config.retention)
             except StateError as exc:
                 self._state_failed(exc)

@@ -59,6 +59,10 @@ _SCHEMA = (
         PRIMARY KEY (module, job_id)
     ) WITHOUT ROWID
     """,
+    # One row per API credit spent under a `credits_per_day` budget, so that the budget's
+    # rolling 24 hours span restarts.
+    "CREATE TABLE credits (at REAL NOT NULL)",
+    "CREATE INDEX credits_at ON credits (at)",
     """
     CREATE TABLE token (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -70,9 +74,13 @@ _SCHEMA = (
 )
 # How a file of an older schema is brought up to this one, from each version to the next. Run
 # inside the transaction that also records the new version, so an upgrade is whole or not at all.
-_UPGRADES: dict[int, str] = {
-    1: "ALTER TABLE jobs ADD COLUMN error TEXT",  # 2: why a job ended not_found or rejected
-    2: "ALTER TABLE jobs ADD COLUMN next_poll_at REAL",  # 3: when its next poll was planned
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE jobs ADD COLUMN error TEXT",),  # 2: why a job ended not_found or rejected
+    2: (  # 3: when a job's next poll was planned, and the credits spent under a budget
+        "ALTER TABLE jobs ADD COLUMN next_poll_at REAL",
+        "CREATE TABLE credits (at REAL NOT NULL)",
+        "CREATE INDEX credits_at ON credits (at)",
+    ),
 }
 _SET_VERSION = f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'"
 _RECOVER = (
@@ -134,6 +142,8 @@ _SAVE_JOB = (
     f" VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
 )
 _DELETE_JOB = "DELETE FROM jobs WHERE module = ? AND job_id = ?"
+_SPEND = "INSERT INTO credits (at) VALUES (?)"
+_FORGET_SPENT = "DELETE FROM credits WHERE at < ?"
 _SAVE_TOKEN = (
     "INSERT OR REPLACE INTO token (id, access_token, expires_at, api_domain) VALUES (1, ?, ?, ?)"
 )
@@ -165,12 +175,14 @@ class StateStore:
         connection: sqlite3.Connection,
         jobs: dict[JobKey, JobRecord],
         token: StoredToken | None,
+        spent: list[float],
         identity: tuple[int, int],
         lock: int | None,
     ) -> None:
         self.path = path
         self.jobs = jobs
         self.token = token
+        self.spent = spent  # when each credit kept at open was spent (epoch seconds, in order)
         self._identity = identity  # (device, inode) of the file opened
         self._lock = lock  # the descriptor holding the lock file, for a writer
         self.commits = 0  # transactions committed, so that group commit can be observed
@@ -215,6 +227,15 @@ class StateStore:
         self._put(_SAVE_TOKEN, [(token.access_token, token.expires_at, token.api_domain)], done)
         self.token = token
         await done
+
+    def save_spent(self, at: float) -> None:
+        """Queue one credit spent `at` (epoch seconds) for the next commit. Lost in a crash, it
+        is one credit the budget does not count after the restart, no worse."""
+        self._put(_SPEND, [(at,)], None)
+
+    def forget_spent(self, before: float) -> None:
+        """Drop the credits spent before `before`: out of every budget's 24 hours."""
+        self._put(_FORGET_SPENT, [(before,)], None)
 
     async def prune(self, before: float) -> int:
         """Forget jobs that have left the config and finished before `before`, and jobs removed
@@ -364,6 +385,7 @@ class _Loaded(NamedTuple):
     connection: sqlite3.Connection
     jobs: dict[JobKey, JobRecord]
     token: StoredToken | None
+    spent: list[float]
     identity: tuple[int, int]  # (device, inode): which file it is
     lock: int | None
 
@@ -389,9 +411,10 @@ def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
     try:
         if _prepare(connection, path, writer):
             jobs, token = _read_jobs(connection), _read_token(connection)
+            spent = _read_spent(connection)
         else:  # an empty file, looked at: nothing in it yet, and nothing written to it
-            jobs, token = {}, None
-        return _Loaded(connection, jobs, token, (opened.st_dev, opened.st_ino), lock)
+            jobs, token, spent = {}, None, []
+        return _Loaded(connection, jobs, token, spent, (opened.st_dev, opened.st_ino), lock)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
         connection.close()
         raise _unusable(path, exc) from None
@@ -548,7 +571,7 @@ def _set_up(connection: sqlite3.Connection, path: Path) -> None:
         statements: Sequence[str] = _SCHEMA
     else:
         version = _check_version(connection, path)
-        upgrades = [_UPGRADES[step] for step in range(version, SCHEMA_VERSION)]
+        upgrades = [sql for step in range(version, SCHEMA_VERSION) for sql in _UPGRADES[step]]
         statements = [*upgrades, _SET_VERSION] if upgrades else []
     try:
         for statement in statements:
@@ -591,6 +614,10 @@ def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
         record = JobRecord(**values)
         jobs[(record.module, record.job_id)] = record
     return jobs
+
+
+def _read_spent(connection: sqlite3.Connection) -> list[float]:
+    return [float(at) for (at,) in connection.execute("SELECT at FROM credits ORDER BY at")]
 
 
 def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
