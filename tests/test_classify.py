@@ -73,14 +73,18 @@ def test_counts_beyond_64_bits_are_unknown() -> None:
         (204, b""),
         (404, error("NOT_FOUND")),
         (400, error("INVALID_DATA", param_name="job_id")),
+        (400, error("INVALID_DATA", api_name="job_id")),
+        (400, error("INVALID_DATA")),  # details {}: as Zoho's schema has them
+        (400, {"code": "INVALID_DATA", "message": "invalid data", "status": "error"}),
     ],
 )
-def test_three_not_found_shapes(status: int, body: object) -> None:
+def test_not_found_shapes(status: int, body: object) -> None:
     assert answer(status, body).effect is Effect.NOT_FOUND
 
 
-def test_invalid_data_about_another_parameter_is_not_not_found() -> None:
-    assert answer(400, error("INVALID_DATA", param_name="module")).effect is Effect.TRANSIENT
+@pytest.mark.parametrize("named", [{"param_name": "module"}, {"api_name": "Status"}])
+def test_invalid_data_about_another_parameter_is_not_not_found(named: dict[str, str]) -> None:
+    assert answer(400, error("INVALID_DATA", **named)).effect is Effect.TRANSIENT
 
 
 @pytest.mark.parametrize(
@@ -93,6 +97,7 @@ def test_invalid_data_about_another_parameter_is_not_not_found() -> None:
         ("AUTHORIZATION_FAILED", 400),
         ("INVALID_MODULE", 400),
         ("INVALID_REQUEST_METHOD", 400),
+        ("NOT_SUPPORTED", 400),
     ],
 )
 def test_documented_refusals_reject(code: str, status: int) -> None:

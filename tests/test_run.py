@@ -59,6 +59,34 @@ async def test_progress_to_completed_emits_each_transition_once(
     assert watcher.events[-1]["event"] == "watcher.stopped"
 
 
+async def test_a_queued_or_suspended_job_is_a_status_like_any_other(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Zoho's OpenAPI description names QUEUED and SUSPENDED (paused) besides the four of its
+    pages: each is a transition to announce, not a failed poll to back off from."""
+    sim.add_job(
+        *JOB,
+        [
+            "QUEUED",
+            "RUNNING:10,0,0,100",
+            "SUSPENDED:10,0,0,100",
+            "RUNNING:50,0,0,100",
+            "COMPLETED:100,0,0,100",
+        ],
+    )
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 0
+    changes = [(e["previous_status"], e["status"]) for e in watcher.named("job.status_changed")]
+    assert changes == [
+        (None, "QUEUED"),
+        ("QUEUED", "RUNNING"),
+        ("RUNNING", "SUSPENDED"),
+        ("SUSPENDED", "RUNNING"),
+        ("RUNNING", "COMPLETED"),
+    ]
+    assert watcher.named("job.poll_failed") == []
+
+
 async def test_every_line_is_json_with_event_level_and_utc_timestamp(
     tmp_path: Path, sim: Simulator
 ) -> None:

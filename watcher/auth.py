@@ -1,7 +1,7 @@
 """Where the access token for each request comes from, and how it is kept valid for months.
 
 Zoho access tokens live an hour, and Zoho allows only ten per refresh token per ten minutes before
-blocking the client for up to half an hour. So a refresh is a scarce, shared thing: exactly one is
+blocking token creation for the rest of the ten minutes. So a refresh is a scarce, shared thing: exactly one is
 ever in flight, every request that needs a token waits for that one, and a refresh that fails for
 a reason that can heal backs off for minutes instead of trying again at once.
 """
@@ -325,7 +325,7 @@ class RefreshingToken:
 
     def _over_limit_for(self) -> float:
         """Seconds until one more refresh keeps within Zoho's tokens per window; 0.0 if it does
-        now. Past the limit Zoho would block the client for up to half an hour: waiting for the
+        now. Past the limit Zoho would block new tokens for the rest of its window: waiting for the
         oldest refresh to age out costs less."""
         if len(self._asked) < OAUTH_TOKENS_PER_WINDOW:
             return 0.0

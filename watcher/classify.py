@@ -156,14 +156,20 @@ def _code_effect(kind: JobKind, http_status: int, code: str, details: object) ->
     Otherwise the code decides, where we know it."""
     if http_status >= 500 or http_status == 429:
         return effect_of_http_status(http_status)
-    if code == INVALID_DATA and _names_param(details, kind.id_param):
+    if code == INVALID_DATA and _about_param(details, kind.id_param):
         return Effect.NOT_FOUND
     known = ERRORS.get(code)
     return effect_of_http_status(http_status) if known is None else known.effect
 
 
-def _names_param(details: object, param: str) -> bool:
-    return isinstance(details, dict) and details.get("param_name") == param
+def _about_param(details: object, param: str) -> bool:
+    """Whether an INVALID_DATA is about the job id: unless it names another parameter. The id is
+    the only value a status request carries besides the module, which has codes of its own;
+    Zoho's example names it (`param_name`), while its schema allows no details at all."""
+    if not isinstance(details, dict):
+        return True
+    named = details.get("param_name", details.get("api_name"))
+    return named is None or named == param
 
 
 def _status_row(kind: JobKind, row: object) -> tuple[Effect, str | None, Observation | None]:

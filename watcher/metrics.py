@@ -22,8 +22,9 @@ from prometheus_client import (
 )
 
 from watcher.credits import still_news
+from watcher.zoho_api import MASS_UPDATE
 
-JOB_STATUSES = ("SCHEDULED", "RUNNING", "COMPLETED", "FAILED", "unknown", "not_found", "rejected")
+JOB_STATUSES = (*sorted(MASS_UPDATE.statuses), "unknown", "not_found", "rejected")
 POLL_RESULTS = ("observed", "not_found", "rejected", "auth", "rate_limited", "transient")
 TOKEN_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "invalid")

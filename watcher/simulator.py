@@ -55,7 +55,7 @@ STANDARD_MODULES = frozenset(
         "Price_Books", "Cases", "Solutions", "Appointments__s", "Services__s",
     }
 )  # fmt: skip
-_API_PATH = re.compile(r"/crm/v[2-8]/([^/]+)/actions/mass_update")
+_API_PATH = re.compile(r"/crm/v(?:[2-8]|2\.1)/([^/]+)/actions/mass_update")  # Zoho's versions
 _COUNTS = re.compile(r"([0-9]+),([0-9]+),([0-9]+),([0-9]+)")
 _DIGITS = re.compile(r"[0-9]+")
 # The three ways Zoho says it does not know a job (step names, and `RequestRecord.answer`).

@@ -49,7 +49,9 @@ MASS_UPDATE = JobKind(
     path="/crm/{version}/{module}/actions/mass_update",
     id_param="job_id",
     status_field="Status",
-    statuses=frozenset({"SCHEDULED", "RUNNING", "COMPLETED", "FAILED"}),
+    # As Zoho's OpenAPI description lists them (its HTML pages name only four): QUEUED waits
+    # like SCHEDULED, SUSPENDED is paused; neither has ended.
+    statuses=frozenset({"SCHEDULED", "QUEUED", "RUNNING", "SUSPENDED", "COMPLETED", "FAILED"}),
     terminal={"COMPLETED": "completed", "FAILED": "failed"},
     counts={
         "failed_count": "Failed_Count",
@@ -85,6 +87,7 @@ ERRORS: Mapping[str, ErrorCode] = {
     "AUTHORIZATION_FAILED": ErrorCode(400, Effect.REJECTED),
     "OAUTH_SCOPE_MISMATCH": ErrorCode(401, Effect.REJECTED),
     "INVALID_REQUEST_METHOD": ErrorCode(400, Effect.REJECTED),
+    "NOT_SUPPORTED": ErrorCode(400, Effect.REJECTED),  # the module has no mass update
     "INVALID_TOKEN": ErrorCode(401, Effect.AUTH),
     "AUTHENTICATION_FAILURE": ErrorCode(401, Effect.AUTH),
     "INVALID_OAUTHTOKEN": ErrorCode(401, Effect.AUTH),  # the name in v4-v8's token-validity docs
@@ -93,7 +96,7 @@ ERRORS: Mapping[str, ErrorCode] = {
     "NOT_FOUND": ErrorCode(404, Effect.NOT_FOUND),
 }
 
-# 400 INVALID_DATA is "not found" only when it names the job id parameter.
+# 400 INVALID_DATA is "not found" unless it names a parameter other than the job id.
 INVALID_DATA = "INVALID_DATA"
 
 # The header Zoho documents nowhere but that any HTTP server may send with 429 or 503.
@@ -118,7 +121,7 @@ def effect_of_http_status(status: int) -> Effect:
 # OAuth: the refresh-token grant at the accounts server of the org's data centre.
 OAUTH_TOKEN_PATH = "/oauth/v2/token"
 # Zoho issues at most this many access tokens per refresh token in this many seconds, and blocks
-# the client for up to half an hour past that.
+# token creation for the rest of the ten minutes past that.
 OAUTH_TOKENS_PER_WINDOW = 10
 OAUTH_TOKEN_WINDOW_S = 600.0
 # Token errors that waiting cannot heal: the refresh token was revoked, or the client is wrong.
