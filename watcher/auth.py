@@ -1,9 +1,9 @@
 """Where the access token for each request comes from, and how it is kept valid for months.
 
 Zoho access tokens live an hour, and Zoho allows only ten per refresh token per ten minutes before
-blocking token creation for the rest of the ten minutes. So a refresh is a scarce, shared thing: exactly one is
-ever in flight, every request that needs a token waits for that one, and a refresh that fails for
-a reason that can heal backs off for minutes instead of trying again at once.
+blocking token creation for the rest of the ten minutes. So a refresh is a scarce, shared thing:
+exactly one is ever in flight, every request that needs a token waits for that one, and a refresh
+that fails for a reason that can heal backs off for minutes instead of trying again at once.
 """
 
 from __future__ import annotations
