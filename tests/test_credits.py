@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, carried_over
+from watcher.clock import to_monotonic
+from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget
 
 HOUR = 3_600.0
 
@@ -59,7 +60,7 @@ def test_credits_spent_before_a_restart_count_for_the_rest_of_their_24_hours(
         if budget.wait(at) == 0.0:
             budget.spend(at)
             sent.append(at)
-    resumed = CreditBudget(per_day, floor=0, spent_before=carried_over(sent, -set_back, 5.0))
+    resumed = CreditBudget(per_day, floor=0, spent_before=to_monotonic(sent, -set_back, 5.0, DAY_S))
     now = 5.0
     for gap in gaps:
         now += gap
@@ -83,7 +84,7 @@ def test_each_credit_spent_under_a_budget_is_told_to_be_kept() -> None:
 def test_credits_carried_over_are_those_of_the_last_24_hours_on_the_new_clock() -> None:
     wall = 1_000_000.0
     spent = [wall - DAY_S - 1.0, wall - HOUR, wall - 10.0, wall + 50.0]  # the last: clock went back
-    assert carried_over(spent, wall, now=7.0) == [7.0 - HOUR, -3.0, 7.0]
+    assert to_monotonic(spent, wall, now=7.0, within=DAY_S) == [7.0 - HOUR, -3.0, 7.0]
 
 
 def test_without_a_budget_nothing_waits_or_stretches() -> None:

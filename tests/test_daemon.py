@@ -9,7 +9,9 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from tests.harness import (
     write_config,
 )
 from watcher.simulator import Simulator
+from watcher.state import StateStore
 
 A = ("Leads", "1001")
 B = ("Deals", "2002")
@@ -808,6 +811,38 @@ async def test_a_refused_token_kept_in_the_state_file_is_not_taken_back_after_a_
     assert await second.finish() == 0
     assert sim.requests[refused].token_ok  # a fresh token, not the one Zoho refused
     assert [e["reason"] for e in second.named("auth.token_refreshed")] == ["startup"]
+
+
+async def test_refreshes_before_a_restart_count_in_zohos_window(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A restart policy after exit 3 (a token refused right after its refresh) would otherwise
+    ask for a token per restart, past Zoho's ten per ten minutes: Zoho then blocks the client,
+    and every other integration on it."""
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
+    first = await daemon.start()
+    await first.wait_event("job.status_changed")
+    first.process.terminate()
+    assert await first.finish() == 0
+    store = await StateStore.open(tmp_path / "state.db")
+    kept = store.token
+    assert kept is not None
+    assert len(kept.asked) == 1  # the refresh at start
+    assert time.time() - 60 < kept.asked[0] <= time.time()
+    # As if nine more runs had each refreshed once in the last minute, the last token refused.
+    asked = tuple(time.time() - 60 + n for n in range(10))
+    await store.save_token(replace(kept, expires_at=0.0, asked=asked))
+    await store.close()
+    granted = len(sim.token_requests)
+    second = await daemon.start()
+    held = await second.wait_event("auth.refresh_failed")
+    assert held["error"] == "refresh_limit"
+    assert 500 < held["retry_in_s"] <= 540  # until the first of the ten is ten minutes old
+    second.process.terminate()
+    assert await second.finish() == 0
+    assert len(sim.token_requests) == granted
 
 
 async def test_finished_jobs_that_left_the_config_are_pruned(

@@ -27,7 +27,11 @@ from watcher.state import (
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = StoredToken(
-    "1000.secret-access-token.abc", expires_at=1_700_003_600.0, api_domain="x", issued_for="d1"
+    "1000.secret-access-token.abc",
+    expires_at=1_700_003_600.0,
+    api_domain="x",
+    issued_for="d1",
+    asked=(1_700_000_000.0, 1_700_000_042.5),
 )
 
 
@@ -364,6 +368,14 @@ def counts_not_an_object(path: Path) -> None:
     db.close()
 
 
+def refreshes_not_numbers(path: Path) -> None:
+    asyncio.run(_close_new_store(path))
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO meta VALUES ('token_asked', '[\"yesterday\"]')")
+        db.execute("INSERT INTO token VALUES (1, 'a', 1.0, NULL)")
+    db.close()
+
+
 async def _close_new_store(path: Path, *records: JobRecord) -> None:
     store = await StateStore.open(path)
     for record in records:
@@ -405,6 +417,7 @@ def test_someone_elses_file_keeps_its_mode(
         (without_meta, "has schema version none"),
         (schema_0, f"has schema version 0, this watcher knows {SCHEMA_VERSION}"),
         (counts_not_an_object, "counts of job edited are not a JSON object"),
+        (refreshes_not_numbers, "token refreshes are not a list of numbers"),
     ],
 )
 def test_a_bad_file_is_refused_and_left_as_it_was(

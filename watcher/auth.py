@@ -22,6 +22,7 @@ import aiohttp
 
 from watcher.backoff import backoff_delay
 from watcher.classify import failure_kind
+from watcher.clock import to_monotonic, to_wall
 from watcher.config import AuthSettings, Secret, url_problem
 from watcher.job import Event
 from watcher.proxy import proxy_for
@@ -211,14 +212,16 @@ class RefreshingToken:
         self._asked: deque[float] = deque(maxlen=OAUTH_TOKENS_PER_WINDOW)
         self._persist = persist
         self.api_domain: str | None = None
-        if stored is not None:
+        if stored is not None and stored.issued_for == self._issued_for:
             self._reuse(stored)
 
     def _reuse(self, stored: StoredToken) -> None:
-        """Start with the token a previous run kept, if it still has a useful life: a crash loop
-        must not spend Zoho's ten tokens per ten minutes."""
-        if stored.issued_for != self._issued_for:  # other credentials, maybe another org
-            return
+        """Start where a previous run with these credentials left off: its refreshes count in
+        Zoho's window (a crash loop, or a restart policy after exit 3, must not spend more than
+        Zoho's ten tokens per ten minutes), and its token, if it still has a useful life, spares
+        one."""
+        asked = to_monotonic(stored.asked, time.time(), self._clock(), OAUTH_TOKEN_WINDOW_S)
+        self._asked.extend(asked)
         left = stored.expires_at - time.time()
         if left <= REFRESH_AHEAD_S:
             return
@@ -266,8 +269,7 @@ class RefreshingToken:
             if token != self._refused:  # the first of its 401s
                 self._refused = token
                 if self._persist is not None:  # kept as dead: a restart must not take it back
-                    dead = StoredToken(token, 0.0, self.api_domain, self._issued_for)
-                    await self._persist(dead)
+                    await self._persist(self._kept(token, 0.0))
             await self._refresh("rejected")
         return self._token != token
 
@@ -346,13 +348,16 @@ class RefreshingToken:
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Refusal(failure_kind(exc), False)
 
+    def _kept(self, token: str, expires_at: float) -> StoredToken:
+        """`token` as the state file keeps it, with the refreshes asked for so far."""
+        asked = to_wall(self._asked, self._clock(), time.time())
+        return StoredToken(token, expires_at, self.api_domain, self._issued_for, tuple(asked))
+
     async def _accept(self, grant: Grant, reason: str) -> None:
         self._on_token(grant.access_token)
         self.api_domain = grant.api_domain or self.api_domain
         if self._persist is not None:
-            expires_at = time.time() + grant.expires_in
-            kept = StoredToken(grant.access_token, expires_at, self.api_domain, self._issued_for)
-            await self._persist(kept)
+            await self._persist(self._kept(grant.access_token, time.time() + grant.expires_in))
         self._hold(grant.access_token, grant.expires_in, grant.expires_in)
         fields = {"expires_in_s": round(grant.expires_in, 3), "reason": reason}
         self._emit(Event("auth.token_refreshed", "info", fields))

@@ -123,14 +123,6 @@ class CreditBudget:
             self._spent.popleft()
 
 
-def carried_over(spent: Iterable[float], wall: float, now: float) -> list[float]:
-    """Credits spent before this run (epoch seconds, in order) that still count at `wall`, on
-    the monotonic clock that reads `now` at the same moment, where the budget keeps its times. A
-    wall clock that went back since cannot put a credit in the future, to count for longer than
-    a day."""
-    return [now - max(0.0, wall - at) for at in spent if wall - at < DAY_S]
-
-
 def still_news(reading: tuple[float, int] | None, now: float) -> int | None:
     """The credits a reading (seen at, remaining) says are left, while it is younger than
     REMAINING_TTL_S; None for no reading, or one that old."""

@@ -25,8 +25,9 @@ from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.backoff import backoff_delay
 from watcher.classify import Answer
 from watcher.client import ZohoClient
+from watcher.clock import to_monotonic
 from watcher.config import Config, ConfigError, JobSpec
-from watcher.credits import DAY_S, CreditBudget, Demand, Pace, carried_over
+from watcher.credits import DAY_S, CreditBudget, Demand, Pace
 from watcher.events import EventLog
 from watcher.job import Event, apply_answer
 from watcher.ratelimit import RequestGate
@@ -235,7 +236,7 @@ class Watcher:
             polling.credits_floor,
             spent_before=()
             if store is None
-            else carried_over(store.spent, time.time(), loop.time()),
+            else to_monotonic(store.spent, time.time(), loop.time(), DAY_S),
             on_spend=None if store is None else lambda: store.save_spent(time.time()),
         )
         gate = RequestGate(

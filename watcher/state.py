@@ -123,6 +123,7 @@ class StoredToken:
     expires_at: float  # epoch seconds
     api_domain: str | None
     issued_for: str = ""  # which credentials it was refreshed with (a digest: see auth.py)
+    asked: tuple[float, ...] = ()  # when the latest refreshes were asked for (epoch seconds)
 
 
 def record_view(record: JobRecord) -> dict[str, object]:
@@ -149,6 +150,7 @@ _SAVE_TOKEN = (
 )
 # Kept in `meta` rather than a column of `token`: the schema, and files already written, stay.
 _SAVE_ISSUED_FOR = "INSERT OR REPLACE INTO meta (key, value) VALUES ('token_issued_for', ?)"
+_SAVE_ASKED = "INSERT OR REPLACE INTO meta (key, value) VALUES ('token_asked', ?)"
 _Params = Sequence[Any] | Mapping[str, Any]
 JobKey = tuple[str, str]
 
@@ -224,6 +226,7 @@ class StateStore:
         refreshed, so a restart should find the one just obtained."""
         done = self._loop.create_future()
         self._put(_SAVE_ISSUED_FOR, [(token.issued_for,)], None)  # the same commit as the token
+        self._put(_SAVE_ASKED, [(orjson.dumps(token.asked).decode(),)], None)
         self._put(_SAVE_TOKEN, [(token.access_token, token.expires_at, token.api_domain)], done)
         self.token = token
         await done
@@ -626,7 +629,10 @@ def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
         return None
     access_token, expires_at, api_domain = row
     issued_for = _meta(connection, "token_issued_for") or ""
-    return StoredToken(access_token, expires_at, api_domain, issued_for)
+    asked = json.loads(_meta(connection, "token_asked") or "[]")
+    if not (isinstance(asked, list) and all(isinstance(at, int | float) for at in asked)):
+        raise ValueError("the times of the latest token refreshes are not a list of numbers")
+    return StoredToken(access_token, expires_at, api_domain, issued_for, tuple(map(float, asked)))
 
 
 def _meta(connection: sqlite3.Connection, key: str) -> str | None:
