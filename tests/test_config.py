@@ -491,6 +491,46 @@ def test_api_domain_wins_over_the_data_center() -> None:
     assert zoho.auth.accounts_url == "https://accounts.zoho.eu"
 
 
+@pytest.mark.parametrize(
+    "zoho",
+    [
+        "  data_center: eu\n  api_domain: https://www.zohoapis.com\n  auth:\n" + TRIO,
+        "  data_center: eu\n  api_domain: https://WWW.ZOHOAPIS.COM/\n  auth:\n"
+        "    access_token: t\n",
+        "  api_domain: https://www.zohoapis.com\n  auth:\n"
+        + TRIO
+        + "    accounts_url: https://accounts.zoho.eu\n",
+    ],
+)
+def test_an_api_domain_of_another_data_centre_than_the_tokens_is_refused(zoho: str) -> None:
+    """The example config's US api_domain, left in place by a user who set `data_center: eu`,
+    would have every token refused and the watcher exit 3 at its first poll."""
+    (found,) = problems("zoho:\n" + zoho)
+    assert found.startswith("cfg.yaml:")
+    assert ": zoho.api_domain: https://" in found
+    assert (
+        found.lower().count("https://www.zohoapis.com is the api of zoho's 'us' data centre") == 1
+    )
+    assert "but tokens come from its 'eu' data centre; remove api_domain" in found
+
+
+@pytest.mark.parametrize(
+    "zoho",
+    [
+        "  data_center: eu\n  api_domain: https://www.zohoapis.eu\n  auth:\n" + TRIO,
+        "  api_domain: https://www.zohoapis.jp\n  auth:\n    access_token: t\n",  # from anywhere
+        "  data_center: eu\n  api_domain: https://crm-proxy.example.com\n  auth:\n" + TRIO,
+    ],
+)
+def test_an_api_domain_that_agrees_or_is_not_zohos_own_is_taken(zoho: str) -> None:
+    assert parse("zoho:\n" + zoho).zoho.api_domain is not None
+
+
+def test_an_api_domain_of_zohos_own_picks_its_accounts_server_without_a_data_centre() -> None:
+    zoho = parse("zoho:\n  api_domain: https://www.zohoapis.com.au\n  auth:\n" + TRIO).zoho
+    assert zoho.auth.accounts_url == "https://accounts.zoho.com.au"
+
+
 def test_accounts_url_overrides_the_data_center() -> None:
     text = f"zoho:\n  data_center: eu\n  auth:\n{TRIO}    accounts_url: http://127.0.0.1:9000/\n"
     assert parse(text).zoho.auth.accounts_url == "http://127.0.0.1:9000"

@@ -50,6 +50,8 @@ DATA_CENTERS: Mapping[str, tuple[str, str]] = {
     "sa": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
     "uk": ("https://accounts.zoho.uk", "https://www.zohoapis.uk"),
 }
+_CENTRE_OF_ACCOUNTS = {accounts: centre for centre, (accounts, _) in DATA_CENTERS.items()}
+_CENTRE_OF_API = {api: centre for centre, (_, api) in DATA_CENTERS.items()}
 # Without a data centre, refresh mode still needs somewhere to refresh; Zoho's default is the US.
 _DEFAULT_DATA_CENTER = "us"
 
@@ -453,12 +455,32 @@ def _zoho(reader: _Reader, node: Node) -> ZohoSettings | None:
     data_center = reader.field(settings, "zoho", "data_center", reader.data_center)
     api_domain = reader.field(settings, "zoho", "api_domain", reader.url)
     api_version = reader.field(settings, "zoho", "api_version", reader.api_version)
-    auth = _auth(reader, settings.get("auth", _empty_mapping(node)), data_center)
+    # Zoho's API of one data centre says where its tokens come from, when nothing else does.
+    centre = data_center or _CENTRE_OF_API.get((api_domain or "").lower())
+    auth = _auth(reader, settings.get("auth", _empty_mapping(node)), centre)
     if auth is None:
+        return None
+    if (problem := _centres_problem(api_domain, auth.accounts_url)) is not None:
+        reader.report(settings.get("api_domain", node), "zoho.api_domain", problem)
         return None
     if api_domain is None and (data_center or not auth.refreshes):
         api_domain = DATA_CENTERS[data_center or _DEFAULT_DATA_CENTER][1]
     return ZohoSettings(api_domain, api_version or "v2", data_center, auth)
+
+
+def _centres_problem(api_domain: str | None, accounts_url: str | None) -> str | None:
+    """Why the API and the accounts server (given, or the data centre's) are Zoho's of two data
+    centres, if they are: tokens are issued per data centre, and every one sent to another would
+    be refused. (No accounts server: a fixed token from anywhere.)"""
+    api_centre = _CENTRE_OF_API.get((api_domain or "").lower())
+    tokens_centre = _CENTRE_OF_ACCOUNTS.get((accounts_url or "").lower())
+    if api_centre is None or tokens_centre is None or api_centre == tokens_centre:
+        return None  # one of them not Zoho's own (a proxy, a simulator), or not given
+    return (
+        f"{api_domain} is the API of Zoho's {api_centre!r} data centre, but tokens come from its"
+        f" {tokens_centre!r} data centre; remove api_domain (data_center picks the API) or make"
+        " them agree"
+    )
 
 
 def _auth(reader: _Reader, node: Node, data_center: str | None) -> AuthSettings | None:
