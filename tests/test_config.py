@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from watcher import config as config_module
 from watcher.config import (
     DATA_CENTERS,
+    PROBLEMS_SHOWN,
     Config,
     ConfigError,
     HttpSettings,
@@ -449,6 +450,35 @@ def test_credits_floor_must_be_a_whole_number(value: str, message: str) -> None:
 
 
 # --- zoho settings --------------------------------------------------------------------------------
+
+
+def test_a_mapping_used_again_through_an_alias_is_reported_once() -> None:
+    text = "jobs:\n  - &j {module: Leads, job_id: 1, colour: red}\n  - *j\n  - *j\n"
+    assert problems(text + f"zoho:\n  auth:\n{TRIO}") == (
+        "cfg.yaml:2: jobs[0]: unknown key 'colour' (expected one of: module, job_id)",
+        "cfg.yaml:2: jobs[1]: repeats the mapping of line 2 (a YAML alias)",
+        "cfg.yaml:2: jobs[2]: repeats the mapping of line 2 (a YAML alias)",
+    )
+
+
+def test_beyond_a_hundred_problems_the_rest_are_counted() -> None:
+    jobs = "".join(f"  - {{module: Leads, job_id: x{n}}}\n" for n in range(150))
+    found = problems(f"jobs:\n{jobs}zoho:\n  auth:\n{TRIO}")
+    assert len(found) == PROBLEMS_SHOWN + 1
+    assert found[0].startswith("cfg.yaml:2: jobs[0].job_id: ")
+    assert found[-1] == "cfg.yaml: ... and 50 more problems"
+
+
+def test_beyond_a_hundred_problems_in_a_jobs_dir_the_rest_are_counted(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    for n in range(3):
+        bad = "".join(f"  - {{module: Leads, job_id: x{i}}}\n" for i in range(60))
+        (tmp_path / "jobs" / f"{n}.yaml").write_text(f"jobs:\n{bad}")
+    main = tmp_path / "w.yaml"
+    main.write_text(f"jobs_dir: {tmp_path / 'jobs'}\nzoho:\n  auth:\n{TRIO}")
+    found = load_problems(main)
+    assert len(found) == PROBLEMS_SHOWN + 1
+    assert found[-1] == f"{tmp_path / 'jobs'}: ... and 80 more problems"
 
 
 @pytest.mark.parametrize("data_center", sorted(DATA_CENTERS))

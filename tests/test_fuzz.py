@@ -30,6 +30,7 @@ from watcher.auth import MAX_LIFETIME_S, Grant, Refusal, read_token_answer
 from watcher.classify import classify
 from watcher.cli import main
 from watcher.config import (
+    PROBLEMS_SHOWN,
     Config,
     ConfigError,
     JobSpec,
@@ -370,8 +371,16 @@ def _alias_bomb() -> bytes:
     return "\n".join(lines).encode()
 
 
+def _aliased_problems() -> bytes:
+    """A mapping of a hundred unknown keys, and two thousand aliases of it: 9 KB that, each use
+    checked again, told 200,000 problems, and 40 KB a million (330 MB, seconds of CPU)."""
+    keys = ", ".join(f"k{i}: 1" for i in range(100))
+    return f"jobs: [&b {{{keys}}}, {', '.join(['*b'] * 2000)}]\n".encode()
+
+
 NASTY = {
     "alias bomb": _alias_bomb(),
+    "aliased problems": _aliased_problems(),
     "deep nesting": b"jobs: " + b"[" * 3000 + b"]" * 3000,
     "nul bytes": b"zoho:\x00\n  auth: {}\n",
     "not utf-8": b"\xff\xfe\x00jobs: []",
@@ -388,3 +397,4 @@ async def test_nasty_files_through_the_real_cli(tmp_path: Path, name: str, comma
     assert (code, stdout) == (2, "")
     assert stderr.splitlines()
     assert all(line.startswith("zoho-job-watcher: config error: ") for line in stderr.splitlines())
+    assert len(stderr.splitlines()) <= PROBLEMS_SHOWN + 1  # the rest counted on the last line

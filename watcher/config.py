@@ -54,6 +54,8 @@ _CENTRE_OF_ACCOUNTS = {accounts: centre for centre, (accounts, _) in DATA_CENTER
 _CENTRE_OF_API = {api: centre for centre, (_, api) in DATA_CENTERS.items()}
 # Without a data centre, refresh mode still needs somewhere to refresh; Zoho's default is the US.
 _DEFAULT_DATA_CENTER = "us"
+# Problems told per file (and per jobs_dir); the rest are counted.
+PROBLEMS_SHOWN = 100
 
 SCHEDULES = ("adaptive", "fixed")
 
@@ -194,6 +196,14 @@ class Config:
     fingerprint: bytes | None = field(default=None, compare=False)
 
 
+def _with_count_of_more(shown: list[str], found: int, source: str) -> list[str]:
+    """The problems shown, and a last line saying how many more there are, if any: a systematic
+    mistake in ten thousand jobs needs a few examples, not ten thousand lines."""
+    if found <= len(shown):
+        return shown
+    return [*shown, f"{source}: ... and {found - len(shown)} more problems"]
+
+
 class ConfigError(Exception):
     """All problems found, each one line: '<source>:<line>: <key.path>: <problem>'."""
 
@@ -282,7 +292,8 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
             problems.extend(error.problems)
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
-        raise ConfigError(redact(problems, config.zoho.auth.secrets()))
+        shown = redact(problems[:PROBLEMS_SHOWN], config.zoho.auth.secrets())
+        raise ConfigError(_with_count_of_more(shown, len(problems), str(config.jobs_dir)))
     # The main file's were checked as it was parsed.
     _refuse_secrets_in(jobs[len(config.jobs) :], config.zoho.auth.secrets(), str(config.jobs_dir))
     return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())
@@ -637,16 +648,23 @@ class _Reader:
         self._source = source
         self._env = env
         self._secret_texts: list[str] = []
-        self.problems: list[tuple[int, str]] = []
+        self.problems: list[tuple[int, str]] = []  # the first PROBLEMS_SHOWN
+        self.found = 0  # all of them
+        # Each mapping read, by id (held, so that no id is reused meanwhile): its line.
+        self._mappings_read: dict[int, tuple[Node, int]] = {}
 
     def report(self, node: Node, path: str, message: str) -> None:
-        line = _line(node)
-        self.problems.append((line, f"{self._source}:{line}: {path or 'top level'}: {message}"))
+        self.found += 1
+        if len(self.problems) < PROBLEMS_SHOWN:
+            line = _line(node)
+            where = f"{self._source}:{line}: {path or 'top level'}"
+            self.problems.append((line, f"{where}: {message}"))
 
     def redacted_problems(self) -> list[str]:
         """Problems in file order, secrets masked: a token put under another key must not leak."""
         in_order = sorted(self.problems, key=lambda numbered: numbered[0])
-        return redact((problem for _, problem in in_order), self._secret_texts)
+        shown = redact((problem for _, problem in in_order), self._secret_texts)
+        return _with_count_of_more(shown, self.found, self._source)
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node] | None:
         """The mapping's known keys (a null section counts as empty); None if not a mapping."""
@@ -655,6 +673,12 @@ class _Reader:
         if not isinstance(node, MappingNode):
             self.report(node, path, f"expected a mapping, got {_kind(node)}")
             return None
+        if (read := self._mappings_read.get(id(node))) is not None:
+            # A YAML alias: each of its uses would be checked, and its problems told, again;
+            # a few bytes of `*name` could make millions of them.
+            self.report(node, path, f"repeats the mapping of line {read[1]} (a YAML alias)")
+            return None
+        self._mappings_read[id(node)] = (node, _line(node))
         found: dict[str, Node] = {}
         first_lines: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -708,9 +732,9 @@ class _Reader:
         env = self._env
         if env is None or "$" not in text:
             return text
-        count = len(self.problems)
+        count = self.found
         expanded = _REFERENCE.sub(lambda match: self._expand(match, node, path, env), text)
-        return expanded if len(self.problems) == count else None
+        return expanded if self.found == count else None
 
     def _expand(self, match: re.Match[str], node: Node, path: str, env: Mapping[str, str]) -> str:
         """One ${VAR} or $$; the reference is not echoed, as it may sit inside a secret. A bare
