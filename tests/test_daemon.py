@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import (
+    ACCESS_TOKEN,
     CREDENTIALS_ENV,
     Event,
     WatcherProcess,
@@ -27,8 +29,11 @@ from tests.harness import (
     run_cli,
     write_config,
 )
+from watcher import service
+from watcher.config import load_all
+from watcher.events import EventLog
 from watcher.simulator import Simulator
-from watcher.state import StateStore
+from watcher.state import StateError, StateStore
 
 A = ("Leads", "1001")
 B = ("Deals", "2002")
@@ -899,3 +904,60 @@ async def test_sigterm_during_a_reload_exits_0_promptly(tmp_path: Path, sim: Sim
     watcher.process.terminate()
     assert await watcher.finish(timeout=5) == 0
     assert watcher.events[-1]["event"] == "watcher.stopped"
+
+
+async def test_a_job_added_after_every_other_ended_is_polled(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """No worker is busy to notice it: the new job must wake one."""
+    sim.add_job(*A, ["COMPLETED"])
+    sim.add_job(*B, ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.finished", job_id=A[1])
+    daemon.write([A, B])
+    await watcher.wait_event("config.reloaded")
+    await watcher.wait_event("job.finished", job_id=B[1], timeout=10)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
+async def test_removing_a_failed_job_does_not_end_an_exit_when_done_run(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*A, ["FAILED"])
+    sim.add_job(*C, ["RUNNING"] * 40 + ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A, C])
+    watcher = await daemon.start("--exit-when-done")
+    await watcher.wait_event("job.finished", job_id=A[1])
+    daemon.write([C])
+    await watcher.wait_event("config.reloaded")
+    await watcher.wait_event("job.finished", job_id=C[1])  # C is still watched to its end
+    assert await watcher.finish() == 0  # the failed job left the config
+
+
+async def test_a_failed_last_save_makes_a_run_that_would_exit_1_exit_2(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1 says which jobs failed; with the state file no longer holding what happened, the
+    exit code must say that instead. (A full disk at the last commit, simulated at the store's
+    edge.)"""
+    sim.add_job(*A, ["FAILED"])
+    really_close = StateStore.close
+
+    async def failing_close(self: StateStore) -> None:
+        await really_close(self)
+        raise StateError("state file x: cannot save: disk full")
+
+    monkeypatch.setattr(StateStore, "close", failing_close)
+    path = write_config(
+        tmp_path / "w.yaml", sim.url, [A], top={"state_path": str(tmp_path / "s.db")}
+    )
+    config = load_all(path, {"ZOHO_ACCESS_TOKEN": ACCESS_TOKEN})
+    out = io.StringIO()
+    log = EventLog(out, "json", "info", [ACCESS_TOKEN])
+    watcher = service.Watcher(config, log, exit_when_done=True)
+    assert await asyncio.wait_for(watcher.run(), 20) == 2
+    assert '"state.failed"' in out.getvalue()

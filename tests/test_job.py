@@ -252,3 +252,15 @@ def test_a_waiting_job_is_polled_less_and_less_often_unless_the_schedule_is_fixe
     assert gaps["fixed"] == [SETTINGS.interval] * 8
     assert gaps["adaptive"][0] == SETTINGS.interval
     assert gaps["adaptive"][-1] > 3 * SETTINGS.interval
+
+
+def test_counts_past_the_total_announce_no_progress_beyond_the_whole() -> None:
+    job = JobState(JobSpec("Leads", "1"), added_at=0.0)
+    progress = []
+    for at, done in ((0.0, 1_000), (10.0, 1_100)):
+        counts = {"failed_count": 0, "updated_count": done, "not_updated_count": 0}
+        observation = Observation("RUNNING", {**counts, "total_count": 1_000})
+        answer = Answer(Effect.OBSERVED, 200, observation)
+        decision = apply_answer(job, answer, MASS_UPDATE, PollingSettings(), at, random.Random(0))
+        progress += [e for e in decision.events if e.name == "job.progress"]
+    assert len(progress) == 1  # the whole, announced once

@@ -134,3 +134,17 @@ async def test_a_reload_to_a_longer_period_still_counts_what_was_sent_within_it(
     gate.set_rate(20, 1.0)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(gate.admit(), timeout=0.3)
+
+
+async def test_a_reload_past_the_sends_kept_still_holds_the_rate() -> None:
+    """The gate keeps at least as many send times as the limit: with fewer, the limit would
+    never be reached, and no request would ever wait."""
+    gate = RequestGate(rate_limit=10, rate_period=60.0, budget=CreditBudget(None, 0))
+    limit = ratelimit.SENDS_KEPT + 1
+    gate.set_rate(limit, 60.0)
+    for _ in range(limit):
+        await gate.admit()
+    waiting = asyncio.ensure_future(gate.admit())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # one more in the period waits
+    waiting.cancel()

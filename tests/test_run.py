@@ -445,3 +445,23 @@ async def test_the_token_never_reaches_the_output(tmp_path: Path, sim: Simulator
     printed = "".join(watcher.lines) + watcher.stderr
     assert ACCESS_TOKEN not in printed
     assert "Zoho-oauthtoken" not in printed
+
+
+async def test_a_good_answer_ends_the_storm_so_the_next_429_pauses_briefly(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["429", "429", "429", "429", "RUNNING", "429", "COMPLETED"])
+    code, _ = await watch_to_end(
+        tmp_path,
+        sim,
+        [JOB],
+        rate_limit=1000,
+        interval="50ms",
+        backoff_initial="100ms",
+        backoff_max="5s",
+    )
+    assert code == 0
+    last_429, completed = sim.requests_for(*JOB)[-2:]
+    assert last_429.http_status == 429
+    # A fresh storm: the first backoff (0.08-0.1 s), not the fifth pause in a row (1.28-1.6 s).
+    assert completed.at - last_429.done < 0.6

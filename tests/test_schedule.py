@@ -194,3 +194,21 @@ def test_a_resumed_job_waits_at_most_max_interval_whatever_the_clock_did(
     max_interval = interval * widest
     waited = resume_delay(last_seen, next_poll_at, now, interval, max_interval)
     assert 0.0 <= waited <= (max_interval if next_poll_at is not None else interval)
+
+
+def test_a_stall_after_progress_is_looked_at_again_soon() -> None:
+    """The widening gap counts from when the counts stopped moving, not from the status change:
+    half of the 100 s stalled, not half of the 300 s RUNNING."""
+    history = [
+        Sample(at, "RUNNING", done, 10_000)
+        for at, done in [(0.0, 0), (100.0, 100), (200.0, 200), (300.0, 200)]
+    ]
+    assert next_delay(history, 10.0, 300.0, "adaptive") == 50.0
+
+
+def test_no_pace_is_measured_across_counts_that_went_back() -> None:
+    history = [
+        Sample(at, "RUNNING", done, 1_000)
+        for at, done in [(0.0, 0), (10.0, 500), (20.0, 100), (30.0, 200)]
+    ]
+    assert estimate(history).eta_s == pytest.approx(80.0)  # 800 left at 10/s, not at 50/s

@@ -92,3 +92,20 @@ async def test_scheduler_serves_due_keys_with_bounded_workers() -> None:
     task.cancel()
     assert sorted(served) == list("abcdef")
     assert peak <= 2
+
+
+async def test_a_key_scheduled_while_every_worker_sleeps_is_polled() -> None:
+    polled = asyncio.Event()
+
+    async def poll(key: str) -> None:
+        polled.set()
+
+    scheduler: Scheduler[str] = Scheduler(poll, workers=2, clock=asyncio.get_running_loop().time)
+    running = asyncio.create_task(scheduler.run())
+    for _ in range(3):  # run() starts, makes its workers, and they sleep on an empty queue
+        await asyncio.sleep(0)
+    scheduler.schedule("a", 0.0)
+    try:
+        await asyncio.wait_for(polled.wait(), 5)
+    finally:
+        running.cancel()

@@ -16,7 +16,7 @@ import pytest
 from watcher import events
 from watcher.config import JobSpec
 from watcher.events import EventLog
-from watcher.job import JobState, status_changed
+from watcher.job import JobState, finished_event, status_changed
 from watcher.schedule import Estimate
 from watcher.state import JobRecord, StateStore
 from watcher.tracking import Tracker
@@ -301,3 +301,18 @@ async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_th
     stalled.close()
     record = await kept(tmp_path)
     assert (record.status, record.emitted_status) == ("RUNNING", None)
+
+
+async def test_a_finished_job_removed_from_the_config_no_longer_counts_as_ended() -> None:
+    """Else `--exit-when-done` ends before a job added in its place is polled, and a removed
+    failed job still makes the run exit 1."""
+    tracker = Tracker(EventLog(io.StringIO(), "json", "info"), None, time.time, time.monotonic)
+    old, new = JobSpec("Leads", "1"), JobSpec("Leads", "2")
+    await tracker.track([old])
+    job = tracker.jobs[old]
+    job.status, job.outcome = "FAILED", "failed"
+    await tracker.record(job, [finished_event(job, 0.0)])
+    tracker.untrack([old])
+    await tracker.track([new])
+    assert tracker.unfinished == 1
+    assert tracker.outcomes.total() == 0
