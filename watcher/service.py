@@ -177,7 +177,14 @@ class Watcher:
         timeout = aiohttp.ClientTimeout(total=self._config.polling.request_timeout)
         # Zoho's API sets no cookie we need; not keeping a jar saves work on every answer.
         jar = aiohttp.DummyCookieJar()
-        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=jar) as session:
+        # Host names resolved without threads (c-ares, through aiodns): a lookup in a thread
+        # cannot be cancelled, and the interpreter waits for it at exit, so a DNS server that
+        # does not answer would hold a stopped watcher for as long as its resolver retries,
+        # past `docker stop`'s grace, into a SIGKILL.
+        connector = aiohttp.TCPConnector(resolver=aiohttp.AsyncResolver())
+        async with aiohttp.ClientSession(
+            timeout=timeout, cookie_jar=jar, connector=connector
+        ) as session:
             self._started(server)
             watching = asyncio.create_task(self._watch(session))
             ending = asyncio.create_task(self._finished.wait())
