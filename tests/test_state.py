@@ -212,6 +212,19 @@ async def test_one_writer_at_a_time_and_readers_alongside(path: Path) -> None:
     await (await StateStore.open(path)).close()  # closed, the first let go of the lock
 
 
+async def test_one_writer_even_when_the_second_reaches_the_file_by_a_symbolic_link(
+    path: Path,
+) -> None:
+    """Each would poll every job and announce every change again."""
+    store = await StateStore.open(path)
+    (path.parent / "elsewhere").mkdir()
+    link = path.parent / "elsewhere" / "other-name.db"
+    link.symlink_to(path)
+    with pytest.raises(StateError, match="another watcher is using it"):
+        await StateStore.open(link)
+    await store.close()
+
+
 async def test_a_file_that_cannot_be_made_private_is_refused(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

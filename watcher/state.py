@@ -430,7 +430,8 @@ def _lock(path: Path) -> int:
     """Take `<state file>.lock`, without waiting: the descriptor that holds it. A file of its own,
     because SQLite's locks on the state file are POSIX locks, with which a flock of that file
     would mix where flock is built on them (NFS)."""
-    lock_path = path.with_name(f"{path.name}.lock")
+    real = Path(os.path.realpath(path))  # reached by a symbolic link, the same file's lock
+    lock_path = real.with_name(f"{real.name}.lock")
     try:
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
