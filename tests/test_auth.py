@@ -348,6 +348,10 @@ def test_data_center_mapping(data_center: str, accounts: str, api: str) -> None:
         (502, b"<html>bad gateway</html>", Refusal("http_502", False)),
         (200, b"{not json", Refusal("malformed_response", False)),
         (200, b'{"token_type": "Bearer"}', Refusal("malformed_response", False)),
+        # Not sendable in a header: every request would fail unsent until the hour was up.
+        (200, b'{"access_token": "1000.a\\r\\nX-Evil: 1"}', Refusal("malformed_response", False)),
+        (200, b'{"access_token": "1000.a b"}', Refusal("malformed_response", False)),
+        (200, b'{"access_token": "1000.\\u00e9"}', Refusal("malformed_response", False)),
     ],
 )
 def test_token_answers(status: int, body: bytes, expected: Grant | Refusal) -> None:

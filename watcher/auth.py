@@ -135,9 +135,16 @@ def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
         code = error if isinstance(error, str) and error else "unknown_error"
         return Refusal(code, code in OAUTH_PERMANENT_ERRORS)
     token = document.get("access_token")
-    if http_status != 200 or not isinstance(token, str) or not token:
+    if http_status != 200 or not isinstance(token, str) or not _sendable(token):
         return _unusable(http_status)
     return Grant(token, _lifetime(document), _api_domain(document.get("api_domain")))
+
+
+def _sendable(token: str) -> bool:
+    """Whether `token` can go in an Authorization header as it is: Zoho's are visible ASCII.
+    One with a line break or a space would fail every request unsent, each failure looking
+    like a bug of ours, until the token's hour was up."""
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
 def _api_domain(value: object) -> str | None:
