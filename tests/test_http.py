@@ -14,6 +14,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from watcher import http
 from watcher.credits import REMAINING_TTL_S
 from watcher.http import Health, HttpServer
 from watcher.metrics import JOB_STATUSES, Metrics
@@ -334,3 +335,37 @@ async def test_a_fault_of_ours_is_one_line_on_stderr_and_a_bad_request_none(
     assert printed.err.splitlines() == [
         "zoho-job-watcher: http: Error handling request from 127.0.0.1 (KeyError)"
     ]
+
+
+async def _connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
+
+
+async def test_connections_past_the_limit_are_closed_and_the_rest_still_served(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    """Clients that connect and send nothing must not use up the descriptors the watcher needs
+    to reach Zoho and to re-read its config."""
+    base = await start(Fake())
+    idle = [await _connect(base) for _ in range(http.MAX_CONNECTIONS)]
+    reader, writer = await _connect(base)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed as it came
+    writer.close()
+    for _, held in idle[:2]:
+        held.close()
+        await held.wait_closed()
+    async with client.get(f"{base}/healthz") as response:
+        assert response.status == 200
+    for _, held in idle[2:]:
+        held.close()
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_its_life(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "CONNECTION_LIFE_S", 0.2)
+    reader, writer = await _connect(await start(Fake()))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a header, never finished
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()

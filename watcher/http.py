@@ -7,8 +7,11 @@ default in the configuration): exposing it further is the user's explicit choice
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +45,22 @@ _SERVER_LOG.propagate = False
 # How long stop() lets a request in progress finish; every route answers at once, so this only
 # bounds a stuck client. Idle keep-alive connections are closed without waiting.
 _SHUTDOWN_TIMEOUT = 0.25
+# Connections at once: far more than a scraper and an orchestrator's probes need, far fewer than
+# the descriptors a process may hold. Beyond it a connection is closed as it comes, so that
+# clients that connect and send nothing cannot use up the descriptors the watcher needs to reach
+# Zoho and to re-read its config.
+MAX_CONNECTIONS = 64
+# How long a connection lives: then it is closed, so that one held open without a request, or one
+# trickling a header a byte at a time, lets go (every route answers in milliseconds, and a
+# scraper that keeps its connection alive simply opens another).
+CONNECTION_LIFE_S = 30.0
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the limit: closed at once, costing nothing more."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,9 @@ class HttpServer:
         self._health = health
         self._jobs = jobs
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._opened: dict[web.RequestHandler, float] = {}  # when each connection came
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError, with nothing left running."""
@@ -81,18 +103,45 @@ class HttpServer:
             app, access_log=None, logger=_SERVER_LOG, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
         await runner.setup()
+        assert runner.server is not None
+        accept = functools.partial(self._accept, runner.server)
+        loop = asyncio.get_running_loop()
         try:
-            await web.TCPSite(runner, self._host, self.port).start()
+            listener = await loop.create_server(accept, self._host, self.port)
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
-        self.port = runner.addresses[0][1]
+        self._runner, self._listener = runner, listener
+        self.port = listener.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep(runner.server))
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
+            assert self._listener is not None
+            assert self._sweeper is not None
+            self._sweeper.cancel()
+            self._listener.close()
             await runner.cleanup()
+
+    def _accept(self, server: web.Server) -> asyncio.BaseProtocol:
+        """A handler for a new connection; none beyond MAX_CONNECTIONS."""
+        if len(server.connections) >= MAX_CONNECTIONS:
+            return _Refused()
+        handler = server()
+        self._opened[handler] = time.monotonic()
+        return handler
+
+    async def _sweep(self, server: web.Server) -> None:
+        """Close the connections older than CONNECTION_LIFE_S, a few times in each life, and
+        forget the ones gone."""
+        while True:
+            await asyncio.sleep(CONNECTION_LIFE_S / 4)
+            now, open_now = time.monotonic(), set(server.connections)
+            self._opened = {h: at for h, at in self._opened.items() if h in open_now}
+            for handler, opened_at in self._opened.items():
+                if now - opened_at >= CONNECTION_LIFE_S:
+                    handler.force_close()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         health = self._health()
