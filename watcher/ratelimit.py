@@ -121,4 +121,8 @@ class RequestGate:
         if len(sent) >= limit and (wait := sent[-limit] + self._rate_period - now) > 0:
             return wait
         sent.append(now)
+        # Beyond the last SENDS_KEPT, a send older than the period counts for nothing: kept, a
+        # limit set very high ("no limit") would hold every send for the life of the process.
+        while len(sent) > SENDS_KEPT and sent[0] + self._rate_period <= now:
+            sent.popleft()
         return 0.0
