@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -189,3 +190,29 @@ async def test_a_retry_comes_when_its_event_said_whatever_the_credits(
     assert retry.at - failing.done < failed["retry_in_s"] + 0.3  # not five times that
     watcher.process.terminate()
     assert await watcher.finish(timeout=5) == 0
+
+
+async def test_a_job_removed_while_its_request_is_out_leaves_no_demand(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Its answer, arriving after the removal, must not plan it again: a ghost's demand would
+    stretch every remaining job's gap under a budget, more with every such removal."""
+    gone, kept = ("Leads", "1001"), ("Deals", "2002")
+    sim.add_job(*gone, ["RUNNING", "slow:1:RUNNING"])
+    sim.add_job(*kept, ["RUNNING"])
+    path = tmp_path / "w.yaml"
+    settings = {"schedule": "fixed", "interval": "100ms", "max_interval": "300ms"}
+    write_config(path, sim.url, [gone, kept], **settings)
+    env = {"ZOHO_ACCESS_TOKEN": ACCESS_TOKEN}
+    watcher = service.Watcher(load_all(path, env), EventLog(io.StringIO(), "json", "info"))
+    running = asyncio.create_task(watcher.run())
+    await sim.wait_for(lambda s: len(s.requests_for(*gone)) == 2)  # its slow answer on its way
+    write_config(path, sim.url, [kept], **settings)
+    await watcher._apply(load_all(path, env))  # as a reload does (white box: no waiting on one)
+    await sim.wait_for(lambda s: s.requests_for(*gone)[-1].done < math.inf, timeout=5)
+    polled = len(sim.requests_for(*kept))  # two more polls of it: the late answer was taken
+    await sim.wait_for(lambda s: len(s.requests_for(*kept)) >= polled + 2, timeout=5)
+    watcher.stop()
+    assert await running == 0
+    assert watcher._runtime is not None
+    assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1)  # the kept job's alone

@@ -335,6 +335,8 @@ class Watcher:
             runtime.gate.answered()
         if decision.fatal and self._finished.is_set():
             return  # a refused token, said once: the other polls it failed add nothing
+        if not self._tracker.tracks(job):  # removed while its request was out: its plan too
+            return
         # Planned before the save, which keeps the plan: a restart polls the job when planned.
         delay = None if decision.fatal else self._plan(spec, answer, decision.next_poll_in, now)
         job.next_poll_at = None if delay is None else seen + delay
