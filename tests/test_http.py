@@ -369,3 +369,18 @@ async def test_a_connection_that_sends_nothing_is_closed_after_its_life(
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a header, never finished
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_a_burst_of_connections_is_held_to_the_limit_too(start: Start) -> None:
+    """aiohttp lists a connection only once it is made, after the rest of its burst: counted
+    there alone, a burst passed the limit by the whole listen backlog."""
+    base = await start(Fake())
+    burst = await asyncio.gather(*(_connect(base) for _ in range(120)))
+    for _, writer in burst:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answers = await asyncio.gather(*(asyncio.wait_for(r.readline(), 5) for r, _ in burst))
+    served = sum(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+    assert 1 <= served <= http.MAX_CONNECTIONS
+    assert served + answers.count(b"") == len(burst)  # the rest closed unserved
+    for _, writer in burst:
+        writer.close()

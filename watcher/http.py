@@ -91,6 +91,7 @@ class HttpServer:
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._opened: dict[web.RequestHandler, float] = {}  # when each connection came
+        self._made: set[web.RequestHandler] = set()  # of those, the ones aiohttp has listed
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError, with nothing left running."""
@@ -126,19 +127,35 @@ class HttpServer:
 
     def _accept(self, server: web.Server) -> asyncio.BaseProtocol:
         """A handler for a new connection; none beyond MAX_CONNECTIONS."""
-        if len(server.connections) >= MAX_CONNECTIONS:
-            return _Refused()
+        now = time.monotonic()
+        if len(self._opened) >= MAX_CONNECTIONS:
+            self._forget_gone(server, now)
+            if len(self._opened) >= MAX_CONNECTIONS:
+                return _Refused()
         handler = server()
-        self._opened[handler] = time.monotonic()
+        self._opened[handler] = now
         return handler
 
+    def _forget_gone(self, server: web.Server, now: float) -> None:
+        """Keep the handlers of open connections. aiohttp lists a connection only once it is
+        made, after every other of its burst was accepted: one accepted within the last second
+        and never seen listed counts as open too, or a burst would pass the limit by a listen
+        backlog."""
+        connected = set(server.connections)
+        self._made.update(connected)
+        self._opened = {
+            handler: at
+            for handler, at in self._opened.items()
+            if handler in connected or (handler not in self._made and now - at < 1.0)
+        }
+        self._made.intersection_update(self._opened)
+
     async def _sweep(self, server: web.Server) -> None:
-        """Close the connections older than CONNECTION_LIFE_S, a few times in each life, and
-        forget the ones gone."""
+        """Close the connections older than CONNECTION_LIFE_S, a few times in each life."""
         while True:
             await asyncio.sleep(CONNECTION_LIFE_S / 4)
-            now, open_now = time.monotonic(), set(server.connections)
-            self._opened = {h: at for h, at in self._opened.items() if h in open_now}
+            now = time.monotonic()
+            self._forget_gone(server, now)
             for handler, opened_at in self._opened.items():
                 if now - opened_at >= CONNECTION_LIFE_S:
                     handler.force_close()
