@@ -295,10 +295,11 @@ async def test_credits_spent_are_kept_in_order_until_forgotten(path: Path) -> No
     await store.close()
     again = await StateStore.open(path)
     assert again.spent == [10.0, 20.0, 30.0]
-    again.forget_spent(before=20.0)
+    again.save_spent(90.0)  # stamped by a wall clock that has since been set back
+    again.forget_spent(before=20.0, now=40.0)
     await again.close()
     look = await StateStore.open(path, writer=False)
-    assert look.spent == [20.0, 30.0]
+    assert look.spent == [20.0, 30.0, 40.0]  # the future one as spent now: it ages out
     await look.close()
 
 

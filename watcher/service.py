@@ -462,7 +462,8 @@ class Watcher:
             return
         while True:
             try:
-                store.forget_spent(time.time() - DAY_S)
+                now = time.time()
+                store.forget_spent(now - DAY_S, now)
                 pruned = await store.prune(time.time() - self._config.retention)
             except StateError as exc:
                 self._state_failed(exc)

@@ -145,6 +145,7 @@ _SAVE_JOB = (
 _DELETE_JOB = "DELETE FROM jobs WHERE module = ? AND job_id = ?"
 _SPEND = "INSERT INTO credits (at) VALUES (?)"
 _FORGET_SPENT = "DELETE FROM credits WHERE at < ?"
+_SPENT_BY_NOW = "UPDATE credits SET at = ?1 WHERE at > ?1"
 _SAVE_TOKEN = (
     "INSERT OR REPLACE INTO token (id, access_token, expires_at, api_domain) VALUES (1, ?, ?, ?)"
 )
@@ -236,9 +237,12 @@ class StateStore:
         is one credit the budget does not count after the restart, no worse."""
         self._put(_SPEND, [(at,)], None)
 
-    def forget_spent(self, before: float) -> None:
-        """Drop the credits spent before `before`: out of every budget's 24 hours."""
+    def forget_spent(self, before: float, now: float) -> None:
+        """Drop the credits spent before `before`: out of every budget's 24 hours. One stamped
+        after `now` (by a wall clock set back since) is taken as spent `now`: it then ages out
+        like the rest, where it would count for a whole day from every restart."""
         self._put(_FORGET_SPENT, [(before,)], None)
+        self._put(_SPENT_BY_NOW, [(now,)], None)
 
     async def prune(self, before: float) -> int:
         """Forget jobs that have left the config and finished before `before`, and jobs removed
