@@ -471,14 +471,15 @@ def test_beyond_a_hundred_problems_the_rest_are_counted() -> None:
 
 def test_beyond_a_hundred_problems_in_a_jobs_dir_the_rest_are_counted(tmp_path: Path) -> None:
     (tmp_path / "jobs").mkdir()
-    for n in range(3):
-        bad = "".join(f"  - {{module: Leads, job_id: x{i}}}\n" for i in range(60))
+    for n in range(3):  # each past the limit of its own file, too
+        bad = "".join(f"  - {{module: Leads, job_id: x{i}}}\n" for i in range(150))
         (tmp_path / "jobs" / f"{n}.yaml").write_text(f"jobs:\n{bad}")
     main = tmp_path / "w.yaml"
     main.write_text(f"jobs_dir: {tmp_path / 'jobs'}\nzoho:\n  auth:\n{TRIO}")
     found = load_problems(main)
     assert len(found) == PROBLEMS_SHOWN + 1
-    assert found[-1] == f"{tmp_path / 'jobs'}: ... and 80 more problems"
+    assert found[-1] == f"{tmp_path / 'jobs'}: ... and 350 more problems"
+    assert all("more problems" not in problem for problem in found[:-1])
 
 
 @pytest.mark.parametrize("data_center", sorted(DATA_CENTERS))

@@ -196,19 +196,19 @@ class Config:
     fingerprint: bytes | None = field(default=None, compare=False)
 
 
-def _with_count_of_more(shown: list[str], found: int, source: str) -> list[str]:
-    """The problems shown, and a last line saying how many more there are, if any: a systematic
-    mistake in ten thousand jobs needs a few examples, not ten thousand lines."""
-    if found <= len(shown):
-        return shown
-    return [*shown, f"{source}: ... and {found - len(shown)} more problems"]
-
-
 class ConfigError(Exception):
-    """All problems found, each one line: '<source>:<line>: <key.path>: <problem>'."""
+    """The problems found, each one line: '<source>:<line>: <key.path>: <problem>'.
 
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = tuple(problems)
+    `shown` are the first ones; `more` were found beyond them, and `problems` ends with a line
+    that counts them: a systematic mistake in ten thousand jobs needs a few examples, not ten
+    thousand lines.
+    """
+
+    def __init__(self, shown: Iterable[str], *, more: int = 0, source: str = "") -> None:
+        self.shown = tuple(shown)
+        self.found = len(self.shown) + more
+        counted = (f"{source}: ... and {more} more problems",) if more else ()
+        self.problems = (*self.shown, *counted)
         super().__init__("\n".join(self.problems))
 
 
@@ -245,7 +245,7 @@ def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
     with collector.paused():
         config = _config(reader, _compose(text, source))
     if config is None or reader.problems:
-        raise ConfigError(reader.redacted_problems())
+        raise reader.error()
     _refuse_secrets_in(config.jobs, config.zoho.auth.secrets(), source)
     return config
 
@@ -260,7 +260,7 @@ def load_state_path(path: Path, env: Mapping[str, str] | None = None) -> Path | 
     node = _top_level(root, "state_path")
     state_path = None if node is None else _optional(reader.local_path)(node, "state_path")
     if reader.problems:
-        raise ConfigError(reader.redacted_problems())
+        raise reader.error()
     return state_path
 
 
@@ -285,15 +285,17 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
         return replace(config, fingerprint=seen.digest())
     jobs = list(config.jobs)
     problems: list[str] = []
+    found = 0
     for jobs_file in jobs_files(config.jobs_dir):
         try:
             jobs.extend(load_jobs_file(jobs_file, seen))
         except ConfigError as error:
-            problems.extend(error.problems)
+            problems.extend(error.shown)
+            found += error.found
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
         shown = redact(problems[:PROBLEMS_SHOWN], config.zoho.auth.secrets())
-        raise ConfigError(_with_count_of_more(shown, len(problems), str(config.jobs_dir)))
+        raise ConfigError(shown, more=found - len(shown), source=str(config.jobs_dir))
     # The main file's were checked as it was parsed.
     _refuse_secrets_in(jobs[len(config.jobs) :], config.zoho.auth.secrets(), str(config.jobs_dir))
     return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())
@@ -315,7 +317,7 @@ def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
         sections = reader.mapping(_compose(text, source), "", ("jobs",)) or {}
         jobs = _jobs(reader, sections.get("jobs", SequenceNode(_SEQ_TAG, [])))
     if reader.problems:
-        raise ConfigError(reader.redacted_problems())
+        raise reader.error()
     return jobs
 
 
@@ -660,11 +662,12 @@ class _Reader:
             where = f"{self._source}:{line}: {path or 'top level'}"
             self.problems.append((line, f"{where}: {message}"))
 
-    def redacted_problems(self) -> list[str]:
-        """Problems in file order, secrets masked: a token put under another key must not leak."""
+    def error(self) -> ConfigError:
+        """The problems in file order, secrets masked: a token put under another key must not
+        leak."""
         in_order = sorted(self.problems, key=lambda numbered: numbered[0])
         shown = redact((problem for _, problem in in_order), self._secret_texts)
-        return _with_count_of_more(shown, self.found, self._source)
+        return ConfigError(shown, more=self.found - len(shown), source=self._source)
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node] | None:
         """The mapping's known keys (a null section counts as empty); None if not a mapping."""
