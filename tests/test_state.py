@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -222,6 +223,28 @@ async def test_one_writer_even_when_the_second_reaches_the_file_by_a_symbolic_li
     link.symlink_to(path)
     with pytest.raises(StateError, match="another watcher is using it"):
         await StateStore.open(link)
+    await store.close()
+
+
+async def test_a_watcher_by_a_link_also_holds_the_lock_beside_the_link(path: Path) -> None:
+    """Where earlier builds took it: one of those still on the file is refused too."""
+    (path.parent / "elsewhere").mkdir()
+    link = path.parent / "elsewhere" / "other-name.db"
+    link.symlink_to(path)
+    store = await StateStore.open(link)
+    beside_link = os.open(link.with_name("other-name.db.lock"), os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(beside_link, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    await store.close()
+    fcntl.flock(beside_link, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go at close
+    os.close(beside_link)
+
+
+async def test_a_directory_reached_by_a_link_is_locked_once(path: Path) -> None:
+    (path.parent / "via").symlink_to(path.parent)
+    store = await StateStore.open(path.parent / "via" / path.name)
+    with pytest.raises(StateError, match="another watcher is using it"):
+        await StateStore.open(path)
     await store.close()
 
 

@@ -180,14 +180,14 @@ class StateStore:
         token: StoredToken | None,
         spent: list[float],
         identity: tuple[int, int],
-        lock: int | None,
+        locks: tuple[int, ...],
     ) -> None:
         self.path = path
         self.jobs = jobs
         self.token = token
         self.spent = spent  # when each credit kept at open was spent (epoch seconds, in order)
         self._identity = identity  # (device, inode) of the file opened
-        self._lock = lock  # the descriptor holding the lock file, for a writer
+        self._locks = locks  # the descriptors holding the lock files, for a writer
         self.commits = 0  # transactions committed, so that group commit can be observed
         self._connection = connection
         self._loop = asyncio.get_running_loop()
@@ -267,9 +267,9 @@ class StateStore:
             self._queue.put(None)
             self._stopped = asyncio.ensure_future(asyncio.to_thread(self._writer.join))
         await asyncio.shield(self._stopped)
-        if self._lock is not None:
-            os.close(self._lock)  # the file is another watcher's to take now
-            self._lock = None
+        for descriptor in self._locks:
+            os.close(descriptor)  # the file is another watcher's to take now
+        self._locks = ()
         if self._failure is not None:
             raise StateError(self._failure)
 
@@ -394,22 +394,22 @@ class _Loaded(NamedTuple):
     token: StoredToken | None
     spent: list[float]
     identity: tuple[int, int]  # (device, inode): which file it is
-    lock: int | None
+    locks: tuple[int, ...]
 
 
 def _load(path: Path, writer: bool) -> _Loaded:
     """Open the file, creating it if need be (and locking it, for a writer), and read all of it."""
     _claim(path, writer)
-    lock = _lock(path) if writer else None
+    locks = _lock(path) if writer else ()
     try:
-        return _read_all(path, writer, lock)
+        return _read_all(path, writer, locks)
     except BaseException:
-        if lock is not None:
-            os.close(lock)
+        for descriptor in locks:
+            os.close(descriptor)
         raise
 
 
-def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
+def _read_all(path: Path, writer: bool, locks: tuple[int, ...]) -> _Loaded:
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         opened = os.stat(path)
@@ -421,7 +421,7 @@ def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
             spent = _read_spent(connection)
         else:  # an empty file, looked at: nothing in it yet, and nothing written to it
             jobs, token, spent = {}, None, []
-        return _Loaded(connection, jobs, token, spent, (opened.st_dev, opened.st_ino), lock)
+        return _Loaded(connection, jobs, token, spent, (opened.st_dev, opened.st_ino), locks)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
         connection.close()
         raise _unusable(path, exc) from None
@@ -430,12 +430,29 @@ def _read_all(path: Path, writer: bool, lock: int | None) -> _Loaded:
         raise
 
 
-def _lock(path: Path) -> int:
-    """Take `<state file>.lock`, without waiting: the descriptor that holds it. A file of its own,
-    because SQLite's locks on the state file are POSIX locks, with which a flock of that file
-    would mix where flock is built on them (NFS)."""
-    real = Path(os.path.realpath(path))  # reached by a symbolic link, the same file's lock
-    lock_path = real.with_name(f"{real.name}.lock")
+def _lock(path: Path) -> tuple[int, ...]:
+    """Take `<state file>.lock`, without waiting: the descriptors that hold it. A file of its
+    own, because SQLite's locks on the state file are POSIX locks, with which a flock of that file
+    would mix where flock is built on them (NFS). Beside the file itself, so that a second
+    watcher reaching it by a symbolic link is refused; for a link, beside the link too (where it
+    can be made), where earlier builds took it, so that one of those still on it is refused."""
+    real = Path(os.path.realpath(path))
+    names = [real.with_name(f"{real.name}.lock")]
+    beside_link = path.with_name(f"{path.name}.lock")
+    if Path(os.path.realpath(beside_link)) != names[0] and os.access(path.parent, os.W_OK):
+        names.insert(0, beside_link)
+    held: list[int] = []
+    try:
+        for name in names:
+            held.append(_lock_file(path, name))
+    except BaseException:
+        for descriptor in held:
+            os.close(descriptor)
+        raise
+    return tuple(held)
+
+
+def _lock_file(path: Path, lock_path: Path) -> int:
     try:
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
