@@ -29,6 +29,18 @@ async def watch_to_end(
     return await watcher.finish(), watcher
 
 
+async def transitions(
+    tmp_path: Path, sim: Simulator, script: list[str]
+) -> tuple[WatcherProcess, list[tuple[object, object]]]:
+    """JOB watched to its end through `script` (exit 0): the run, and each (previous, new)
+    status its job.status_changed events announced."""
+    sim.add_job(*JOB, script)
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 0
+    changes = [(e["previous_status"], e["status"]) for e in watcher.named("job.status_changed")]
+    return watcher, changes
+
+
 def finished(watcher: WatcherProcess, job_id: str) -> dict[str, object]:
     (event,) = [e for e in watcher.named("job.finished") if e["job_id"] == job_id]
     return event
@@ -37,19 +49,8 @@ def finished(watcher: WatcherProcess, job_id: str) -> dict[str, object]:
 async def test_progress_to_completed_emits_each_transition_once(
     tmp_path: Path, sim: Simulator
 ) -> None:
-    sim.add_job(
-        *JOB,
-        [
-            "SCHEDULED",
-            "SCHEDULED",
-            "RUNNING:10,0,0,100",
-            "RUNNING:50,0,0,100",
-            "COMPLETED:100,0,0,100",
-        ],
-    )
-    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
-    assert code == 0
-    changes = [(e["previous_status"], e["status"]) for e in watcher.named("job.status_changed")]
+    script = ["SCHEDULED", "SCHEDULED", "RUNNING:10,0,0,100", "RUNNING:50,0,0,100"]
+    watcher, changes = await transitions(tmp_path, sim, [*script, "COMPLETED:100,0,0,100"])
     assert changes == [(None, "SCHEDULED"), ("SCHEDULED", "RUNNING"), ("RUNNING", "COMPLETED")]
     done = finished(watcher, JOB[1])
     assert (done["outcome"], done["status"], done["polls"]) == ("completed", "COMPLETED", 5)
@@ -64,19 +65,8 @@ async def test_a_queued_or_suspended_job_is_a_status_like_any_other(
 ) -> None:
     """Zoho's OpenAPI description names QUEUED and SUSPENDED (paused) besides the four of its
     pages: each is a transition to announce, not a failed poll to back off from."""
-    sim.add_job(
-        *JOB,
-        [
-            "QUEUED",
-            "RUNNING:10,0,0,100",
-            "SUSPENDED:10,0,0,100",
-            "RUNNING:50,0,0,100",
-            "COMPLETED:100,0,0,100",
-        ],
-    )
-    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
-    assert code == 0
-    changes = [(e["previous_status"], e["status"]) for e in watcher.named("job.status_changed")]
+    script = ["QUEUED", "RUNNING:10,0,0,100", "SUSPENDED:10,0,0,100", "RUNNING:50,0,0,100"]
+    watcher, changes = await transitions(tmp_path, sim, [*script, "COMPLETED:100,0,0,100"])
     assert changes == [
         (None, "QUEUED"),
         ("QUEUED", "RUNNING"),
