@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -384,3 +385,49 @@ async def test_a_burst_of_connections_is_held_to_the_limit_too(start: Start) -> 
     assert served + answers.count(b"") == len(burst)  # the rest closed unserved
     for _, writer in burst:
         writer.close()
+
+
+async def test_clients_that_never_read_their_answers_do_not_hold_the_probes_off(
+    monkeypatch: pytest.MonkeyPatch, client: aiohttp.ClientSession
+) -> None:
+    """A graceful close waits for the answers to be read, for ever: such a connection must go
+    at the end of its life anyway, or MAX_CONNECTIONS of them would refuse every probe."""
+    monkeypatch.setattr(http, "CONNECTION_LIFE_S", 0.4)
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 2)
+    # Answers far larger than the socket buffers between us: the rest waits in the server.
+    jobs: list[dict[str, object]] = [{"job_id": str(n), "pad": "x" * 150} for n in range(2000)]
+    server = Fake(jobs=jobs).server()
+    await server.start()
+    stuck = [socket.socket() for _ in range(2)]
+    for sock in stuck:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full while we do not read
+        sock.connect(("127.0.0.1", server.port))
+        sock.send(b"GET /jobs HTTP/1.1\r\nHost: x\r\n\r\n" * 30)  # pipelined, never read
+    try:
+        assert await asyncio.wait_for(_probed(client, server.port), 10) == 200
+    finally:
+        for sock in stuck:
+            sock.close()
+        await server.stop()
+
+
+async def _probed(client: aiohttp.ClientSession, port: int) -> int:
+    """/healthz's status once a probe gets through (one refused is closed unanswered)."""
+    while True:
+        try:
+            async with client.get(f"http://127.0.0.1:{port}/healthz") as response:
+                return response.status
+        except aiohttp.ServerDisconnectedError:
+            await asyncio.sleep(0.1)  # refused: the next probe, as an orchestrator's would
+
+
+async def test_connections_one_after_another_are_never_refused(start: Start) -> None:
+    base = await start(Fake())
+    refused = 0
+    for _ in range(2 * http.MAX_CONNECTIONS):  # one at a time: never more than one open
+        reader, writer = await _connect(base)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        refused += not (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+    assert refused == 0

@@ -56,6 +56,45 @@ MAX_CONNECTIONS = 64
 CONNECTION_LIFE_S = 30.0
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler of one connection, counted in `opened` from its accept to its end."""
+
+    def __init__(self, handler: web.RequestHandler, opened: dict[_Counted, float]) -> None:
+        self._handler = handler
+        self._opened = opened
+        self._transport: asyncio.Transport | None = None
+        opened[self] = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a TCP listener's
+        self._transport = transport
+        self._handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._opened.pop(self, None)
+        self._handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> None:
+        self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def expire(self) -> None:
+        """Close it now, whatever it holds: a client that sends requests and never reads the
+        answers would keep a graceful close waiting for its buffer for ever."""
+        if self._transport is None:  # never made: nothing to close, only to forget
+            self._opened.pop(self, None)
+        else:
+            self._transport.abort()
+
+
 class _Refused(asyncio.Protocol):
     """A connection past the limit: closed at once, costing nothing more."""
 
@@ -90,8 +129,7 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._opened: dict[web.RequestHandler, float] = {}  # when each connection came
-        self._made: set[web.RequestHandler] = set()  # of those, the ones aiohttp has listed
+        self._opened: dict[_Counted, float] = {}  # the connections open: when each came
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError, with nothing left running."""
@@ -114,7 +152,7 @@ class HttpServer:
             raise
         self._runner, self._listener = runner, listener
         self.port = listener.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep(runner.server))
+        self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -126,39 +164,21 @@ class HttpServer:
             await runner.cleanup()
 
     def _accept(self, server: web.Server) -> asyncio.BaseProtocol:
-        """A handler for a new connection; none beyond MAX_CONNECTIONS."""
-        now = time.monotonic()
+        """A handler for a new connection; none beyond MAX_CONNECTIONS. Counted from here, not
+        from aiohttp's list, which has a connection only once it is made: after the rest of its
+        burst was accepted."""
         if len(self._opened) >= MAX_CONNECTIONS:
-            self._forget_gone(server, now)
-            if len(self._opened) >= MAX_CONNECTIONS:
-                return _Refused()
-        handler = server()
-        self._opened[handler] = now
-        return handler
+            return _Refused()
+        return _Counted(server(), self._opened)
 
-    def _forget_gone(self, server: web.Server, now: float) -> None:
-        """Keep the handlers of open connections. aiohttp lists a connection only once it is
-        made, after every other of its burst was accepted: one accepted within the last second
-        and never seen listed counts as open too, or a burst would pass the limit by a listen
-        backlog."""
-        connected = set(server.connections)
-        self._made.update(connected)
-        self._opened = {
-            handler: at
-            for handler, at in self._opened.items()
-            if handler in connected or (handler not in self._made and now - at < 1.0)
-        }
-        self._made.intersection_update(self._opened)
-
-    async def _sweep(self, server: web.Server) -> None:
+    async def _sweep(self) -> None:
         """Close the connections older than CONNECTION_LIFE_S, a few times in each life."""
         while True:
             await asyncio.sleep(CONNECTION_LIFE_S / 4)
             now = time.monotonic()
-            self._forget_gone(server, now)
-            for handler, opened_at in self._opened.items():
+            for connection, opened_at in list(self._opened.items()):
                 if now - opened_at >= CONNECTION_LIFE_S:
-                    handler.force_close()
+                    connection.expire()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         health = self._health()
