@@ -157,3 +157,19 @@ async def test_a_very_high_limit_keeps_only_the_sends_that_can_count() -> None:
     for _ in range(3 * ratelimit.SENDS_KEPT):
         await gate.admit()
     assert len(gate._sent) <= ratelimit.SENDS_KEPT + 1  # white box: the history itself
+
+
+async def test_a_reload_to_a_longer_period_still_counts_sends_let_go_of() -> None:
+    """Past SENDS_KEPT, sends older than the period are let go of; a longer period after a
+    reload would count them, so the gate waits rather than pass the limit."""
+    limit = ratelimit.SENDS_KEPT + 500
+    gate = RequestGate(rate_limit=limit, rate_period=0.05, budget=CreditBudget(None, 0))
+    for _ in range(limit):
+        await gate.admit()
+    await asyncio.sleep(0.1)  # every one of them older than the period
+    await gate.admit()  # lets go of the oldest
+    gate.set_rate(limit, 10.0)
+    waiting = asyncio.ensure_future(gate.admit())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # limit + 1 sent within the new period: no more for now
+    waiting.cancel()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ class RequestGate:
         self._rate_limit = rate_limit
         self._rate_period = rate_period
         self._sent: deque[float] = deque(maxlen=max(rate_limit, SENDS_KEPT))  # latest last
+        self._let_go = -math.inf  # the latest send let go of: older than the period then
         self._clock = asyncio.get_running_loop().time
         self._resume_at = 0.0
         self._refusals = 0  # pauses in a row that ended in another 429
@@ -117,12 +119,16 @@ class RequestGate:
 
     def _rate_wait(self, now: float) -> float:
         """Seconds until one more request fits the rate; 0.0 if it fits now, its send recorded."""
-        sent, limit = self._sent, self._rate_limit
-        if len(sent) >= limit and (wait := sent[-limit] + self._rate_period - now) > 0:
+        sent, limit, period = self._sent, self._rate_limit, self._rate_period
+        if len(sent) >= limit and (wait := sent[-limit] + period - now) > 0:
+            return wait
+        # Sends let go of (below) that a reload to a longer period would still count: not
+        # knowing how many, wait until the last of them is out of the period.
+        if len(sent) < limit and (wait := self._let_go + period - now) > 0:
             return wait
         sent.append(now)
         # Beyond the last SENDS_KEPT, a send older than the period counts for nothing: kept, a
         # limit set very high ("no limit") would hold every send for the life of the process.
-        while len(sent) > SENDS_KEPT and sent[0] + self._rate_period <= now:
-            sent.popleft()
+        while len(sent) > SENDS_KEPT and sent[0] + period <= now:
+            self._let_go = sent.popleft()
         return 0.0
