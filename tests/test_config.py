@@ -469,6 +469,17 @@ def test_beyond_a_hundred_problems_the_rest_are_counted() -> None:
     assert found[-1] == "cfg.yaml: ... and 50 more problems"
 
 
+def test_the_problems_shown_are_the_first_in_the_file() -> None:
+    """Sections are checked in their own order, not the file's: the line-1 problem is no less
+    worth showing for being read last."""
+    jobs = "".join(f"  - {{module: Leads, job_id: x{n}}}\n" for n in range(150))
+    found = problems(f"reload_interval: soon\njobs:\n{jobs}zoho:\n  auth:\n{TRIO}")
+    assert found[0].startswith("cfg.yaml:1: reload_interval: ")
+    assert found[1].startswith("cfg.yaml:3: jobs[0].job_id: ")
+    assert found[PROBLEMS_SHOWN - 1].startswith("cfg.yaml:101: jobs[98].job_id: ")
+    assert found[-1] == "cfg.yaml: ... and 51 more problems"
+
+
 def test_beyond_a_hundred_problems_in_a_jobs_dir_the_rest_are_counted(tmp_path: Path) -> None:
     (tmp_path / "jobs").mkdir()
     for n in range(3):  # each past the limit of its own file, too

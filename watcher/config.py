@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import heapq
 import ipaddress
 import os
 import re
@@ -650,23 +651,27 @@ class _Reader:
         self._source = source
         self._env = env
         self._secret_texts: list[str] = []
-        self.problems: list[tuple[int, str]] = []  # the first PROBLEMS_SHOWN
+        self.problems: list[tuple[int, int, str]] = []  # see `report`
         self.found = 0  # all of them
         # Each mapping read, by id (held, so that no id is reused meanwhile): its line.
         self._mappings_read: dict[int, tuple[Node, int]] = {}
 
     def report(self, node: Node, path: str, message: str) -> None:
+        """Keeps the PROBLEMS_SHOWN first in the file (a heap of the latest of them on top:
+        sections are read in their own order, not the file's), and counts the rest."""
         self.found += 1
+        line = _line(node)
+        kept = (-line, -self.found, f"{self._source}:{line}: {path or 'top level'}: {message}")
         if len(self.problems) < PROBLEMS_SHOWN:
-            line = _line(node)
-            where = f"{self._source}:{line}: {path or 'top level'}"
-            self.problems.append((line, f"{where}: {message}"))
+            heapq.heappush(self.problems, kept)
+        elif kept > self.problems[0]:
+            heapq.heapreplace(self.problems, kept)
 
     def error(self) -> ConfigError:
         """The problems in file order, secrets masked: a token put under another key must not
         leak."""
-        in_order = sorted(self.problems, key=lambda numbered: numbered[0])
-        shown = redact((problem for _, problem in in_order), self._secret_texts)
+        in_order = sorted(self.problems, reverse=True)  # by line, then as found
+        shown = redact((problem for _, _, problem in in_order), self._secret_texts)
         return ConfigError(shown, more=self.found - len(shown), source=self._source)
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node] | None:
