@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import ACCESS_TOKEN, WatcherProcess, write_config
+from tests.harness import ACCESS_TOKEN, WatcherProcess, run_cli, write_config
 from watcher import credits, service
 from watcher.config import load_all
 from watcher.credits import RELAXED, Demand, Pace
@@ -48,6 +49,41 @@ async def test_the_daily_budget_holds_across_a_restart(tmp_path: Path, sim: Simu
     await second.wait_event("watcher.started")
     with pytest.raises(TimeoutError):  # the job never polled is due at once; the budget is spent
         await sim.wait_for(lambda s: len(s.requests) > 2, timeout=1.5)
+    second.process.terminate()
+    assert await second.finish(timeout=5) == 0
+
+
+async def test_gaps_stretched_to_the_budget_are_alike_and_outlive_a_restart(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Ten jobs at a 1 s interval would want 864,000 credits a day against 5,000: every gap
+    stretches to about 173 s, the first job's as much as the last's, and a restart keeps the
+    plans rather than poll each job again within `max_interval` (a round of credits per
+    restart: a crash loop would spend the day's in minutes)."""
+    jobs = [("Leads", str(n)) for n in range(1, 11)]
+    for job in jobs:
+        sim.add_job(*job, ["RUNNING"])
+    top = {"state_path": str(tmp_path / "state.db"), "reload_interval": "100ms"}
+    polling = {"interval": "1s", "max_interval": "2s", "credits_per_day": 5000}
+    config = write_config(tmp_path / "w.yaml", sim.url, jobs, top=top, **polling)
+    first = await WatcherProcess.start("run", "--config", str(config))
+    await sim.wait_for(lambda s: len(s.requests) >= len(jobs))
+    first.process.terminate()
+    assert await first.finish(timeout=5) == 0
+    code, stdout, _ = await run_cli("status", "--config", str(config), "--json")
+    assert code == 0
+    gaps = [job["next_poll_at"] - job["last_seen"] for job in json.loads(stdout)]
+    assert min(gaps) > 150  # alike: not 17 s for the first and 173 s for the last
+    polled = len(sim.requests)
+    second = await WatcherProcess.start("run", "--config", str(config))
+    await second.wait_event("watcher.started")
+    with pytest.raises(TimeoutError):  # a bounded look for an early poll, which must not come
+        await sim.wait_for(lambda s: len(s.requests) > polled, timeout=3)
+    # Plans kept from before the restart are brought forward like this run's own, once the
+    # budget that stretched them is lifted.
+    write_config(config, sim.url, jobs, top=top, interval="1s", max_interval="2s")
+    await second.wait_event("config.reloaded")
+    await sim.wait_for(lambda s: len(s.requests) >= polled + len(jobs), timeout=10)
     second.process.terminate()
     assert await second.finish(timeout=5) == 0
 

@@ -86,25 +86,21 @@ def next_delay(
 
 
 def resume_delay(
-    last_seen: float | None,
-    next_poll_at: float | None,
-    now: float,
-    interval: float,
-    max_interval: float,
+    last_seen: float | None, next_poll_at: float | None, now: float, interval: float
 ) -> float:
     """Seconds until the first poll of a job a run starts with (times in epoch seconds).
 
     One a restart resumes is polled when the run before planned it, as if the watcher had not
     stopped: otherwise every restart would spend a credit per job, and a crash loop, or a rolling
-    update of a watcher of ten thousand jobs, would spend a small org's day. Never later than
-    `max_interval`, whatever the wall clock did meanwhile or the settings now say. A file from
-    before plans were kept: `interval` after the job was last seen. A job never seen nor planned:
-    at once.
+    update of a watcher of ten thousand jobs, would spend a small org's day. That plan may be
+    hours long (a retry Zoho asked for, gaps stretched to the credit budget); it is kept, but a
+    wall clock set back meanwhile makes it no longer than it was. A file from before plans were
+    kept: `interval` after the job was last seen. A job never seen: at once.
     """
-    if next_poll_at is not None:
-        return min(max_interval, max(0.0, next_poll_at - now))
     if last_seen is None:
         return 0.0
+    if next_poll_at is not None:
+        return min(max(0.0, next_poll_at - last_seen), max(0.0, next_poll_at - now))
     return min(interval, max(0.0, last_seen + interval - now))
 
 

@@ -281,15 +281,27 @@ class Watcher:
         self._poll_first(await self._tracker.track(specs))
 
     def _poll_first(self, specs: list[JobSpec]) -> None:
-        """A new job at once; one the state file remembers, when its last run planned it."""
+        """A new job at once; one the state file remembers, when its last run planned it.
+
+        Each counts in the credit demand from now on: with its plan's gap, or with `interval`
+        until its first answer sets one. Otherwise the first jobs polled after a start would
+        find the demand small and take short gaps: the budget would not stretch them alike.
+        """
         assert self._runtime is not None
-        now, polling = time.time(), self._config.polling
+        runtime, interval = self._runtime, self._config.polling.interval
+        wall, now = time.time(), runtime.clock()
         for spec in specs:
             job = self._tracker.jobs[spec]
-            delay = resume_delay(
-                job.last_seen, job.next_poll_at, now, polling.interval, polling.max_interval
-            )
-            self._runtime.scheduler.schedule(spec, delay)
+            delay = resume_delay(job.last_seen, job.next_poll_at, wall, interval)
+            gap, seen, due = job.planned_gap, job.last_seen, job.next_poll_at
+            if gap is not None and gap > 0 and seen is not None and due is not None:
+                # As planned before the restart, and brought forward if the stretch falls.
+                runtime.demand.plan(spec, gap)
+                stretched = max(gap, due - seen)
+                runtime.pace.plan(spec, now + delay - stretched, gap, stretched / gap)
+            elif due is None:  # nothing planned yet: its first plan, most likely
+                runtime.demand.plan(spec, interval)
+            runtime.scheduler.schedule(spec, delay)
 
     async def _poll(self, spec: JobSpec) -> None:
         job = self._tracker.jobs.get(spec)
@@ -340,6 +352,8 @@ class Watcher:
         # Planned before the save, which keeps the plan: a restart polls the job when planned.
         delay = None if decision.fatal else self._plan(spec, answer, decision.next_poll_in, now)
         job.next_poll_at = None if delay is None else seen + delay
+        paced = delay is not None and answer.effect is Effect.OBSERVED
+        job.planned_gap = decision.next_poll_in if paced else None
         try:
             await self._tracker.record(job, decision.events)
         except StateError as exc:

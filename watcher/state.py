@@ -56,6 +56,7 @@ _SCHEMA = (
         finished_at REAL,
         removed_at REAL,
         next_poll_at REAL,
+        planned_gap REAL,
         PRIMARY KEY (module, job_id)
     ) WITHOUT ROWID
     """,
@@ -76,8 +77,9 @@ _SCHEMA = (
 # inside the transaction that also records the new version, so an upgrade is whole or not at all.
 _UPGRADES: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE jobs ADD COLUMN error TEXT",),  # 2: why a job ended not_found or rejected
-    2: (  # 3: when a job's next poll was planned, and the credits spent under a budget
+    2: (  # 3: when a job's next poll was planned and from what gap, the credits spent
         "ALTER TABLE jobs ADD COLUMN next_poll_at REAL",
+        "ALTER TABLE jobs ADD COLUMN planned_gap REAL",
         "CREATE TABLE credits (at REAL NOT NULL)",
         "CREATE INDEX credits_at ON credits (at)",
     ),
@@ -113,6 +115,7 @@ class JobRecord(NamedTuple):
     finished_at: float | None
     removed_at: float | None  # when it left the config; None while configured
     next_poll_at: float | None = None  # when its next poll was planned; None once it has ended
+    planned_gap: float | None = None  # the gap that plan was made from, before any stretch
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class Tracker:
             if job.outcome is not None and job.finished_at is not None:  # counted once out
                 self.outcomes[job.outcome] -= 1
             self._log.log("info", "job.removed", **job.fields())
-            job.next_poll_at = None  # no poll planned: added again, it starts afresh
+            job.next_poll_at = job.planned_gap = None  # added again, it starts afresh
             self._save(job, removed_at=self._wall())
             self._unsaid.pop(spec, None)
 
@@ -125,6 +125,7 @@ class Tracker:
                 finished_at=ended_at,
                 removed_at=now,
                 next_poll_at=None,
+                planned_gap=None,
             )
         )
 
@@ -203,6 +204,7 @@ class Tracker:
             finished_at=record.finished_at,
             last_seen=record.last_seen,
             next_poll_at=record.next_poll_at,
+            planned_gap=record.planned_gap,
             tenths_reported=tenths_done(record.counts),  # announced before the restart
         )
 
@@ -284,4 +286,5 @@ class Tracker:
             finished_at=finished_at,
             removed_at=removed_at,
             next_poll_at=job.next_poll_at,
+            planned_gap=job.planned_gap,
         )
