@@ -252,3 +252,33 @@ async def test_a_job_removed_while_its_request_is_out_leaves_no_demand(
     assert await running == 0
     assert watcher._runtime is not None
     assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1)  # the kept job's alone
+
+
+async def test_jobs_never_seen_with_a_status_leave_no_demand(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Counted at `interval` from the start, until their first answer: one that only ever fails
+    has no pace to budget for, and must not slow the healthy ones."""
+    healthy, failing = ("Leads", "1"), [("Deals", str(n)) for n in range(2, 6)]
+    sim.add_job(*healthy, ["RUNNING"])
+    for job in failing:
+        sim.add_job(*job, ["500"])
+    path = write_config(
+        tmp_path / "w.yaml",
+        sim.url,
+        [healthy, *failing],
+        schedule="fixed",
+        interval="100ms",
+        backoff_max="5s",
+        credits_per_day=864_000,
+    )
+    env = {"ZOHO_ACCESS_TOKEN": ACCESS_TOKEN}
+    watcher = service.Watcher(load_all(path, env), EventLog(io.StringIO(), "json", "info"))
+    running = asyncio.create_task(watcher.run())
+    await sim.wait_for(lambda s: all(s.requests_for(*job) for job in failing))
+    polled = len(sim.requests_for(*healthy))  # two more: every failing answer was taken
+    await sim.wait_for(lambda s: len(s.requests_for(*healthy)) >= polled + 2, timeout=5)
+    watcher.stop()
+    assert await running == 0
+    assert watcher._runtime is not None
+    assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1)  # the healthy job's alone

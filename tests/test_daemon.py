@@ -355,6 +355,33 @@ async def test_a_restart_polls_a_job_when_the_run_before_planned_it(
     assert await second.finish() == 0
 
 
+async def test_a_restart_goes_on_at_the_pace_and_backoff_the_job_had(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A SCHEDULED job's gaps had widened, a failing job's backoff had grown: started again
+    from `interval` and attempt 1, each restart of a rolling update would cost every idle job
+    about nine more polls in the hour after it."""
+    sim.add_job(*A, ["SCHEDULED"])
+    sim.add_job(*B, ["500"])
+    daemon = Daemon(tmp_path, sim)
+    settings = {"interval": "50ms", "max_interval": "1s", "backoff_initial": "50ms"}
+    daemon.write([A, B], backoff_max="1s", **settings)
+    first = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= 8, timeout=10)  # gaps near 1 s
+    first.process.terminate()
+    assert await first.finish() == 0
+    attempts = [e["attempt"] for e in first.named("job.poll_failed")]
+    polled = len(sim.requests_for(*A))
+    second = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= polled + 2, timeout=10)
+    again, after = sim.requests_for(*A)[polled : polled + 2]
+    assert after.at - again.at > 0.5  # the widened gap, not `interval`
+    failed = await second.wait_event("job.poll_failed")
+    assert failed["attempt"] == attempts[-1] + 1
+    second.process.terminate()
+    assert await second.finish() == 0
+
+
 async def test_a_relative_state_path_is_shown_where_it_really_is(
     tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from watcher import state
+from watcher.schedule import Sample
 from watcher.state import (
     SCHEMA_VERSION,
     JobRecord,
@@ -333,7 +334,15 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
     kept = kept._replace(outcome="completed", polls=4, first_seen=1.0, last_seen=2.0)
     assert store.jobs == {("Leads", "7"): kept._replace(finished_at=2.0)}
     await store.save_durably(job("8", outcome="rejected", error="NO_PERMISSION"))
-    await store.save_durably(job("9")._replace(next_poll_at=1_700_000_100.0))
+    await store.save_durably(
+        job("9")._replace(
+            next_poll_at=1_700_000_100.0,
+            planned_gap=60.0,
+            failures=2,
+            not_found=1,
+            samples=(Sample(1_700_000_040.0, "RUNNING", 5, None),),
+        )
+    )
     store.save_spent(1_700_000_050.0)
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -342,7 +351,14 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
         )
     again = await StateStore.open(path)
     assert again.jobs[("Leads", "8")].error == "NO_PERMISSION"
-    assert again.jobs[("Leads", "9")].next_poll_at == 1_700_000_100.0
+    kept = again.jobs[("Leads", "9")]
+    assert (kept.next_poll_at, kept.planned_gap, kept.failures, kept.not_found) == (
+        1_700_000_100.0,
+        60.0,
+        2,
+        1,
+    )
+    assert kept.samples == (Sample(1_700_000_040.0, "RUNNING", 5, None),)
     assert again.spent == [1_700_000_050.0]
     await again.close()
 
@@ -405,6 +421,13 @@ def counts_not_an_object(path: Path) -> None:
     db.close()
 
 
+def samples_not_rows(path: Path) -> None:
+    asyncio.run(_close_new_store(path, job("edited")))
+    with sqlite3.connect(path) as db:
+        db.execute("""UPDATE jobs SET samples = '[[1.0, "RUNNING", "many", 10]]'""")
+    db.close()
+
+
 def refreshes_not_numbers(path: Path) -> None:
     asyncio.run(_close_new_store(path))
     with sqlite3.connect(path) as db:
@@ -455,6 +478,7 @@ def test_someone_elses_file_keeps_its_mode(
         (schema_0, f"has schema version 0, this watcher knows {SCHEMA_VERSION}"),
         (counts_not_an_object, "counts of job edited are not a JSON object"),
         (refreshes_not_numbers, "token refreshes are not a list of numbers"),
+        (samples_not_rows, "samples of job edited are not a list of status rows"),
     ],
 )
 def test_a_bad_file_is_refused_and_left_as_it_was(

@@ -29,7 +29,7 @@ from watcher.clock import to_monotonic
 from watcher.config import Config, ConfigError, JobSpec
 from watcher.credits import DAY_S, CreditBudget, Demand, Pace
 from watcher.events import EventLog
-from watcher.job import Event, apply_answer
+from watcher.job import Event, JobState, apply_answer
 from watcher.ratelimit import RequestGate
 from watcher.reload import ConfigWatcher
 from watcher.schedule import resume_delay
@@ -294,12 +294,13 @@ class Watcher:
             job = self._tracker.jobs[spec]
             delay = resume_delay(job.last_seen, job.next_poll_at, wall, interval)
             gap, seen, due = job.planned_gap, job.last_seen, job.next_poll_at
-            if gap is not None and gap > 0 and seen is not None and due is not None:
-                # As planned before the restart, and brought forward if the stretch falls.
+            if gap is not None and gap > 0:  # its pace when last seen with a status
                 runtime.demand.plan(spec, gap)
-                stretched = max(gap, due - seen)
-                runtime.pace.plan(spec, now + delay - stretched, gap, stretched / gap)
-            elif due is None:  # nothing planned yet: its first plan, most likely
+                if job.failures == 0 and seen is not None and due is not None:
+                    # As planned before the restart, and brought forward if the stretch falls.
+                    stretched = max(gap, due - seen)
+                    runtime.pace.plan(spec, now + delay - stretched, gap, stretched / gap)
+            elif job.status is None:  # never seen with a status: its first plan, most likely
                 runtime.demand.plan(spec, interval)
             runtime.scheduler.schedule(spec, delay)
 
@@ -350,10 +351,10 @@ class Watcher:
         if not self._tracker.tracks(job):  # removed while its request was out: its plan too
             return
         # Planned before the save, which keeps the plan: a restart polls the job when planned.
-        delay = None if decision.fatal else self._plan(spec, answer, decision.next_poll_in, now)
+        delay = None if decision.fatal else self._plan(job, answer, decision.next_poll_in, now)
         job.next_poll_at = None if delay is None else seen + delay
-        paced = delay is not None and answer.effect is Effect.OBSERVED
-        job.planned_gap = decision.next_poll_in if paced else None
+        if delay is not None and answer.effect is Effect.OBSERVED:
+            job.planned_gap = decision.next_poll_in  # a retry keeps the pace it had
         try:
             await self._tracker.record(job, decision.events)
         except StateError as exc:
@@ -370,19 +371,22 @@ class Watcher:
             self._check_done()
 
     def _plan(
-        self, spec: JobSpec, answer: Answer, next_poll_in: float | None, now: float
+        self, job: JobState, answer: Answer, next_poll_in: float | None, now: float
     ) -> float | None:
-        """Seconds until `spec`'s next poll, its gap stretched to the credit budget; None once
-        the job has ended. A retry's delay is no pace to budget for, nor to stretch: its backoff
-        already grows, and its event said when it comes."""
+        """Seconds until the job's next poll, its gap stretched to the credit budget; None once
+        it has ended. A retry's delay is no pace to budget for, nor to stretch: its backoff
+        already grows, and its event said when it comes. A job never seen with a status has no
+        pace yet: it leaves the demand until it has one, so that its errors slow no other."""
         if next_poll_in is None:
             return None
         assert self._runtime is not None
-        runtime = self._runtime
+        runtime, spec = self._runtime, job.spec
         stretch = 1.0
         if answer.effect is Effect.OBSERVED:
             runtime.demand.plan(spec, next_poll_in)
             stretch = runtime.budget.stretch(now, runtime.demand.per_s)
+        elif job.status is None:
+            runtime.demand.drop(spec)
         return runtime.pace.plan(spec, now, next_poll_in, stretch)
 
     async def _keep_pace(self) -> None:

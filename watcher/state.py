@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from watcher.schedule import Sample
+
 SCHEMA_VERSION = 3
 # Marks the file as ours in SQLite's header, so another program's database is recognised as such
 # instead of being mistaken for a damaged state file, or worse, written to.
@@ -57,6 +59,9 @@ _SCHEMA = (
         removed_at REAL,
         next_poll_at REAL,
         planned_gap REAL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        not_found INTEGER NOT NULL DEFAULT 0,
+        samples TEXT NOT NULL DEFAULT '[]',
         PRIMARY KEY (module, job_id)
     ) WITHOUT ROWID
     """,
@@ -77,9 +82,12 @@ _SCHEMA = (
 # inside the transaction that also records the new version, so an upgrade is whole or not at all.
 _UPGRADES: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE jobs ADD COLUMN error TEXT",),  # 2: why a job ended not_found or rejected
-    2: (  # 3: when a job's next poll was planned and from what gap, the credits spent
+    2: (  # 3: a job's plan, pace and failures in a row, and the credits spent
         "ALTER TABLE jobs ADD COLUMN next_poll_at REAL",
         "ALTER TABLE jobs ADD COLUMN planned_gap REAL",
+        "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN not_found INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN samples TEXT NOT NULL DEFAULT '[]'",
         "CREATE TABLE credits (at REAL NOT NULL)",
         "CREATE INDEX credits_at ON credits (at)",
     ),
@@ -116,6 +124,9 @@ class JobRecord(NamedTuple):
     removed_at: float | None  # when it left the config; None while configured
     next_poll_at: float | None = None  # when its next poll was planned; None once it has ended
     planned_gap: float | None = None  # the gap that plan was made from, before any stretch
+    failures: int = 0  # polls in a row without a status row, for backoff
+    not_found: int = 0  # "not found" answers in a row
+    samples: tuple[Sample, ...] = ()  # the latest status rows seen (times in epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -130,19 +141,22 @@ class StoredToken:
 
 
 def record_view(record: JobRecord) -> dict[str, object]:
-    """A job as `status --json` and `/jobs` show it: plain JSON types, no secret anywhere."""
+    """A job as `status --json` and `/jobs` show it: plain JSON types, no secret anywhere (and
+    not the samples its schedule reads)."""
     view: dict[str, object] = record._asdict()
     view["counts"] = dict(record.counts)
+    del view["samples"]
     return view
 
 
 _JOB_COLUMNS = JobRecord._fields
-# A saved row is the record's plain fields in this order, then its counts as JSON: a tuple made
-# by one C call, bound by position, for the one statement every poll runs.
-_PLAIN_COLUMNS = tuple(name for name in _JOB_COLUMNS if name != "counts")
+# A saved row is the record's plain fields in this order, then its counts and samples as JSON: a
+# tuple made by one C call, bound by position, for the one statement every poll runs.
+_JSON_COLUMNS = ("counts", "samples")
+_PLAIN_COLUMNS = tuple(name for name in _JOB_COLUMNS if name not in _JSON_COLUMNS)
 _plain_values = operator.attrgetter(*_PLAIN_COLUMNS)
 _SAVE_JOB = (
-    f"INSERT OR REPLACE INTO jobs ({', '.join(_PLAIN_COLUMNS)}, counts)"
+    f"INSERT OR REPLACE INTO jobs ({', '.join((*_PLAIN_COLUMNS, *_JSON_COLUMNS))})"
     f" VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
 )
 _DELETE_JOB = "DELETE FROM jobs WHERE module = ? AND job_id = ?"
@@ -278,7 +292,8 @@ class StateStore:
 
     def _save(self, record: JobRecord, done: asyncio.Future[int] | None) -> None:
         # Serialised now, on the loop: the writer thread must never read a caller's objects.
-        row = (*_plain_values(record), _counts_json(record.counts))
+        samples = orjson.dumps([tuple(sample) for sample in record.samples]).decode()
+        row = (*_plain_values(record), _counts_json(record.counts), samples)
         self._put(_SAVE_JOB, [row], done)
         self.jobs[(record.module, record.job_id)] = record
 
@@ -639,6 +654,7 @@ def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
         values["counts"] = json.loads(values["counts"])
         if not isinstance(values["counts"], dict):
             raise ValueError(f"the counts of job {values['job_id']} are not a JSON object")
+        values["samples"] = _samples(json.loads(values["samples"]), values["job_id"])
         record = JobRecord(**values)
         jobs[(record.module, record.job_id)] = record
     return jobs
@@ -646,6 +662,25 @@ def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
 
 def _read_spent(connection: sqlite3.Connection) -> list[float]:
     return [float(at) for (at,) in connection.execute("SELECT at FROM credits ORDER BY at")]
+
+
+def _samples(document: object, job_id: str) -> tuple[Sample, ...]:
+    """The status rows a job was last seen with, as saved: [at, status, done, total] each."""
+    if isinstance(document, list) and all(_is_sample(item) for item in document):
+        return tuple(Sample(*item) for item in document)
+    raise ValueError(f"the samples of job {job_id} are not a list of status rows")
+
+
+def _is_sample(item: object) -> bool:
+    if not (isinstance(item, list) and len(item) == 4):
+        return False
+    at, status, done, total = item
+    counts = (done, total)
+    return (
+        isinstance(at, int | float)
+        and isinstance(status, str)
+        and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in counts)
+    )
 
 
 def _read_token(connection: sqlite3.Connection) -> StoredToken | None:

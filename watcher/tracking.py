@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from watcher.clock import to_monotonic, to_wall
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import Event, JobState, finished_event, sample_of, status_changed, tenths_done
-from watcher.schedule import estimate
+from watcher.schedule import Sample, estimate
 from watcher.state import JobRecord, StateError, StateStore
 
 # Events whose loss would matter: their state is committed before they go out.
@@ -205,6 +207,9 @@ class Tracker:
             last_seen=record.last_seen,
             next_poll_at=record.next_poll_at,
             planned_gap=record.planned_gap,
+            failures=record.failures,
+            not_found=record.not_found,
+            samples=self._on_monotonic(record.samples),
             tenths_reported=tenths_done(record.counts),  # announced before the restart
         )
 
@@ -287,4 +292,20 @@ class Tracker:
             removed_at=removed_at,
             next_poll_at=job.next_poll_at,
             planned_gap=job.planned_gap,
+            failures=job.failures,
+            not_found=job.not_found,
+            samples=self._on_wall(job.samples),
         )
+
+    def _on_wall(self, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+        """Samples (taken on the monotonic clock) as the state file keeps them: epoch times."""
+        if not samples:
+            return samples
+        times = to_wall((sample.at for sample in samples), self._monotonic(), self._wall())
+        return tuple(sample._replace(at=at) for sample, at in zip(samples, times, strict=True))
+
+    def _on_monotonic(self, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+        """Kept samples back on the monotonic clock, where the schedule reads them: a restart
+        goes on at the pace it had, instead of widening its gaps again from `interval`."""
+        times = to_monotonic((s.at for s in samples), self._wall(), self._monotonic(), math.inf)
+        return tuple(sample._replace(at=at) for sample, at in zip(samples, times, strict=True))
