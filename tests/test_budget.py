@@ -182,6 +182,31 @@ async def test_credits_gauge_follows_the_header(
     assert await watcher.finish(timeout=5) == 0
 
 
+async def test_a_low_credit_reading_outlives_a_restart(
+    tmp_path: Path,
+    sim_factory: Callable[..., Awaitable[Simulator]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forgotten at a restart, the org would look flush again: the next pace check would bring
+    every job parked under the floor forward, into an org out of credits."""
+    monkeypatch.setattr(service, "PACE_CHECK_S", 0.05)
+    sim = await sim_factory(org_credits=1)  # every answer says 0 credits are left
+    sim.add_job("Leads", "1", ["RUNNING"])
+    top = {"state_path": str(tmp_path / "state.db")}
+    path = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")], top=top, credits_floor=1000)
+    env = {"ZOHO_ACCESS_TOKEN": ACCESS_TOKEN}
+    for run in ("first", "after a restart"):
+        watcher = service.Watcher(load_all(path, env), EventLog(io.StringIO(), "json", "info"))
+        running = asyncio.create_task(watcher.run())
+        if run == "first":  # its next poll is parked a thousand intervals away
+            await sim.wait_for(lambda s: len(s.requests) == 1)
+        else:
+            with pytest.raises(TimeoutError):  # twenty pace checks, and still parked
+                await sim.wait_for(lambda s: len(s.requests) > 1, timeout=1)
+        watcher.stop()
+        assert await running == 0
+
+
 async def test_an_aged_out_credit_reading_brings_a_parked_job_forward(
     tmp_path: Path,
     sim_factory: Callable[..., Awaitable[Simulator]],

@@ -344,6 +344,7 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
         )
     )
     store.save_spent(1_700_000_050.0)
+    store.save_reading(1_700_000_060.0, 42)
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
@@ -360,6 +361,7 @@ async def test_a_file_of_schema_1_is_upgraded_and_keeps_its_jobs(path: Path) -> 
     )
     assert kept.samples == (Sample(1_700_000_040.0, "RUNNING", 5, None),)
     assert again.spent == [1_700_000_050.0]
+    assert again.reading == (1_700_000_060.0, 42)
     await again.close()
 
 
@@ -428,6 +430,13 @@ def samples_not_rows(path: Path) -> None:
     db.close()
 
 
+def reading_not_a_pair(path: Path) -> None:
+    asyncio.run(_close_new_store(path))
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO meta VALUES ('credits_reading', '{\"left\": 3}')")
+    db.close()
+
+
 def refreshes_not_numbers(path: Path) -> None:
     asyncio.run(_close_new_store(path))
     with sqlite3.connect(path) as db:
@@ -479,6 +488,7 @@ def test_someone_elses_file_keeps_its_mode(
         (counts_not_an_object, "counts of job edited are not a JSON object"),
         (refreshes_not_numbers, "token refreshes are not a list of numbers"),
         (samples_not_rows, "samples of job edited are not a list of status rows"),
+        (reading_not_a_pair, "the last count of credits left is not [time, number]"),
     ],
 )
 def test_a_bad_file_is_refused_and_left_as_it_was(

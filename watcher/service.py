@@ -27,7 +27,7 @@ from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.clock import to_monotonic
 from watcher.config import Config, ConfigError, JobSpec
-from watcher.credits import DAY_S, CreditBudget, Demand, Pace
+from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Demand, Pace
 from watcher.events import EventLog
 from watcher.job import Event, JobState, apply_answer
 from watcher.ratelimit import RequestGate
@@ -246,6 +246,10 @@ class Watcher:
             else to_monotonic(store.spent, time.time(), loop.time(), DAY_S),
             on_spend=None if store is None else lambda: store.save_spent(time.time()),
         )
+        if store is not None and store.reading is not None:  # what Zoho last said, if recent
+            at, remaining = store.reading
+            for seen in to_monotonic((at,), time.time(), loop.time(), REMAINING_TTL_S):
+                budget.remaining(seen, remaining)  # the drop it may start was said already
         gate = RequestGate(
             polling.rate_limit,
             polling.rate_period,
@@ -414,6 +418,8 @@ class Watcher:
         assert self._runtime is not None
         if self._metrics is not None:
             self._metrics.credits_remaining(remaining)
+        if (store := self._tracker.store) is not None:  # a restart must slow down as much
+            store.save_reading(time.time(), remaining)
         if self._runtime.budget.remaining(now, remaining):
             floor = self._config.polling.credits_floor
             self._log.log("warning", "credits.low", remaining=remaining, floor=floor)

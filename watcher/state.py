@@ -169,6 +169,7 @@ _SAVE_TOKEN = (
 # Kept in `meta` rather than a column of `token`: the schema, and files already written, stay.
 _SAVE_ISSUED_FOR = "INSERT OR REPLACE INTO meta (key, value) VALUES ('token_issued_for', ?)"
 _SAVE_ASKED = "INSERT OR REPLACE INTO meta (key, value) VALUES ('token_asked', ?)"
+_SAVE_READING = "INSERT OR REPLACE INTO meta (key, value) VALUES ('credits_reading', ?)"
 _Params = Sequence[Any] | Mapping[str, Any]
 JobKey = tuple[str, str]
 
@@ -196,6 +197,7 @@ class StateStore:
         jobs: dict[JobKey, JobRecord],
         token: StoredToken | None,
         spent: list[float],
+        reading: tuple[float, int] | None,
         identity: tuple[int, int],
         locks: tuple[int, ...],
     ) -> None:
@@ -203,6 +205,7 @@ class StateStore:
         self.jobs = jobs
         self.token = token
         self.spent = spent  # when each credit kept at open was spent (epoch seconds, in order)
+        self.reading = reading  # Zoho's last X-API-CREDITS-REMAINING: (epoch seconds, credits)
         self._identity = identity  # (device, inode) of the file opened
         self._locks = locks  # the descriptors holding the lock files, for a writer
         self.commits = 0  # transactions committed, so that group commit can be observed
@@ -253,6 +256,11 @@ class StateStore:
         """Queue one credit spent `at` (epoch seconds) for the next commit. Lost in a crash, it
         is one credit the budget does not count after the restart, no worse."""
         self._put(_SPEND, [(at,)], None)
+
+    def save_reading(self, at: float, remaining: int) -> None:
+        """Queue Zoho's latest count of the org's credits left, seen `at` (epoch seconds)."""
+        self._put(_SAVE_READING, [(orjson.dumps([at, remaining]).decode(),)], None)
+        self.reading = (at, remaining)
 
     def forget_spent(self, before: float, now: float) -> None:
         """Drop the credits spent before `before`: out of every budget's 24 hours. One stamped
@@ -411,6 +419,7 @@ class _Loaded(NamedTuple):
     jobs: dict[JobKey, JobRecord]
     token: StoredToken | None
     spent: list[float]
+    reading: tuple[float, int] | None
     identity: tuple[int, int]  # (device, inode): which file it is
     locks: tuple[int, ...]
 
@@ -436,10 +445,11 @@ def _read_all(path: Path, writer: bool, locks: tuple[int, ...]) -> _Loaded:
     try:
         if _prepare(connection, path, writer):
             jobs, token = _read_jobs(connection), _read_token(connection)
-            spent = _read_spent(connection)
+            spent, reading = _read_spent(connection), _read_reading(connection)
         else:  # an empty file, looked at: nothing in it yet, and nothing written to it
-            jobs, token, spent = {}, None, []
-        return _Loaded(connection, jobs, token, spent, (opened.st_dev, opened.st_ino), locks)
+            jobs, token, spent, reading = {}, None, [], None
+        identity = (opened.st_dev, opened.st_ino)
+        return _Loaded(connection, jobs, token, spent, reading, identity, locks)
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
         connection.close()
         raise _unusable(path, exc) from None
@@ -681,6 +691,21 @@ def _is_sample(item: object) -> bool:
         and isinstance(status, str)
         and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in counts)
     )
+
+
+def _read_reading(connection: sqlite3.Connection) -> tuple[float, int] | None:
+    kept = _meta(connection, "credits_reading")
+    if kept is None:
+        return None
+    reading = json.loads(kept)
+    if not (
+        isinstance(reading, list)
+        and len(reading) == 2
+        and isinstance(reading[0], int | float)
+        and isinstance(reading[1], int)
+    ):
+        raise ValueError("the last count of credits left is not [time, number]")
+    return float(reading[0]), reading[1]
 
 
 def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
