@@ -136,6 +136,30 @@ async def test_a_reload_that_lifts_the_budget_brings_parked_jobs_forward(
     assert await watcher.finish(timeout=5) == 0
 
 
+async def test_a_plan_brought_forward_is_the_plan_shown_and_kept(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Raised from 30 to 3,000 a day, the budget brings polls planned hours away to minutes
+    away: `/jobs` (and the state file, for a restart) must say so, not the old plan."""
+    for job in JOBS:
+        sim.add_job(*job, ["RUNNING"])
+    path = tmp_path / "w.yaml"
+    top = {"reload_interval": "100ms", "http": {"port": 0}}
+    write_config(path, sim.url, JOBS, top=top, credits_per_day=30)
+    watcher = await WatcherProcess.start("run", "--config", str(path))
+    started = await watcher.wait_event("watcher.started")
+    await sim.wait_for(lambda s: len(s.requests) >= len(JOBS))
+    write_config(path, sim.url, JOBS, top=top, credits_per_day=3000)
+    await watcher.wait_event("config.reloaded")
+    url = f"http://{started['http']}/jobs"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        jobs = await response.json()
+    watcher.process.terminate()
+    assert await watcher.finish(timeout=5) == 0
+    gaps = [job["next_poll_at"] - job["last_seen"] for job in jobs]
+    assert max(gaps) < 600  # 86.4 s: three jobs at 10 s against 3,000 a day, not 8,640 s
+
+
 async def test_low_credits_warn_once_and_slow_down(
     tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
 ) -> None:

@@ -405,8 +405,12 @@ class Watcher:
         runtime = self._runtime
         now = runtime.clock()
         stretch = runtime.budget.stretch(now, runtime.demand.per_s)
+        wall = time.time()
         for spec, delay in runtime.pace.sooner(now, stretch):
             runtime.scheduler.schedule(spec, delay)
+            if (job := self._tracker.jobs.get(spec)) is not None:
+                job.next_poll_at = wall + delay  # for `/jobs`, `status` and a restart
+                self._tracker.replanned(job)
 
     def _org_backoff(self, refusals: int) -> float:
         polling = self._config.polling

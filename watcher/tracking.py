@@ -163,6 +163,10 @@ class Tracker:
             record = record._replace(emitted_status=self._said(job.spec)[0])
         return record
 
+    def replanned(self, job: JobState) -> None:
+        """Keep `job`'s new plan: nothing to say, nothing worse than a poll lost in a crash."""
+        self._save(job)
+
     def _emit(self, job: JobState, events: Sequence[Event], durable: bool) -> None:
         if not self.tracks(job):  # removed while its state was being saved
             return
