@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -316,18 +317,55 @@ async def test_jobs_never_seen_with_a_status_leave_no_demand(
         tmp_path / "w.yaml",
         sim.url,
         [healthy, *failing],
+        top={"state_path": str(tmp_path / "state.db")},
         schedule="fixed",
         interval="100ms",
+        backoff_initial="5s",
         backoff_max="5s",
         credits_per_day=864_000,
     )
     env = {"ZOHO_ACCESS_TOKEN": ACCESS_TOKEN}
-    watcher = service.Watcher(load_all(path, env), EventLog(io.StringIO(), "json", "info"))
-    running = asyncio.create_task(watcher.run())
-    await sim.wait_for(lambda s: all(s.requests_for(*job) for job in failing))
-    polled = len(sim.requests_for(*healthy))  # two more: every failing answer was taken
-    await sim.wait_for(lambda s: len(s.requests_for(*healthy)) >= polled + 2, timeout=5)
-    watcher.stop()
-    assert await running == 0
-    assert watcher._runtime is not None
-    assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1)  # the healthy job's alone
+    for run in ("first", "after a restart, their retries still to come"):
+        watcher = service.Watcher(load_all(path, env), EventLog(io.StringIO(), "json", "info"))
+        running = asyncio.create_task(watcher.run())
+        if run == "first":
+            await sim.wait_for(lambda s: all(s.requests_for(*job) for job in failing))
+        polled = len(sim.requests_for(*healthy))  # two more: every answer so far was taken
+        await sim.wait_for(lambda s, n=polled: len(s.requests_for(*healthy)) >= n + 2)
+        watcher.stop()
+        assert await running == 0
+        assert watcher._runtime is not None
+        assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1), run  # the healthy one's
+
+
+async def test_a_failed_save_met_while_keeping_a_credit_reading_stops_the_watcher_cleanly(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """Every answer says how many credits are left, and each such count is kept: the first
+    keep after a save failed must stop the watcher with state.failed and exit 2, as any save
+    does, not with a traceback."""
+    sim = await sim_factory(org_credits=100)  # Zoho's count comes from the 50th answer on
+    sim.add_job("Leads", "1", ["RUNNING"])
+    state_path = tmp_path / "state.db"
+    config = write_config(
+        tmp_path / "w.yaml",
+        sim.url,
+        [("Leads", "1")],
+        top={"state_path": str(state_path)},
+        schedule="fixed",
+        interval="5ms",
+        max_interval="5ms",
+        rate_limit=1000,
+        credits_floor=0,
+    )
+    watcher = await WatcherProcess.start("run", "--config", str(config))
+    await sim.wait_for(lambda s: len(s.requests) >= 60, timeout=20)
+    with sqlite3.connect(state_path) as state:  # every save fails from now on
+        state.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON jobs BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+        )
+    state.close()
+    assert await watcher.finish(timeout=10) == 2
+    (failed,) = watcher.named("state.failed")
+    assert "disk full" in failed["error"]
+    assert "Traceback" not in watcher.stderr

@@ -423,6 +423,13 @@ def counts_not_an_object(path: Path) -> None:
     db.close()
 
 
+def samples_at_no_time(path: Path) -> None:
+    asyncio.run(_close_new_store(path, job("edited")))
+    with sqlite3.connect(path) as db:
+        db.execute("""UPDATE jobs SET samples = '[[NaN, "RUNNING", 1, 10]]'""")
+    db.close()
+
+
 def samples_not_rows(path: Path) -> None:
     asyncio.run(_close_new_store(path, job("edited")))
     with sqlite3.connect(path) as db:
@@ -488,6 +495,7 @@ def test_someone_elses_file_keeps_its_mode(
         (counts_not_an_object, "counts of job edited are not a JSON object"),
         (refreshes_not_numbers, "token refreshes are not a list of numbers"),
         (samples_not_rows, "samples of job edited are not a list of status rows"),
+        (samples_at_no_time, "samples of job edited are not a list of status rows"),
         (reading_not_a_pair, "the last count of credits left is not [time, number]"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from watcher import events
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import JobState, finished_event, status_changed
-from watcher.schedule import Estimate
+from watcher.schedule import Estimate, Sample
 from watcher.state import JobRecord, StateStore
 from watcher.tracking import Tracker
 
@@ -98,6 +99,32 @@ async def test_a_job_keeps_its_planned_poll_until_it_is_removed(tmp_path: Path) 
     await store.close()
     again = await StateStore.open(tmp_path / "state.db")
     assert again.jobs[key].next_poll_at is None
+    await again.close()
+
+
+async def test_a_restart_keeps_the_samples_since_the_last_change_and_no_pace_across_it(
+    tmp_path: Path,
+) -> None:
+    """Enough to go on widening an idle job's gaps; a pace measured across the downtime would
+    rest on the wall clock, which may have been stepped meanwhile (an eta of 530 s for 6,330)."""
+    store, _, tracker, job = await one_tracked_job(tmp_path)
+    now = time.monotonic()
+    job.status = "RUNNING"
+    job.samples = (
+        Sample(now - 30.0, "RUNNING", 10, 100),
+        Sample(now - 20.0, "RUNNING", 20, 100),  # the last change
+        Sample(now - 10.0, "RUNNING", 20, 100),
+        Sample(now, "RUNNING", 20, 100),
+    )
+    await tracker.record(job, [])
+    await store.close()
+    again = await StateStore.open(tmp_path / "state.db")
+    resumed = Tracker(EventLog(io.StringIO(), "json", "info"), again, time.time, time.monotonic)
+    await resumed.track([job.spec])
+    kept = resumed.jobs[job.spec].samples
+    assert [(s.status, s.done) for s in kept] == [("RUNNING", 20)] * 3
+    assert [round(b.at - a.at, 3) for a, b in itertools.pairwise(kept)] == [10.0, 10.0]
+    assert abs(time.monotonic() - kept[-1].at) < 5
     await again.close()
 
 

@@ -304,7 +304,7 @@ class Watcher:
                     # As planned before the restart, and brought forward if the stretch falls.
                     stretched = max(gap, due - seen)
                     runtime.pace.plan(spec, now + delay - stretched, gap, stretched / gap)
-            elif job.status is None:  # never seen with a status: its first plan, most likely
+            elif job.status is None and job.failures == 0:  # new: its first plan, most likely
                 runtime.demand.plan(spec, interval)
             runtime.scheduler.schedule(spec, delay)
 
@@ -410,7 +410,11 @@ class Watcher:
             runtime.scheduler.schedule(spec, delay)
             if (job := self._tracker.jobs.get(spec)) is not None:
                 job.next_poll_at = wall + delay  # for `/jobs`, `status` and a restart
-                self._tracker.replanned(job)
+                try:
+                    self._tracker.replanned(job)
+                except StateError as exc:
+                    self._state_failed(exc)
+                    return
 
     def _org_backoff(self, refusals: int) -> float:
         polling = self._config.polling
@@ -423,7 +427,10 @@ class Watcher:
         if self._metrics is not None:
             self._metrics.credits_remaining(remaining)
         if (store := self._tracker.store) is not None:  # a restart must slow down as much
-            store.save_reading(time.time(), remaining)
+            try:
+                store.save_reading(time.time(), remaining)
+            except StateError as exc:
+                self._state_failed(exc)
         if self._runtime.budget.remaining(now, remaining):
             floor = self._config.polling.credits_floor
             self._log.log("warning", "credits.low", remaining=remaining, floor=floor)

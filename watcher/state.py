@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import operator
 import os
 import queue
@@ -31,8 +32,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-
-from watcher.schedule import Sample
 
 SCHEMA_VERSION = 3
 # Marks the file as ours in SQLite's header, so another program's database is recognised as such
@@ -104,6 +103,10 @@ class StateError(Exception):
     """The state file cannot be used. The message is one line, names the file, never a token."""
 
 
+# A `Sample` as the state file keeps it: (epoch seconds, status, done, total).
+KeptSample = tuple[float, str, int | None, int | None]
+
+
 class JobRecord(NamedTuple):
     """One job as last saved. Times are epoch seconds: they must mean something after a restart.
 
@@ -126,7 +129,7 @@ class JobRecord(NamedTuple):
     planned_gap: float | None = None  # the gap that plan was made from, before any stretch
     failures: int = 0  # polls in a row without a status row, for backoff
     not_found: int = 0  # "not found" answers in a row
-    samples: tuple[Sample, ...] = ()  # the latest status rows seen (times in epoch seconds)
+    samples: tuple[KeptSample, ...] = ()  # status rows its schedule reads (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -300,7 +303,7 @@ class StateStore:
 
     def _save(self, record: JobRecord, done: asyncio.Future[int] | None) -> None:
         # Serialised now, on the loop: the writer thread must never read a caller's objects.
-        samples = orjson.dumps([tuple(sample) for sample in record.samples]).decode()
+        samples = orjson.dumps(record.samples, default=tuple).decode()  # a Sample too
         row = (*_plain_values(record), _counts_json(record.counts), samples)
         self._put(_SAVE_JOB, [row], done)
         self.jobs[(record.module, record.job_id)] = record
@@ -674,10 +677,10 @@ def _read_spent(connection: sqlite3.Connection) -> list[float]:
     return [float(at) for (at,) in connection.execute("SELECT at FROM credits ORDER BY at")]
 
 
-def _samples(document: object, job_id: str) -> tuple[Sample, ...]:
+def _samples(document: object, job_id: str) -> tuple[KeptSample, ...]:
     """The status rows a job was last seen with, as saved: [at, status, done, total] each."""
     if isinstance(document, list) and all(_is_sample(item) for item in document):
-        return tuple(Sample(*item) for item in document)
+        return tuple((float(at), status, done, total) for at, status, done, total in document)
     raise ValueError(f"the samples of job {job_id} are not a list of status rows")
 
 
@@ -688,6 +691,8 @@ def _is_sample(item: object) -> bool:
     counts = (done, total)
     return (
         isinstance(at, int | float)
+        and not isinstance(at, bool)
+        and math.isfinite(at)
         and isinstance(status, str)
         and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in counts)
     )

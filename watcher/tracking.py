@@ -14,12 +14,12 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from watcher.clock import to_monotonic, to_wall
+from watcher.clock import to_monotonic
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import Event, JobState, finished_event, sample_of, status_changed, tenths_done
 from watcher.schedule import Sample, estimate
-from watcher.state import JobRecord, StateError, StateStore
+from watcher.state import JobRecord, KeptSample, StateError, StateStore
 
 # Events whose loss would matter: their state is committed before they go out.
 DURABLE_EVENTS = frozenset({"job.status_changed", "job.finished"})
@@ -298,18 +298,28 @@ class Tracker:
             planned_gap=job.planned_gap,
             failures=job.failures,
             not_found=job.not_found,
-            samples=self._on_wall(job.samples),
+            samples=self._kept_samples(job.samples),
         )
 
-    def _on_wall(self, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
-        """Samples (taken on the monotonic clock) as the state file keeps them: epoch times."""
+    def _kept_samples(self, samples: tuple[Sample, ...]) -> tuple[KeptSample, ...]:
+        """What the state file keeps of a job's samples: those since its status and counts were
+        last seen to change, on the epoch clock. That is what widens an idle job's gaps; a pace
+        measured across a restart is not kept, for the downtime it would span is known only by a
+        wall clock that may have been stepped meanwhile."""
         if not samples:
-            return samples
-        times = to_wall((sample.at for sample in samples), self._monotonic(), self._wall())
-        return tuple(sample._replace(at=at) for sample, at in zip(samples, times, strict=True))
+            return ()
+        offset, last = self._wall() - self._monotonic(), samples[-1]
+        return tuple(
+            (s.at + offset, s.status, s.done, s.total)
+            for s in samples
+            if s.status == last.status and s.done == last.done and s.total == last.total
+        )
 
-    def _on_monotonic(self, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+    def _on_monotonic(self, kept: tuple[KeptSample, ...]) -> tuple[Sample, ...]:
         """Kept samples back on the monotonic clock, where the schedule reads them: a restart
         goes on at the pace it had, instead of widening its gaps again from `interval`."""
-        times = to_monotonic((s.at for s in samples), self._wall(), self._monotonic(), math.inf)
-        return tuple(sample._replace(at=at) for sample, at in zip(samples, times, strict=True))
+        times = to_monotonic((at for at, *_ in kept), self._wall(), self._monotonic(), math.inf)
+        return tuple(
+            Sample(at, status, done, total)
+            for at, (_, status, done, total) in zip(times, kept, strict=True)
+        )
