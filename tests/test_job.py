@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from watcher.classify import Answer, Observation
 from watcher.config import JobSpec, PollingSettings
 from watcher.job import Decision, JobState, apply_answer
-from watcher.schedule import SAMPLES_KEPT
+from watcher.schedule import SAMPLES_KEPT, Sample
 from watcher.zoho_api import MASS_UPDATE, Effect
 
 SETTINGS = PollingSettings(
@@ -264,3 +264,24 @@ def test_counts_past_the_total_announce_no_progress_beyond_the_whole() -> None:
         decision = apply_answer(job, answer, MASS_UPDATE, PollingSettings(), at, random.Random(0))
         progress += [e for e in decision.events if e.name == "job.progress"]
     assert len(progress) == 1  # the whole, announced once
+
+
+def test_samples_kept_from_before_a_restart_widen_gaps_but_make_no_pace() -> None:
+    """Until the counts change they are the job's idle time; then they go, for a pace across
+    the downtime would rest on a wall clock that may have been stepped (an eta of 12 s where
+    6,000 were left)."""
+    settings = PollingSettings()
+    kept = tuple(Sample(at, "RUNNING", 200, 100_000) for at in (0.0, 10.0, 20.0))
+    job = JobState(JobSpec("Leads", "1"), added_at=0.0, status="RUNNING", samples=kept)
+    job.restored = len(kept)
+
+    def seen(at: float, done: int) -> Decision:
+        counts = {"failed_count": 0, "updated_count": done, "total_count": 100_000}
+        answer = Answer(Effect.OBSERVED, 200, Observation("RUNNING", counts))
+        return apply_answer(job, answer, MASS_UPDATE, settings, at, random.Random(0))
+
+    seen(3_600.0, 200)  # an hour later, unchanged: idle all that time
+    assert (len(job.samples), job.restored) == (4, 3)
+    seen(3_610.0, 6_330)
+    assert [s.at for s in job.samples] == [3_600.0, 3_610.0]  # this run's alone
+    assert job.restored == 0

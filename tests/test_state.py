@@ -430,6 +430,20 @@ def samples_at_no_time(path: Path) -> None:
     db.close()
 
 
+def samples_at_a_huge_time(path: Path) -> None:
+    asyncio.run(_close_new_store(path, job("edited")))
+    with sqlite3.connect(path) as db:
+        db.execute(f"""UPDATE jobs SET samples = '[[{"9" * 400}, "RUNNING", 1, 10]]'""")
+    db.close()
+
+
+def reading_never(path: Path) -> None:
+    asyncio.run(_close_new_store(path))
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO meta VALUES ('credits_reading', '[Infinity, 5]')")
+    db.close()
+
+
 def samples_not_rows(path: Path) -> None:
     asyncio.run(_close_new_store(path, job("edited")))
     with sqlite3.connect(path) as db:
@@ -496,6 +510,8 @@ def test_someone_elses_file_keeps_its_mode(
         (refreshes_not_numbers, "token refreshes are not a list of numbers"),
         (samples_not_rows, "samples of job edited are not a list of status rows"),
         (samples_at_no_time, "samples of job edited are not a list of status rows"),
+        (samples_at_a_huge_time, "samples of job edited are not a list of status rows"),
+        (reading_never, "the last count of credits left is not [time, number]"),
         (reading_not_a_pair, "the last count of credits left is not [time, number]"),
     ],
 )

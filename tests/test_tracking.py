@@ -111,7 +111,8 @@ async def test_a_restart_keeps_the_samples_since_the_last_change_and_no_pace_acr
     now = time.monotonic()
     job.status = "RUNNING"
     job.samples = (
-        Sample(now - 30.0, "RUNNING", 10, 100),
+        Sample(now - 40.0, "RUNNING", 20, 100),  # as now, but before the pause
+        Sample(now - 30.0, "SUSPENDED", 20, 100),
         Sample(now - 20.0, "RUNNING", 20, 100),  # the last change
         Sample(now - 10.0, "RUNNING", 20, 100),
         Sample(now, "RUNNING", 20, 100),
@@ -123,6 +124,7 @@ async def test_a_restart_keeps_the_samples_since_the_last_change_and_no_pace_acr
     await resumed.track([job.spec])
     kept = resumed.jobs[job.spec].samples
     assert [(s.status, s.done) for s in kept] == [("RUNNING", 20)] * 3
+    assert resumed.jobs[job.spec].restored == 3
     assert [round(b.at - a.at, 3) for a, b in itertools.pairwise(kept)] == [10.0, 10.0]
     assert abs(time.monotonic() - kept[-1].at) < 5
     await again.close()

@@ -52,6 +52,7 @@ class JobState:
     emitted_status: str | None = None  # the status of the last job.status_changed that went out
     finished_at: float | None = None  # when job.finished went out
     samples: tuple[Sample, ...] = ()  # the latest SAMPLES_KEPT; a tuple: none costs nothing
+    restored: int = 0  # how many of the first samples were kept from before a restart
     tenths_reported: int = 0  # the highest tenth of the total a job.progress event announced
 
     def fields(self) -> dict[str, object]:
@@ -105,7 +106,7 @@ def _observed(
     job.failures = 0
     job.not_found = 0
     sample = sample_of(observation.status, observation.counts, now)
-    job.samples = (*job.samples, sample)[-SAMPLES_KEPT:]
+    _remember(job, sample)
     seen = estimate(job.samples)
     previous, job.status, job.counts = job.status, observation.status, observation.counts
     events = [status_changed(job, previous, seen)] if job.status != previous else []
@@ -116,6 +117,19 @@ def _observed(
         events.extend(_progress(job, seen))
     delay = next_delay(job.samples, settings.interval, settings.max_interval, settings.schedule)
     return Decision(tuple(events), next_poll_in=delay)
+
+
+def _remember(job: JobState, sample: Sample) -> None:
+    """Add `sample` to the latest SAMPLES_KEPT. Those kept from before a restart go at the first
+    change: they may widen an idle job's gaps, but a pace measured across the downtime would
+    rest on a wall clock that may have been stepped meanwhile."""
+    if job.restored and sample[1:] != job.samples[-1][1:]:
+        job.samples, job.restored = job.samples[job.restored :], 0
+    samples = (*job.samples, sample)
+    if len(samples) > SAMPLES_KEPT:
+        samples = samples[-SAMPLES_KEPT:]
+        job.restored = max(0, job.restored - 1)
+    job.samples = samples
 
 
 def sample_of(status: str, counts: Counts, at: float) -> Sample:

@@ -453,7 +453,8 @@ def _read_all(path: Path, writer: bool, locks: tuple[int, ...]) -> _Loaded:
             jobs, token, spent, reading = {}, None, [], None
         identity = (opened.st_dev, opened.st_ino)
         return _Loaded(connection, jobs, token, spent, reading, identity, locks)
-    except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that does not decode
+    # ValueError, OverflowError: a record that does not decode (an edited file)
+    except (sqlite3.Error, ValueError, OverflowError) as exc:
         connection.close()
         raise _unusable(path, exc) from None
     except BaseException:
@@ -688,14 +689,22 @@ def _is_sample(item: object) -> bool:
     if not (isinstance(item, list) and len(item) == 4):
         return False
     at, status, done, total = item
-    counts = (done, total)
     return (
-        isinstance(at, int | float)
-        and not isinstance(at, bool)
-        and math.isfinite(at)
+        _is_time(at)
         and isinstance(status, str)
-        and all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in counts)
+        and all(n is None or _is_count(n) for n in (done, total))
     )
+
+
+def _is_time(value: object) -> bool:
+    """An epoch time as we write them: a finite float (an int only in float's range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 1e18 if isinstance(value, int) else math.isfinite(value)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _read_reading(connection: sqlite3.Connection) -> tuple[float, int] | None:
@@ -706,8 +715,8 @@ def _read_reading(connection: sqlite3.Connection) -> tuple[float, int] | None:
     if not (
         isinstance(reading, list)
         and len(reading) == 2
-        and isinstance(reading[0], int | float)
-        and isinstance(reading[1], int)
+        and _is_time(reading[0])
+        and _is_count(reading[1])
     ):
         raise ValueError("the last count of credits left is not [time, number]")
     return float(reading[0]), reading[1]

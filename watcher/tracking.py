@@ -214,6 +214,7 @@ class Tracker:
             failures=record.failures,
             not_found=record.not_found,
             samples=self._on_monotonic(record.samples),
+            restored=len(record.samples),
             tenths_reported=tenths_done(record.counts),  # announced before the restart
         )
 
@@ -308,12 +309,11 @@ class Tracker:
         wall clock that may have been stepped meanwhile."""
         if not samples:
             return ()
-        offset, last = self._wall() - self._monotonic(), samples[-1]
-        return tuple(
-            (s.at + offset, s.status, s.done, s.total)
-            for s in samples
-            if s.status == last.status and s.done == last.done and s.total == last.total
-        )
+        offset, last = self._wall() - self._monotonic(), samples[-1][1:]
+        since = len(samples) - 1
+        while since > 0 and samples[since - 1][1:] == last:
+            since -= 1
+        return tuple((s.at + offset, s.status, s.done, s.total) for s in samples[since:])
 
     def _on_monotonic(self, kept: tuple[KeptSample, ...]) -> tuple[Sample, ...]:
         """Kept samples back on the monotonic clock, where the schedule reads them: a restart
