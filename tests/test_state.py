@@ -416,54 +416,20 @@ def without_meta(path: Path) -> None:
     db.close()
 
 
-def counts_not_an_object(path: Path) -> None:
-    asyncio.run(_close_new_store(path, job("edited")))
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE jobs SET counts = '[1, 2]'")
-    db.close()
+def edited(*statements: str, with_job: bool = True) -> Callable[[Path], None]:
+    """Makes a state file of ours (holding job "edited"), then edits it by hand."""
+
+    def make(path: Path) -> None:
+        asyncio.run(_close_new_store(path, *((job("edited"),) if with_job else ())))
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            for statement in statements:
+                db.execute(statement)
+
+    return make
 
 
-def samples_at_no_time(path: Path) -> None:
-    asyncio.run(_close_new_store(path, job("edited")))
-    with sqlite3.connect(path) as db:
-        db.execute("""UPDATE jobs SET samples = '[[NaN, "RUNNING", 1, 10]]'""")
-    db.close()
-
-
-def samples_at_a_huge_time(path: Path) -> None:
-    asyncio.run(_close_new_store(path, job("edited")))
-    with sqlite3.connect(path) as db:
-        db.execute(f"""UPDATE jobs SET samples = '[[{"9" * 400}, "RUNNING", 1, 10]]'""")
-    db.close()
-
-
-def reading_never(path: Path) -> None:
-    asyncio.run(_close_new_store(path))
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO meta VALUES ('credits_reading', '[Infinity, 5]')")
-    db.close()
-
-
-def samples_not_rows(path: Path) -> None:
-    asyncio.run(_close_new_store(path, job("edited")))
-    with sqlite3.connect(path) as db:
-        db.execute("""UPDATE jobs SET samples = '[[1.0, "RUNNING", "many", 10]]'""")
-    db.close()
-
-
-def reading_not_a_pair(path: Path) -> None:
-    asyncio.run(_close_new_store(path))
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO meta VALUES ('credits_reading', '{\"left\": 3}')")
-    db.close()
-
-
-def refreshes_not_numbers(path: Path) -> None:
-    asyncio.run(_close_new_store(path))
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO meta VALUES ('token_asked', '[\"yesterday\"]')")
-        db.execute("INSERT INTO token VALUES (1, 'a', 1.0, NULL)")
-    db.close()
+SAMPLES_OF_JOB = "samples of job edited are not a list of status rows"
+READING = "the last count of credits left is not [time, number]"
 
 
 async def _close_new_store(path: Path, *records: JobRecord) -> None:
@@ -506,13 +472,26 @@ def test_someone_elses_file_keeps_its_mode(
         (newer_schema, "written by a newer zoho-job-watcher (schema version 99"),
         (without_meta, "has schema version none"),
         (schema_0, f"has schema version 0, this watcher knows {SCHEMA_VERSION}"),
-        (counts_not_an_object, "counts of job edited are not a JSON object"),
-        (refreshes_not_numbers, "token refreshes are not a list of numbers"),
-        (samples_not_rows, "samples of job edited are not a list of status rows"),
-        (samples_at_no_time, "samples of job edited are not a list of status rows"),
-        (samples_at_a_huge_time, "samples of job edited are not a list of status rows"),
-        (reading_never, "the last count of credits left is not [time, number]"),
-        (reading_not_a_pair, "the last count of credits left is not [time, number]"),
+        (
+            edited("UPDATE jobs SET counts = '[1, 2]'"),
+            "counts of job edited are not a JSON object",
+        ),
+        (
+            edited(
+                "INSERT INTO meta VALUES ('token_asked', '[\"yesterday\"]')",
+                "INSERT INTO token VALUES (1, 'a', 1.0, NULL)",
+                with_job=False,
+            ),
+            "token refreshes are not a list of numbers",
+        ),
+        (edited("""UPDATE jobs SET samples = '[[1.0, "RUNNING", "many", 10]]'"""), SAMPLES_OF_JOB),
+        (edited("""UPDATE jobs SET samples = '[[NaN, "RUNNING", 1, 10]]'"""), SAMPLES_OF_JOB),
+        (
+            edited(f"""UPDATE jobs SET samples = '[[{"9" * 400}, "RUNNING", 1, 10]]'"""),
+            SAMPLES_OF_JOB,
+        ),
+        (edited("INSERT INTO meta VALUES ('credits_reading', '[Infinity, 5]')"), READING),
+        (edited("INSERT INTO meta VALUES ('credits_reading', '{\"left\": 3}')"), READING),
     ],
 )
 def test_a_bad_file_is_refused_and_left_as_it_was(
