@@ -46,8 +46,8 @@ class JobState:
     first_seen: float = 0.0
     last_seen: float | None = None
     next_poll_at: float | None = None  # when the next poll is planned; None once it has ended
-    # The gap that plan was made from, before any stretch for the credit budget; None for a
-    # retry's plan (a backoff, not the job's pace).
+    # The gap of the job's last plan from a status (its pace), before any stretch for the
+    # credit budget; a retry's plan, a backoff, leaves it as it was.
     planned_gap: float | None = None
     emitted_status: str | None = None  # the status of the last job.status_changed that went out
     finished_at: float | None = None  # when job.finished went out

@@ -40,7 +40,8 @@ class RequestGate:
     ) -> None:
         self._rate_limit = rate_limit
         self._rate_period = rate_period
-        self._sent: deque[float] = deque(maxlen=max(rate_limit, SENDS_KEPT))  # latest last
+        # Latest last: the last SENDS_KEPT, and any younger than the period (see `_rate_wait`).
+        self._sent: deque[float] = deque()
         self._let_go = -math.inf  # the latest send let go of: older than the period then
         self._clock = asyncio.get_running_loop().time
         self._resume_at = 0.0
@@ -55,8 +56,6 @@ class RequestGate:
         for the credit budget can be a day long, and the reload may have lifted it)."""
         self._rate_limit = rate_limit
         self._rate_period = rate_period
-        if rate_limit > (self._sent.maxlen or 0):
-            self._sent = deque(self._sent, maxlen=rate_limit)
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -173,10 +173,14 @@ def _rate(earlier: tuple[float, int], later: tuple[float, int]) -> float:
 
 def _unchanged_for(samples: Sequence[Sample]) -> float:
     """Seconds since the job's status and counts were first seen as they are now."""
-    last = samples[-1]
-    since = last.at
-    for sample in itertools.islice(reversed(samples), 1, None):
-        if (sample.status, sample.done, sample.total) != (last.status, last.done, last.total):
-            break
-        since = sample.at
-    return max(0.0, last.at - since)
+    return max(0.0, samples[-1].at - samples[unchanged_since(samples)].at)
+
+
+def unchanged_since(samples: Sequence[Sample]) -> int:
+    """The index of the first of the latest samples that saw the status and counts as they are
+    now (the last one's, at the latest): what an idle job's widening gaps are measured from."""
+    last = samples[-1][1:]
+    since = len(samples) - 1
+    while since > 0 and samples[since - 1][1:] == last:
+        since -= 1
+    return since

@@ -238,17 +238,16 @@ class Watcher:
         api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
         loop = asyncio.get_running_loop()
         store = self._tracker.store
+        wall, now = time.time(), loop.time()
         budget = CreditBudget(
             polling.credits_per_day,
             polling.credits_floor,
-            spent_before=()
-            if store is None
-            else to_monotonic(store.spent, time.time(), loop.time(), DAY_S),
+            spent_before=() if store is None else to_monotonic(store.spent, wall, now, DAY_S),
             on_spend=None if store is None else lambda: store.save_spent(time.time()),
         )
         if store is not None and store.reading is not None:  # what Zoho last said, if recent
             at, remaining = store.reading
-            for seen in to_monotonic((at,), time.time(), loop.time(), REMAINING_TTL_S):
+            for seen in to_monotonic((at,), wall, now, REMAINING_TTL_S):
                 budget.remaining(seen, remaining)  # the drop it may start was said already
         gate = RequestGate(
             polling.rate_limit,
@@ -499,7 +498,7 @@ class Watcher:
             try:
                 now = time.time()
                 store.forget_spent(now - DAY_S, now)
-                pruned = await store.prune(time.time() - self._config.retention)
+                pruned = await store.prune(now - self._config.retention)
             except StateError as exc:
                 self._state_failed(exc)
                 return

@@ -18,7 +18,7 @@ from watcher.clock import to_monotonic
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import Event, JobState, finished_event, sample_of, status_changed, tenths_done
-from watcher.schedule import Sample, estimate
+from watcher.schedule import Sample, estimate, unchanged_since
 from watcher.state import JobRecord, KeptSample, StateError, StateStore
 
 # Events whose loss would matter: their state is committed before they go out.
@@ -309,11 +309,8 @@ class Tracker:
         wall clock that may have been stepped meanwhile."""
         if not samples:
             return ()
-        offset, last = self._wall() - self._monotonic(), samples[-1][1:]
-        since = len(samples) - 1
-        while since > 0 and samples[since - 1][1:] == last:
-            since -= 1
-        return tuple((s.at + offset, s.status, s.done, s.total) for s in samples[since:])
+        offset = self._wall() - self._monotonic()
+        return tuple((s.at + offset, *s[1:]) for s in samples[unchanged_since(samples) :])
 
     def _on_monotonic(self, kept: tuple[KeptSample, ...]) -> tuple[Sample, ...]:
         """Kept samples back on the monotonic clock, where the schedule reads them: a restart
