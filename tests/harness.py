@@ -34,6 +34,9 @@ PRINTED: list[str] = []
 Event = dict[str, Any]
 
 
+LINE_LIMIT = 1 << 24  # `status --json` is one line, 0.3 KB a job
+
+
 def refresh_auth(accounts_url: str, **extra: str) -> dict[str, str]:
     """The refresh-token trio, from the environment, refreshing at `accounts_url`."""
     return {
@@ -107,6 +110,7 @@ class WatcherProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=environment,
+            limit=LINE_LIMIT,
         )
         return cls(process)
 

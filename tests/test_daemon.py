@@ -6,9 +6,11 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -673,6 +675,65 @@ async def test_status_needs_only_the_state_file_not_the_credentials(
     code, stdout, stderr = await run_cli("status", "--config", str(config), "--json")
     assert (code, stderr) == (0, "")
     assert [job["outcome"] for job in json.loads(stdout)] == ["completed"]
+
+
+async def _state_after_a_clean_run(tmp_path: Path, sim: Simulator) -> Daemon:
+    """A state file its watcher closed cleanly: no -wal or -shm file beside it."""
+    sim.add_job(*A, ["COMPLETED:7,3,0,10"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    watcher = await daemon.start("--exit-when-done")
+    assert await watcher.finish() == 0
+    assert sorted(os.listdir(tmp_path)) == ["state.db", "state.db.lock", "watcher.yaml"]
+    return daemon
+
+
+async def test_status_makes_no_file_beside_the_state_file(tmp_path: Path, sim: Simulator) -> None:
+    """A -wal and -shm made by whoever looked (root, say) would be theirs, and the watcher's
+    user could not open the file again."""
+    daemon = await _state_after_a_clean_run(tmp_path, sim)
+    code, stdout, stderr = await run_cli("status", "--config", str(daemon.config), "--json")
+    assert (code, [job["outcome"] for job in json.loads(stdout)], stderr) == (0, ["completed"], "")
+    assert sorted(os.listdir(tmp_path)) == ["state.db", "state.db.lock", "watcher.yaml"]
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None
+    or subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False).returncode,
+    reason="needs unshare -rm (user and mount namespaces)",
+)
+async def test_status_reads_a_state_file_on_a_read_only_mount(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A backup, or the state volume mounted `:ro` into a debugging container."""
+    daemon = await _state_after_a_clean_run(tmp_path, sim)
+    read_only = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    status = ("watcher", "status", "--config", str(daemon.config), "--json")
+    ran = await asyncio.create_subprocess_exec(
+        *("unshare", "-rm", "sh", "-c", read_only, "sh", str(tmp_path), sys.executable, "-m"),
+        *status,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(ran.communicate(), 60)
+    assert (ran.returncode, stderr) == (0, b"")
+    assert [job["counts"]["failed_count"] for job in json.loads(stdout)] == [3]
+
+
+async def test_status_reads_a_state_file_its_watcher_is_writing(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """While a watcher runs, the latest of what it saved is in the -wal file."""
+    sim.add_job(*A, ["RUNNING:1,0,0,10", "RUNNING:2,0,0,10"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A], interval="100ms")
+    watcher = await daemon.start()
+    await watcher.wait_event("job.progress", progress=0.2)
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= 3)
+    code, stdout, _ = await run_cli("status", "--config", str(daemon.config), "--json")
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert (code, [job["counts"]["updated_count"] for job in json.loads(stdout)]) == (0, [2])
 
 
 @pytest.mark.parametrize(

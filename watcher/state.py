@@ -441,7 +441,7 @@ def _load(path: Path, writer: bool) -> _Loaded:
 
 def _read_all(path: Path, writer: bool, locks: tuple[int, ...]) -> _Loaded:
     try:
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection = _connect(path, writer)
         opened = os.stat(path)
     except (sqlite3.Error, OSError) as exc:
         raise _unusable(path, exc) from None
@@ -460,6 +460,19 @@ def _read_all(path: Path, writer: bool, locks: tuple[int, ...]) -> _Loaded:
     except BaseException:
         connection.close()
         raise
+
+
+def _connect(path: Path, writer: bool) -> sqlite3.Connection:
+    """A reader opens the file read-only and makes no file beside it: SQLite would leave a -wal
+    and a -shm owned by whoever ran `status` (root, say, where the watcher cannot write them),
+    and cannot make them at all on a read-only mount (a backup, a volume mounted `:ro`). With no
+    -wal file, no watcher has the file open and the file holds everything, so it is read as it is
+    (`immutable`); with one, through SQLite's own read-only WAL reading."""
+    if writer:
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    parameters = "mode=ro" if os.path.lexists(f"{path}-wal") else "immutable=1"
+    uri = f"{path.absolute().as_uri()}?{parameters}"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
 def _lock(path: Path) -> tuple[int, ...]:
@@ -602,8 +615,9 @@ def _prepare(connection: sqlite3.Connection, path: Path, writer: bool) -> bool:
             f" {SCHEMA_VERSION}: run its watcher once to upgrade the file, or use the version"
             " that wrote it"
         )
-    if writer:  # ours, so ours to make private before anything is written
-        _make_private(path)
+    if not writer:
+        return True
+    _make_private(path)  # ours, so ours to make private before anything is written
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
     if version != SCHEMA_VERSION:
