@@ -434,33 +434,51 @@ def more_lines_than_a_pipe_holds(
     return daemon, jobs
 
 
+def _channel(kind: str) -> tuple[int, int]:
+    """(read end, write end) of a pipe or of a pair of connected sockets."""
+    if kind == "pipe":
+        return os.pipe()
+    reading, writing = socket.socketpair()
+    return reading.detach(), writing.detach()
+
+
+def _read_to_the_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("channel", "stderr_too"), [("pipe", False), ("pipe", True), ("socket", True)]
+)
 async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_event(
-    tmp_path: Path, sim: Simulator
+    tmp_path: Path, sim: Simulator, channel: str, stderr_too: bool
 ) -> None:
     """`run | less`, paused; or a log shipper that has fallen behind. The pipe fills after a few
     hundred lines: the polls, and SIGTERM, must go on regardless; and what the lines still held
-    back at the stop record is not saved as said, so the next run says it (at least once)."""
+    back at the stop record is not saved as said, so the next run says it (at least once).
+    The same with stderr on the same pipe (`2>&1 | ...`) or socket (systemd's journal), whose
+    writes must stay blocking: a full pipe would lose them."""
     daemon, jobs = more_lines_than_a_pipe_holds(tmp_path, sim)
-    read_end, write_end = os.pipe()
+    read_end, write_end = _channel(channel)
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "watcher", "run", "--config", str(daemon.config)),
             stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=write_end if stderr_too else asyncio.subprocess.PIPE,
             env={**os.environ, **CREDENTIALS_ENV},
         )
         await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
         process.terminate()
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
-        assert (process.returncode, stderr) == (0, b"")
+        assert (process.returncode, stderr) == (0, None if stderr_too else b"")
         assert os.get_blocking(write_end)  # left as found, for whoever writes to it next
         os.close(write_end)
-        with os.fdopen(read_end, "rb") as reader:
-            said = [json.loads(line) for line in reader.read().splitlines()]  # no line cut off
-    except BaseException:
+        said = [json.loads(line) for line in _read_to_the_end(read_end).splitlines()]
+    finally:
         os.close(read_end)
-        raise
     finished = {e["job_id"] for e in said if e["event"] == "job.finished"}
     assert len(finished) < len(jobs)  # most were held back when the stop came
     again = await daemon.start("--exit-when-done")
@@ -495,8 +513,8 @@ async def test_a_stalled_reader_that_goes_away_ends_the_watcher_quietly(
 SMALL_BACKLOG = """
 import sys
 import watcher.__main__ as entry
-import watcher.events as events
-events.BACKLOG_MAX = 20_000
+import watcher.output as output
+output.BACKLOG_MAX = 20_000
 sys.exit(entry.main())
 """
 

@@ -7,13 +7,15 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from watcher import events
+from watcher import output
 from watcher.events import REDACTED, TOKENS_SCRUBBED, EventLog
 from watcher.job import Event
 
@@ -218,7 +220,7 @@ async def test_a_stop_after_lines_were_dropped_waits_only_until_the_reader_has_c
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Not the whole of LINES_OUT_S: what a drop took cannot come back, what is left can go."""
-    monkeypatch.setattr(events, "BACKLOG_MAX", 100_000)
+    monkeypatch.setattr(output, "BACKLOG_MAX", 100_000)
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w")
     log = EventLog(stream, "json", "info")
@@ -236,3 +238,44 @@ async def test_a_stop_after_lines_were_dropped_waits_only_until_the_reader_has_c
 def _read_all(fd: int) -> None:
     with os.fdopen(fd, "rb") as reader:
         reader.read()
+
+
+SHARED_WITH_STDERR = """
+import asyncio, json, os, socket, sys
+from watcher.events import EventLog
+
+async def main() -> None:
+    log = EventLog(sys.stdout, "json", "info")
+    for n in range(3000):  # more than the pipe or socket holds
+        log.log("info", "x", n=n, pad="a" * 200)
+    log.flush()
+    print(json.dumps([log.holding(), os.get_blocking(1), os.get_blocking(2)]), file=sys.argv[1])
+
+sys.argv[1] = open(sys.argv[1], "w")
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("channel", ["pipe", "socket"])
+def test_stderr_on_the_same_pipe_or_socket_stays_blocking_while_lines_are_held_back(
+    tmp_path: Path, channel: str
+) -> None:
+    """`2>&1 | ...`, or systemd's journal: were the shared description made non-blocking for
+    the event lines, a message on stderr would be lost to a full pipe."""
+    if channel == "pipe":
+        read_end, write_end = os.pipe()
+    else:
+        read_end, write_end = (end.detach() for end in socket.socketpair())
+    found = tmp_path / "found.json"
+    try:
+        subprocess.run(
+            [sys.executable, "-c", SHARED_WITH_STDERR, str(found)],
+            stdout=write_end,
+            stderr=write_end,
+            check=True,
+            timeout=60,
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert json.loads(found.read_text()) == [True, True, True]  # held back, both blocking

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher import events
+from watcher import output
 from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import JobState, finished_event, status_changed
@@ -315,7 +315,7 @@ async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_th
 ) -> None:
     """Dropped past the backlog's bound, the line was never said: however the job is saved
     later, the state file must not record it as said."""
-    monkeypatch.setattr(events, "BACKLOG_MAX", 100_000)
+    monkeypatch.setattr(output, "BACKLOG_MAX", 100_000)
     store = await StateStore.open(tmp_path / "state.db")
     spec = JobSpec("Leads", "1")
     stalled = Stalled(lines=3000)  # more than the pipe and the backlog hold

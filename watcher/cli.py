@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from watcher.config import Config, ConfigError, load_all, load_state_path, redact
-from watcher.events import FORMATS, LEVELS, EventLog, OutputFailed
+from watcher.events import FORMATS, LEVELS, EventLog
+from watcher.output import OutputFailed
 from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
 from watcher.state import StateError, check_path
 from watcher.status import show_status, state_file
