@@ -556,12 +556,26 @@ def test_an_api_domain_of_another_data_centre_than_the_tokens_is_refused(zoho: s
     assert "but tokens come from its 'eu' data centre; remove api_domain" in found
 
 
+def test_an_accounts_url_of_another_data_centre_than_data_center_is_refused() -> None:
+    """The README's refresh example's US accounts server, kept by a user who set
+    `data_center: eu`: every token would be refused at the first refresh."""
+    (found,) = problems(
+        "zoho:\n  data_center: eu\n  auth:\n"
+        + TRIO
+        + "    accounts_url: https://accounts.zoho.com\n"
+    )
+    assert found.startswith("cfg.yaml:7: zoho.auth.accounts_url: https://accounts.zoho.com is")
+    assert "of Zoho's 'us' data centre, but data_center is 'eu'; remove accounts_url" in found
+
+
 @pytest.mark.parametrize(
     "zoho",
     [
         "  data_center: eu\n  api_domain: https://www.zohoapis.eu\n  auth:\n" + TRIO,
         "  api_domain: https://www.zohoapis.jp\n  auth:\n    access_token: t\n",  # from anywhere
         "  data_center: eu\n  api_domain: https://crm-proxy.example.com\n  auth:\n" + TRIO,
+        "  data_center: eu\n  auth:\n" + TRIO + "    accounts_url: https://accounts.zoho.eu\n",
+        "  data_center: eu\n  auth:\n" + TRIO + "    accounts_url: http://127.0.0.1:9/\n",
     ],
 )
 def test_an_api_domain_that_agrees_or_is_not_zohos_own_is_taken(zoho: str) -> None:

@@ -258,16 +258,17 @@ def load_state_path(path: Path, env: Mapping[str, str] | None = None) -> Path | 
     source = str(path)
     reader = _Reader(source, os.environ if env is None else env)
     root = _compose(_read_file(path, "config file", None), source)
-    node = _top_level(root, "state_path")
+    node = _value_of(root, "state_path")
     state_path = None if node is None else _optional(reader.local_path)(node, "state_path")
     if reader.problems:
         raise reader.error()
     return state_path
 
 
-def _top_level(root: Node, key: str) -> Node | None:
-    if isinstance(root, MappingNode):
-        for name, value in root.value:
+def _value_of(mapping: Node, key: str) -> Node | None:
+    """The node of `key`'s value, read before (or besides) the mapping's own checks."""
+    if isinstance(mapping, MappingNode):
+        for name, value in mapping.value:
             if isinstance(name, ScalarNode) and name.value == key:
                 return cast(Node, value)
     return None
@@ -471,26 +472,41 @@ def _zoho(reader: _Reader, node: Node) -> ZohoSettings | None:
     api_version = reader.field(settings, "zoho", "api_version", reader.api_version)
     # Zoho's API of one data centre says where its tokens come from, when nothing else does.
     centre = data_center or _CENTRE_OF_API.get((api_domain or "").lower())
-    auth = _auth(reader, settings.get("auth", _empty_mapping(node)), centre)
+    auth_node = settings.get("auth", _empty_mapping(node))
+    auth = _auth(reader, auth_node, centre)
     if auth is None:
         return None
-    if (problem := _centres_problem(api_domain, auth.accounts_url)) is not None:
-        reader.report(settings.get("api_domain", node), "zoho.api_domain", problem)
+    if (problem := _centres_problem(api_domain, data_center, auth.accounts_url)) is not None:
+        key, message = problem
+        if key == "api_domain":
+            reader.report(settings.get(key, node), "zoho.api_domain", message)
+        else:
+            reader.report(_value_of(auth_node, key) or node, "zoho.auth.accounts_url", message)
         return None
     if api_domain is None and (data_center or not auth.refreshes):
         api_domain = DATA_CENTERS[data_center or _DEFAULT_DATA_CENTER][1]
     return ZohoSettings(api_domain, api_version or "v2", data_center, auth)
 
 
-def _centres_problem(api_domain: str | None, accounts_url: str | None) -> str | None:
-    """Why the API and the accounts server (given, or the data centre's) are Zoho's of two data
-    centres, if they are: tokens are issued per data centre, and every one sent to another would
-    be refused. (No accounts server: a fixed token from anywhere.)"""
-    api_centre = _CENTRE_OF_API.get((api_domain or "").lower())
+def _centres_problem(
+    api_domain: str | None, data_center: str | None, accounts_url: str | None
+) -> tuple[str, str] | None:
+    """The key to blame and why, if the API (given, or the data centre's) and the accounts server
+    are Zoho's of two data centres: tokens are issued per data centre, and every one sent to
+    another would be refused. (Either not Zoho's own, a proxy or a simulator, is not compared; no
+    accounts server is a fixed token from anywhere.)"""
+    api = api_domain or (DATA_CENTERS[data_center][1] if data_center else "")
+    api_centre = _CENTRE_OF_API.get(api.lower())
     tokens_centre = _CENTRE_OF_ACCOUNTS.get((accounts_url or "").lower())
     if api_centre is None or tokens_centre is None or api_centre == tokens_centre:
-        return None  # one of them not Zoho's own (a proxy, a simulator), or not given
-    return (
+        return None
+    if api_domain is None:
+        return "accounts_url", (
+            f"{accounts_url} is the accounts server of Zoho's {tokens_centre!r} data centre, but"
+            f" data_center is {data_center!r}; remove accounts_url (data_center picks it) or make"
+            " them agree"
+        )
+    return "api_domain", (
         f"{api_domain} is the API of Zoho's {api_centre!r} data centre, but tokens come from its"
         f" {tokens_centre!r} data centre; remove api_domain (data_center picks the API) or make"
         " them agree"
