@@ -184,13 +184,23 @@ async def test_stdout_closed_early_ends_quietly(
 
 @pytest.mark.parametrize(
     ("command", "broken", "code"),
-    [("run", False, 0), ("demo", False, 0), ("check-config", False, 0), ("run", True, 2)],
+    [
+        ("run", False, 0),
+        ("demo", False, 0),
+        ("check-config", False, 0),
+        ("status", False, 0),
+        ("run", True, 2),
+    ],
 )
 async def test_stdout_closed_from_the_start_ends_quietly(
     tmp_path: Path, command: str, broken: bool, code: int
 ) -> None:
     """As if nobody read it any more; a broken config is still reported, on stderr."""
-    config = write_config(tmp_path / "w.yaml", "http://127.0.0.1:9", [("Leads", "1")])
+    state = tmp_path / "state.db"
+    state.touch()  # nothing remembered: `status` shows only its header
+    config = write_config(
+        tmp_path / "w.yaml", "http://127.0.0.1:9", [("Leads", "1")], top={"state_path": str(state)}
+    )
     if broken:
         config.write_text(config.read_text().replace("interval: 100ms", "interval: soon"))
     options = () if command == "demo" else ("--config", str(config))

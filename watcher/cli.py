@@ -107,7 +107,7 @@ def _status(path: Path, *, as_json: bool) -> int:
         return _config_failed(exc)
     try:
         return asyncio.run(show_status(state_file(state_path), as_json=as_json))
-    except StartupError as exc:
+    except StateError as exc:
         return _startup_failed(exc, _known_secrets(path))
 
 

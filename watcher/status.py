@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watcher.service import StartupError
 from watcher.state import JobRecord, StateError, StateStore, record_view
 
 COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN", "ERROR")
@@ -17,18 +15,15 @@ def state_file(state_path: Path | None) -> Path:
     """The config's `state_path`, if there is a file to look at: a look must not create one (a
     mistyped path, say)."""
     if state_path is None:
-        raise StartupError("status: the config sets no state_path, so nothing is remembered")
+        raise StateError("status: the config sets no state_path, so nothing is remembered")
     if not state_path.exists():
-        raise StartupError(f"status: no state file at {state_path}")
+        raise StateError(f"status: no state file at {state_path}")
     return state_path
 
 
 async def show_status(state_path: Path, *, as_json: bool) -> int:
     """Print every job the state file knows, oldest first."""
-    try:
-        store = await StateStore.open(state_path, writer=False)
-    except StateError as exc:
-        raise StartupError(str(exc)) from None
+    store = await StateStore.open(state_path, writer=False)
     records = sorted(store.jobs.values(), key=lambda record: record.first_seen)
     await store.close()
     if as_json:
@@ -62,4 +57,4 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(cell) for cell in column) for column in zip(COLUMNS, *rows, strict=False)]
     for row in (COLUMNS, *rows):
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        sys.stdout.write(line.rstrip() + "\n")
+        print(line.rstrip())  # nothing, when started with stdout closed
