@@ -428,6 +428,23 @@ async def test_log_level_filters_and_console_format_renders_for_people(
     assert any("job.finished" in line for line in console.not_json)
 
 
+async def test_debug_level_says_what_each_poll_found_and_when_the_next_comes(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    sim.add_job(*JOB, ["RUNNING", "500", "COMPLETED"])
+    watcher = await watch(tmp_path, sim, [JOB], "--exit-when-done", "--log-level", "debug")
+    assert await watcher.finish() == 0
+    polled = [(e["result"], e["next_poll_in_s"]) for e in watcher.named("job.polled")]
+    assert [result for result, _ in polled] == ["observed", "transient", "observed"]
+    assert all(gap is not None and gap > 0 for _, gap in polled[:2])
+    assert polled[2][1] is None
+    assert len(polled) == len(sim.requests_for(*JOB))
+    assert all(e["level"] == "debug" and e["job_id"] == JOB[1] for e in watcher.named("job.polled"))
+    quiet = await watch(tmp_path, sim, [("Deals", "9")], "--exit-when-done")
+    await quiet.finish()
+    assert quiet.named("job.polled") == []
+
+
 async def test_the_token_never_reaches_the_output(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*JOB, ["500", "INVALID_TOKEN"])
     watcher = await watch(tmp_path, sim, [JOB], "--exit-when-done", "--log-level", "debug")

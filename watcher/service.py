@@ -365,6 +365,7 @@ class Watcher:
             return
         if not self._tracker.tracks(job):  # removed meanwhile: what it answered is not ours now
             return
+        self._polled(spec, answer, delay)
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif delay is not None:
@@ -372,6 +373,13 @@ class Watcher:
         else:
             runtime.unplan(spec)
             self._check_done()
+
+    def _polled(self, spec: JobSpec, answer: Answer, delay: float | None) -> None:
+        """At debug level, what each credit went on and when the next one will: the answer, and
+        the gap the schedule, the backoff and the credit budget made of it."""
+        next_poll_in_s = None if delay is None else round(delay, 3)
+        fields = {"result": answer.effect.value, "next_poll_in_s": next_poll_in_s}
+        self._log.log("debug", "job.polled", module=spec.module, job_id=spec.job_id, **fields)
 
     def _plan(
         self, job: JobState, answer: Answer, next_poll_in: float | None, now: float
