@@ -232,6 +232,30 @@ async def test_a_low_credit_reading_outlives_a_restart(
         assert await running == 0
 
 
+async def test_the_credits_gauge_shows_a_kept_reading_after_a_restart(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """The budget still heeds what Zoho said before the restart: an alert on the gauge must not
+    clear while the watcher stays slowed down by it."""
+    sim = await sim_factory(org_credits=1)  # every answer says 0 credits are left
+    sim.add_job("Leads", "1", ["RUNNING"])
+    top = {"state_path": str(tmp_path / "state.db"), "http": {"port": 0}}
+    path = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")], top=top, credits_floor=1000)
+    first = await WatcherProcess.start("run", "--config", str(path))
+    await first.wait_event("credits.low")
+    first.process.terminate()
+    assert await first.finish(timeout=5) == 0
+    again = await WatcherProcess.start("run", "--config", str(path))
+    started = await again.wait_event("watcher.started")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://{started['http']}/metrics") as response:
+            text = await response.text()
+    again.process.terminate()
+    assert await again.finish(timeout=5) == 0
+    assert len(sim.requests) == 1  # parked: no answer has said it again
+    assert "zoho_watcher_api_credits_remaining 0.0" in text
+
+
 async def test_an_aged_out_credit_reading_brings_a_parked_job_forward(
     tmp_path: Path,
     sim_factory: Callable[..., Awaitable[Simulator]],

@@ -18,14 +18,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
 from watcher.credits import still_news
-from watcher.zoho_api import MASS_UPDATE
+from watcher.zoho_api import MASS_UPDATE, Effect
 
 JOB_STATUSES = (*sorted(MASS_UPDATE.statuses), "unknown", "not_found", "rejected")
-POLL_RESULTS = ("observed", "not_found", "rejected", "auth", "rate_limited", "transient")
+POLL_RESULTS = tuple(effect.value for effect in Effect)
 TOKEN_RESULTS = ("ok", "failed")
 RELOAD_RESULTS = ("ok", "invalid")
 # From a fast loopback answer (5 ms) to the longest request timeout worth having (30 s).
@@ -42,6 +43,9 @@ class Metrics:
     ) -> None:
         """`job_counts`, when given, is asked at each scrape: counting there costs nothing
         between scrapes, however many jobs there are."""
+        # A `_created` timestamp beside every counter and histogram: series nobody asked for (a
+        # process's start is `process_start_time_seconds`); the switch is the library's, per process.
+        disable_created_metrics()
         self._job_counts = job_counts
         self._clock = clock
         self._credits_reading: tuple[float, int] | None = None  # (seen at, remaining)
@@ -66,7 +70,7 @@ class Metrics:
         )
         self._rate_limit_wait = Counter(
             "zoho_watcher_rate_limit_wait_seconds_total",
-            "Time requests spent waiting for the shared rate limit, concurrency cap or pause",
+            "Time requests spent waiting for the shared rate limit, the credit budget or a 429 pause",
             registry=self.registry,
         )
         self._token_refreshes = Counter(
@@ -120,8 +124,10 @@ class Metrics:
     def config_reloaded(self, result: str) -> None:
         self._config_reloads.labels(result=result).inc()
 
-    def credits_remaining(self, value: int) -> None:
-        self._credits_reading = (self._clock(), value)
+    def credits_remaining(self, value: int, at: float | None = None) -> None:
+        """What Zoho said, seen now or at `at` on the same clock (a reading kept from before a
+        restart, which the budget still heeds)."""
+        self._credits_reading = (self._clock() if at is None else at, value)
 
     def _credits_now(self) -> float:
         """NaN, not 0, when nothing is known: "no credits left" is an alarm. Zoho says only while

@@ -249,6 +249,8 @@ class Watcher:
             at, remaining = store.reading
             for seen in to_monotonic((at,), wall, now, REMAINING_TTL_S):
                 budget.remaining(seen, remaining)  # the drop it may start was said already
+                if self._metrics is not None:
+                    self._metrics.credits_remaining(remaining, at=seen)
         gate = RequestGate(
             polling.rate_limit,
             polling.rate_period,
