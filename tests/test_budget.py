@@ -247,9 +247,9 @@ async def test_the_credits_gauge_shows_a_kept_reading_after_a_restart(
     assert await first.finish(timeout=5) == 0
     again = await WatcherProcess.start("run", "--config", str(path))
     started = await again.wait_event("watcher.started")
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://{started['http']}/metrics") as response:
-            text = await response.text()
+    url = f"http://{started['http']}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
     again.process.terminate()
     assert await again.finish(timeout=5) == 0
     assert len(sim.requests) == 1  # parked: no answer has said it again

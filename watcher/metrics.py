@@ -43,8 +43,8 @@ class Metrics:
     ) -> None:
         """`job_counts`, when given, is asked at each scrape: counting there costs nothing
         between scrapes, however many jobs there are."""
-        # A `_created` timestamp beside every counter and histogram: series nobody asked for (a
-        # process's start is `process_start_time_seconds`); the switch is the library's, per process.
+        # A `_created` timestamp beside every counter and histogram: series nobody asked for.
+        # The switch is the library's, for the whole process.
         disable_created_metrics()
         self._job_counts = job_counts
         self._clock = clock
