@@ -70,7 +70,7 @@ class Metrics:
         )
         self._rate_limit_wait = Counter(
             "zoho_watcher_rate_limit_wait_seconds_total",
-            "Time requests spent waiting for the shared rate limit, the credit budget or a 429 pause",
+            "Time requests waited for the shared rate limit, the credit budget or a 429 pause",
             registry=self.registry,
         )
         self._token_refreshes = Counter(
