@@ -45,7 +45,7 @@ class Metrics:
         between scrapes, however many jobs there are."""
         # A `_created` timestamp beside every counter and histogram: series nobody asked for.
         # The switch is the library's, for the whole process.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # not annotated upstream
         self._job_counts = job_counts
         self._clock = clock
         self._credits_reading: tuple[float, int] | None = None  # (seen at, remaining)
