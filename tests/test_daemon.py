@@ -84,6 +84,36 @@ async def test_a_job_added_to_the_file_is_picked_up(tmp_path: Path, sim: Simulat
     assert await watcher.finish() == 0
 
 
+@pytest.mark.parametrize("state", [True, False], ids=["state file", "no state file"])
+async def test_a_job_removed_and_added_again_resumes_where_it_was(
+    tmp_path: Path, sim: Simulator, state: bool
+) -> None:
+    """A jobs file renamed away and back, a ConfigMap key moved between files: the job is
+    announced as added again, but its end is not said (nor paid for) twice, nor its
+    transitions."""
+    sim.add_job(*A, ["COMPLETED"])
+    sim.add_job(*B, ["RUNNING"])
+    sim.add_job(*C, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, **({} if state else {"state_path": None}))
+    daemon.write([A, B, C])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.finished", job_id=A[1])
+    await watcher.wait_event("job.status_changed", job_id=B[1])
+    daemon.write([C])
+    await watcher.wait_event("config.reloaded", removed=2)
+    polls_of_b = len(sim.requests_for(*B))
+    daemon.write([A, B, C])
+    await watcher.wait_event("config.reloaded", added=2)
+    await sim.wait_for(lambda s: len(s.requests_for(*B)) > polls_of_b)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert [e["job_id"] for e in watcher.named("job.added")] == [A[1], B[1], C[1], A[1], B[1]]
+    assert [e["job_id"] for e in watcher.named("job.finished")] == [A[1]]
+    changes = [e["job_id"] for e in watcher.named("job.status_changed")]
+    assert sorted(changes) == sorted([A[1], B[1], C[1]])
+    assert len(sim.requests_for(*A)) == 1
+
+
 async def test_restart_required_lists_what_still_awaits_a_restart(
     tmp_path: Path, sim: Simulator
 ) -> None:

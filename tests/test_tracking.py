@@ -345,3 +345,48 @@ async def test_a_finished_job_removed_from_the_config_no_longer_counts_as_ended(
     await tracker.track([new])
     assert tracker.unfinished == 1
     assert tracker.outcomes.total() == 0
+
+
+async def test_a_job_added_again_behind_a_stalled_reader_resumes_from_its_removal(
+    tmp_path: Path,
+) -> None:
+    """Its removal's save still waits behind held-back lines: the store's record is older than
+    the job. Added again, it is announced as added, and its transition is not said twice."""
+    store = await StateStore.open(tmp_path / "state.db")
+    stalled = Stalled()
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
+    spec = JobSpec("Leads", "1")
+    await tracker.track([spec])
+    job = tracker.jobs[spec]
+    job.status = "RUNNING"
+    await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
+    tracker.untrack([spec])
+    said: list[str] = []
+    emit = stalled.log.emit
+    stalled.log.emit = lambda event: (said.append(event.name), emit(event))[1]  # type: ignore[method-assign]
+    assert await tracker.track([spec]) == [spec]
+    assert (said, tracker.jobs[spec].emitted_status) == (["job.added"], "RUNNING")
+    await stalled.read_again()
+    stalled.close()
+    await store.close()
+
+
+async def test_jobs_removed_in_this_run_are_forgotten_after_retention() -> None:
+    """Without a state file they are kept in memory: for `retention`, as the store keeps them,
+    not for the months the watcher runs."""
+    clock = [1000.0]
+    tracker = Tracker(
+        EventLog(io.StringIO(), "json", "info"), None, lambda: clock[0], time.monotonic
+    )
+    spec = JobSpec("Leads", "1")
+    await tracker.track([spec])
+    job = tracker.jobs[spec]
+    job.status, job.outcome = "COMPLETED", "completed"
+    await tracker.record(job, [finished_event(job, time.monotonic())])
+    tracker.untrack([spec])
+    clock[0] = 2000.0
+    tracker.forget_removed(before=1000.0)  # finished at 1000: within retention
+    assert await tracker.track([spec]) == []  # resumed: finished, nothing to poll
+    tracker.untrack([spec])
+    tracker.forget_removed(before=1000.5)
+    assert await tracker.track([spec]) == [spec]  # forgotten: a new job

@@ -280,7 +280,7 @@ class StateStore:
         will have written by the time the deletion runs; a job saved again after this call is
         therefore kept.
         """
-        keys = [key for key, record in self.jobs.items() if _prunable(record, before)]
+        keys = [key for key, record in self.jobs.items() if prunable(record, before)]
         done: asyncio.Future[int] = self._loop.create_future()
         self._put(_DELETE_JOB, keys, done)
         for key in keys:
@@ -404,7 +404,7 @@ def _counts_json(counts: Mapping[str, int | None]) -> str:
         return json.dumps(dict(counts))
 
 
-def _prunable(record: JobRecord, before: float) -> bool:
+def prunable(record: JobRecord, before: float) -> bool:
     """Out of the config, and finished before `before`; or, never announced as finished (still
     running, or removed while its end was being saved), removed before it."""
     if record.removed_at is None:

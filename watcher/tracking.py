@@ -19,7 +19,7 @@ from watcher.config import JobSpec
 from watcher.events import EventLog
 from watcher.job import Event, JobState, finished_event, sample_of, status_changed, tenths_done
 from watcher.schedule import Sample, estimate, unchanged_since
-from watcher.state import JobRecord, KeptSample, StateError, StateStore
+from watcher.state import JobRecord, KeptSample, StateError, StateStore, prunable
 
 # Events whose loss would matter: their state is committed before they go out.
 DURABLE_EVENTS = frozenset({"job.status_changed", "job.finished"})
@@ -55,6 +55,10 @@ class Tracker:
         # was said of them as the state file last heard (see `_said`), kept in every later save
         # so that the next run says again what was lost.
         self._unsaid: dict[JobSpec, tuple[str | None, float | None]] = {}
+        # Jobs removed from the config in this run, as they were: one added again resumes from
+        # here, not from the store, whose record may still wait behind held-back lines (or
+        # there is no store). Forgotten with the store's, `retention` on (`forget_removed`).
+        self._removed: dict[JobSpec, JobRecord] = {}
 
     @property
     def unfinished(self) -> int:
@@ -67,7 +71,7 @@ class Tracker:
         for spec in specs:
             if spec in self.jobs:
                 continue
-            record = self._stored(spec)
+            record = self._removed.pop(spec, None) or self._stored(spec)
             job = self._resume(spec, record) if record else self._new(spec)
             self.jobs[spec] = job
             if job.outcome is not None and job.finished_at is not None:  # said before a restart
@@ -98,8 +102,15 @@ class Tracker:
                 self.outcomes[job.outcome] -= 1
             self._log.log("info", "job.removed", **job.fields())
             job.next_poll_at = job.planned_gap = None  # added again, it starts afresh
-            self._save(job, removed_at=self._wall())
+            self._removed[spec] = record = self.as_record(job, removed_at=self._wall())
+            if self.store is not None:
+                self._put(record)
             self._unsaid.pop(spec, None)
+
+    def forget_removed(self, before: float) -> None:
+        """Forget the jobs removed in this run that the store would prune now."""
+        for spec in [spec for spec, record in self._removed.items() if prunable(record, before)]:
+            del self._removed[spec]
 
     def forget_missing(self, configured: Iterable[JobSpec]) -> None:
         """Jobs the store still tracks but the config no longer names (removed while we were
