@@ -176,6 +176,47 @@ def test_what_is_read_must_be_what_settled(tmp_path: Path, monkeypatch: pytest.M
     assert [spec.job_id for spec in taken.jobs] == ["1", "2", "3"]
 
 
+def test_a_file_cut_again_while_read_is_not_reported_until_it_settles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cp` over the file (truncate, then write) just as a settled change is read: the half
+    written is no error, unless it stays so."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    write(path, ["1", "2", "3"])
+    assert follower.check() is None
+    full = path.read_text()
+
+    def cut_then_load(*args: object) -> Config:
+        path.write_text(full[: len(full) // 2] + '\n  "')
+        return load_all(path, ENV)
+
+    monkeypatch.setattr(reload, "load_all", cut_then_load)
+    assert follower.check() is None
+    monkeypatch.undo()
+    with pytest.raises(ConfigError):  # seen cut at the next check too: settled so
+        follower.check()
+
+
+def test_a_change_taken_as_it_stands_is_not_reported_broken_at_first_sight(
+    tmp_path: Path,
+) -> None:
+    """A tool that rewrites its jobs file again and again: after a few checks the change is
+    taken as it stands, but a moment caught half-written is not reported as broken until it
+    stays so for a check."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    for n in range(2, 2 + reload.SETTLE_CHECKS_MAX):
+        write(path, ["1", str(n)])
+        assert follower.check() is None
+    path.write_text(path.read_text()[:-5] + '\n  "')  # caught mid-write
+    assert follower.check() is None
+    with pytest.raises(ConfigError):
+        follower.check()
+
+
 def test_a_sighup_starts_the_settling_afresh(tmp_path: Path) -> None:
     path = tmp_path / "watcher.yaml"
     write(path, ["1"])

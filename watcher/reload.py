@@ -68,6 +68,9 @@ class ConfigWatcher:
         try:
             config = load_all(self._path, self._env)
         except ConfigError as exc:
+            if not (report_now or self._settled(fingerprint)):
+                self._pending, self._moving = self._fingerprint(), self._moving + 1
+                return None
             self._loaded, self._pending, self._moving = fingerprint, None, 0
             repeated, self._problems = exc.problems == self._problems, exc.problems
             if report_now or not repeated:
@@ -82,6 +85,12 @@ class ConfigWatcher:
         self._pending, self._moving = None, 0
         unchanged, self._running = config == self._running, config  # a comment is no change
         return None if unchanged and not (report_now or healed) else config
+
+    def _settled(self, fingerprint: bytes) -> bool:
+        """Whether files that do not validate were so at the last check too, and throughout
+        this one: a file caught half-written (by a change taken as it stands, or cut again
+        while read) is no error of the user's."""
+        return fingerprint == self._pending and self._fingerprint() == fingerprint
 
     def _fingerprint(self) -> bytes:
         """The files as they are now, taken as load_all takes them: the same digest when nothing
