@@ -23,14 +23,23 @@ def _namespaces_work() -> bool:
 
 
 @pytest.mark.skipif(not _namespaces_work(), reason="needs unshare -rnm (user namespaces) and ip")
-def test_a_stop_is_prompt_while_a_dns_lookup_hangs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("api_domain", "http"),
+    [
+        ("https://crm.unanswered.test", ""),  # Zoho's host, looked up for the first poll
+        ("http://127.0.0.1:9", "http: {host: watcher.unanswered.test, port: 9464}\n"),  # at start
+    ],
+)
+def test_a_stop_is_prompt_while_a_dns_lookup_hangs(
+    tmp_path: Path, api_domain: str, http: str
+) -> None:
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text("nameserver 127.0.0.1\noptions timeout:10 attempts:2\n")
     config = tmp_path / "w.yaml"
     config.write_text(
-        "zoho:\n  api_domain: https://crm.unanswered.test\n"
+        f"zoho:\n  api_domain: {api_domain}\n"
         "  auth:\n    access_token: ${ZOHO_ACCESS_TOKEN}\n"
-        "jobs:\n  - {module: Leads, job_id: '1'}\n"
+        f"{http}jobs:\n  - {{module: Leads, job_id: '1'}}\n"
     )
     ran = subprocess.run(
         [

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.resolver import AsyncResolver
 
 from watcher.metrics import Metrics
 
@@ -154,7 +157,8 @@ class HttpServer:
         accept = functools.partial(self._accept, runner.server)
         loop = asyncio.get_running_loop()
         try:
-            listener = await loop.create_server(accept, self._host, self.port)
+            hosts = await _addresses(self._host)
+            listener = await loop.create_server(accept, hosts, self.port)
         except BaseException:
             await runner.cleanup()
             raise
@@ -203,3 +207,22 @@ class HttpServer:
         if self._jobs_body is None or now - self._jobs_body[0] >= JOBS_FRESH_S:
             self._jobs_body = (now, json.dumps(self._jobs()).encode())
         return web.Response(body=self._jobs_body[1], content_type="application/json")
+
+
+async def _addresses(host: str) -> list[str]:
+    """The addresses to listen on for `host`. A name is looked up with c-ares (aiodns), as the
+    client does: the standard library would ask in a thread, which a stop cannot cancel and the
+    interpreter waits for at exit, so a DNS server that does not answer would hold a stopped
+    watcher past `docker stop`'s grace. OSError if it has none."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [host]
+    resolver = AsyncResolver()
+    try:
+        found = await resolver.resolve(host, 0, socket.AF_UNSPEC)
+    finally:
+        await resolver.close()
+    return list(dict.fromkeys(address["host"] for address in found))

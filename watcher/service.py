@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,7 +124,7 @@ class Watcher:
         loop = asyncio.get_running_loop()
         self._tracker = Tracker(self._log, store, time.time, loop.time)
         try:
-            server = await self._start_http()
+            server = await self._until_stopped(self._start_http())
             try:
                 await self._serve(server)
             finally:
@@ -139,6 +139,22 @@ class Watcher:
                     self._last_writes_failed(exc)
         self._stopped()
         return self._exit_code
+
+    async def _until_stopped(self, starting: Awaitable[HttpServer | None]) -> HttpServer | None:
+        """What `starting` gives, unless a stop comes first: then it is cancelled (a name lookup
+        that hangs, say) and the run ends as stopped."""
+        started = asyncio.ensure_future(starting)
+        stopping = asyncio.ensure_future(self._finished.wait())
+        await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if started.done():
+            return started.result()
+        started.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            server = await started
+            if server is not None:  # it bound as it was cancelled
+                await server.stop()
+        return None
 
     async def _lines_out(self) -> None:
         """Give the event lines a stalled reader holds back a moment to go out before the state
@@ -170,7 +186,7 @@ class Watcher:
             await server.start()
         except OSError as exc:
             where = _host_port(settings.host, settings.port)
-            raise StartupError(f"http: cannot listen on {where}: {exc.strerror}") from None
+            raise StartupError(f"http: cannot listen on {where}: {exc.strerror or exc}") from None
         return server
 
     async def _serve(self, server: HttpServer | None) -> None:
