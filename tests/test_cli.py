@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,16 @@ async def test_bad_config_is_one_line_per_problem_and_exit_2(
     assert len(lines) == 1, stderr
     assert expected in lines[0]
     assert "Traceback" not in stderr
+
+
+async def test_version_names_the_installed_release() -> None:
+    """What to quote in a bug report; the release pyproject.toml gives, not a copy of it."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert await run_cli("--version") == (
+        0,
+        f"zoho-job-watcher {project['project']['version']}\n",
+        "",
+    )
 
 
 async def test_missing_config_file(tmp_path: Path) -> None:

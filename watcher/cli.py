@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from watcher.config import Config, ConfigError, load_all, load_state_path, redact
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Watch Zoho CRM asynchronous jobs until they end."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version(PROG)}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="watch the jobs named in a config file")
     _add_config_option(run)

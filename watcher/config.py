@@ -25,6 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from watcher import collector
 from watcher.durations import format_duration, parse_duration
+from watcher.schedule import SCHEDULES
 
 _T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
@@ -58,7 +59,6 @@ _DEFAULT_DATA_CENTER = "us"
 # Problems told per file (and per jobs_dir); the rest are counted.
 PROBLEMS_SHOWN = 100
 
-SCHEDULES = ("adaptive", "fixed")
 
 _SECRETS = ("access_token", "refresh_token", "client_id", "client_secret")
 _TRIO = ("refresh_token", "client_id", "client_secret")

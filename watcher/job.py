@@ -134,9 +134,14 @@ def _remember(job: JobState, sample: Sample) -> None:
 
 def sample_of(status: str, counts: Counts, at: float) -> Sample:
     """What the schedule and the estimates read of a status row seen `at`."""
+    return Sample(at, status, done_of(counts), counts.get("total_count"))
+
+
+def done_of(counts: Counts) -> int | None:
+    """The records a job has processed so far, well or not: what its progress and its pace are
+    measured in. None while the counts cannot say."""
     updated, failed = counts.get("updated_count"), counts.get("failed_count")
-    done = None if updated is None or failed is None else updated + failed
-    return Sample(at, status, done, counts.get("total_count"))
+    return None if updated is None or failed is None else updated + failed
 
 
 def status_changed(job: JobState, previous: str | None, seen: Estimate) -> Event:
@@ -165,11 +170,10 @@ def _progress(job: JobState, seen: Estimate) -> list[Event]:
 def tenths_done(counts: Counts) -> int:
     """How many whole tenths of its total a job's counts say are done (0 when they cannot say).
     Whole numbers: 3 of 10 must count as 3 tenths, which 0.3 * 10 does not."""
-    updated, failed = counts.get("updated_count"), counts.get("failed_count")
-    total = counts.get("total_count")
-    if updated is None or failed is None or not total:
+    done, total = done_of(counts), counts.get("total_count")
+    if done is None or not total:
         return 0
-    return min(10, (updated + failed) * 10 // total)
+    return min(10, done * 10 // total)
 
 
 def _estimate_fields(seen: Estimate) -> dict[str, object]:

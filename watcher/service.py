@@ -36,7 +36,7 @@ from watcher.schedule import resume_delay
 from watcher.scheduler import Scheduler
 from watcher.state import StateError, StateStore, record_view
 from watcher.tracking import Tracker
-from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, SERVED, Effect, JobKind
+from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, SERVED, Effect
 
 if TYPE_CHECKING:  # imported when a listener is configured: most runs never pay for aiohttp.web
     from watcher.http import Health, HttpServer
@@ -89,7 +89,6 @@ class Watcher:
         *,
         exit_when_done: bool = False,
         outcomes_decide_exit: bool = True,
-        kind: JobKind = MASS_UPDATE,
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
@@ -99,7 +98,7 @@ class Watcher:
         # Off where failures are expected (the demo): the exit code, in `watcher.stopped` too,
         # then says only whether the watcher itself ran well.
         self._outcomes_decide_exit = outcomes_decide_exit
-        self._kind = kind
+        self._kind = MASS_UPDATE  # the one kind of job the config can name so far
         self._rng = rng or random.Random()
         # Counted only where they can be read: with no HTTP listener nobody can scrape them.
         self._metrics: Metrics | None = None

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from watcher.job import done_of
 from watcher.state import JobRecord, StateError, StateStore, record_view
 
 COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN", "ERROR")
@@ -34,7 +35,7 @@ async def show_status(state_path: Path, *, as_json: bool) -> int:
 
 
 def _row(record: JobRecord) -> tuple[str, ...]:
-    done = sum(record.counts.get(key) or 0 for key in ("updated_count", "failed_count"))
+    done = done_of(record.counts)
     last_seen = (
         datetime.fromtimestamp(record.last_seen, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         if record.last_seen is not None
@@ -45,7 +46,7 @@ def _row(record: JobRecord) -> tuple[str, ...]:
         record.job_id,
         record.status or "-",
         record.outcome or ("removed" if record.removed_at is not None else "-"),
-        str(done),
+        "-" if done is None else str(done),
         str(record.counts.get("total_count") or "-"),
         str(record.polls),
         last_seen,

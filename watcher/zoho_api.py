@@ -35,7 +35,6 @@ class JobKind:
     watcher uses in its events to Zoho's field names.
     """
 
-    name: str
     path: str  # formatted with version and module, each already quoted as a path segment
     id_param: str
     status_field: str
@@ -45,7 +44,6 @@ class JobKind:
 
 
 MASS_UPDATE = JobKind(
-    name="mass_update",
     path="/crm/{version}/{module}/actions/mass_update",
     id_param="job_id",
     status_field="Status",
