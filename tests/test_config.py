@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from watcher import config as config_module
 from watcher.config import (
-    DATA_CENTERS,
     PROBLEMS_SHOWN,
     Config,
     ConfigError,
@@ -34,6 +33,7 @@ from watcher.config import (
     parse_jobs_file,
     read_file_bytes,
 )
+from watcher.zoho_api import DATA_CENTERS
 
 TOKEN = "1000.s3cr3t-access-token-value"
 REFRESH = "1000.s3cr3t-refresh-token-value"

@@ -26,6 +26,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from watcher import collector
 from watcher.durations import format_duration, parse_duration
 from watcher.schedule import SCHEDULES
+from watcher.zoho_api import (
+    CENTRE_OF_ACCOUNTS,
+    CENTRE_OF_API,
+    DATA_CENTERS,
+    DEFAULT_DATA_CENTER,
+)
 
 _T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
@@ -41,21 +47,6 @@ _IMPLICIT_TAGS = {ScalarNode: _NOT_NULL_TAG, SequenceNode: _SEQ_TAG, MappingNode
 _NULL_TEXTS = frozenset(("", "~", "null", "Null", "NULL"))  # plain scalars YAML 1.1 reads as null
 _NULL_RESOLVING: dict[_Loader, _Loader] = {}  # see _null_resolving
 
-DATA_CENTERS: Mapping[str, tuple[str, str]] = {
-    "us": ("https://accounts.zoho.com", "https://www.zohoapis.com"),
-    "eu": ("https://accounts.zoho.eu", "https://www.zohoapis.eu"),
-    "in": ("https://accounts.zoho.in", "https://www.zohoapis.in"),
-    "au": ("https://accounts.zoho.com.au", "https://www.zohoapis.com.au"),
-    "jp": ("https://accounts.zoho.jp", "https://www.zohoapis.jp"),
-    "ca": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
-    "cn": ("https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
-    "sa": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
-    "uk": ("https://accounts.zoho.uk", "https://www.zohoapis.uk"),
-}
-_CENTRE_OF_ACCOUNTS = {accounts: centre for centre, (accounts, _) in DATA_CENTERS.items()}
-_CENTRE_OF_API = {api: centre for centre, (_, api) in DATA_CENTERS.items()}
-# Without a data centre, refresh mode still needs somewhere to refresh; Zoho's default is the US.
-_DEFAULT_DATA_CENTER = "us"
 # Problems told per file (and per jobs_dir); the rest are counted.
 PROBLEMS_SHOWN = 100
 
@@ -471,7 +462,7 @@ def _zoho(reader: _Reader, node: Node) -> ZohoSettings | None:
     api_domain = reader.field(settings, "zoho", "api_domain", reader.url)
     api_version = reader.field(settings, "zoho", "api_version", reader.api_version)
     # Zoho's API of one data centre says where its tokens come from, when nothing else does.
-    centre = data_center or _CENTRE_OF_API.get((api_domain or "").lower())
+    centre = data_center or CENTRE_OF_API.get((api_domain or "").lower())
     auth_node = settings.get("auth", _empty_mapping(node))
     auth = _auth(reader, auth_node, centre)
     if auth is None:
@@ -484,7 +475,7 @@ def _zoho(reader: _Reader, node: Node) -> ZohoSettings | None:
             reader.report(_value_of(auth_node, key) or node, "zoho.auth.accounts_url", message)
         return None
     if api_domain is None and (data_center or not auth.refreshes):
-        api_domain = DATA_CENTERS[data_center or _DEFAULT_DATA_CENTER][1]
+        api_domain = DATA_CENTERS[data_center or DEFAULT_DATA_CENTER][1]
     return ZohoSettings(api_domain, api_version or "v2", data_center, auth)
 
 
@@ -496,8 +487,8 @@ def _centres_problem(
     another would be refused. (Either not Zoho's own, a proxy or a simulator, is not compared; no
     accounts server is a fixed token from anywhere.)"""
     api = api_domain or (DATA_CENTERS[data_center][1] if data_center else "")
-    api_centre = _CENTRE_OF_API.get(api.lower())
-    tokens_centre = _CENTRE_OF_ACCOUNTS.get((accounts_url or "").lower())
+    api_centre = CENTRE_OF_API.get(api.lower())
+    tokens_centre = CENTRE_OF_ACCOUNTS.get((accounts_url or "").lower())
     if api_centre is None or tokens_centre is None or api_centre == tokens_centre:
         return None
     if api_domain is None:
@@ -528,7 +519,7 @@ def _auth(reader: _Reader, node: Node, data_center: str | None) -> AuthSettings 
         return None
     refreshes = "access_token" not in given
     if accounts_url is None and (data_center or refreshes):
-        accounts_url = DATA_CENTERS[data_center or _DEFAULT_DATA_CENTER][0]
+        accounts_url = DATA_CENTERS[data_center or DEFAULT_DATA_CENTER][0]
     auth = AuthSettings(**secrets, accounts_url=accounts_url, **backoff)
     _check_order(reader, node, path, settings, backoff, auth, (_REFRESH_BACKOFF,))
     return auth

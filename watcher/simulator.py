@@ -30,7 +30,7 @@ from typing import Literal, TypeVar
 from aiohttp import web
 from yarl import URL
 
-from watcher.zoho_api import ERRORS, MASS_UPDATE
+from watcher.zoho_api import AUTH_SCHEME, ERRORS, MASS_UPDATE, OAUTH_TOKEN_PATH
 
 _STATUSES = tuple(sorted(MASS_UPDATE.statuses))
 _OUTCOMES = tuple(sorted(MASS_UPDATE.terminal))
@@ -506,7 +506,7 @@ class Simulator:
 
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_post("/oauth/v2/token", self._token_endpoint)
+        app.router.add_post(OAUTH_TOKEN_PATH, self._token_endpoint)
         app.router.add_route("*", "/{path:.*}", self._api_endpoint)
         # Without handler_cancellation a hanging handler would never learn that the client left.
         self._runner = web.AppRunner(
@@ -570,7 +570,7 @@ class Simulator:
         if header is None:
             return _FIXED["AUTHENTICATION_FAILURE"]
         scheme, _, token = header.partition(" ")
-        grant = self._grants.get(token) if scheme == "Zoho-oauthtoken" else None
+        grant = self._grants.get(token) if scheme == AUTH_SCHEME else None
         if grant is not None and self._chaos is not None and self._chaos.expires(grant):
             del self._grants[token]
             grant = None

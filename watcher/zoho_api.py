@@ -59,8 +59,24 @@ MASS_UPDATE = JobKind(
     },
 )
 
-# Where requests go when neither the config nor Zoho's token answer names an API domain.
-DEFAULT_API_DOMAIN = "https://www.zohoapis.com"
+# Zoho's data centres: (accounts server, API domain). Tokens are issued per data centre.
+DATA_CENTERS: Mapping[str, tuple[str, str]] = {
+    "us": ("https://accounts.zoho.com", "https://www.zohoapis.com"),
+    "eu": ("https://accounts.zoho.eu", "https://www.zohoapis.eu"),
+    "in": ("https://accounts.zoho.in", "https://www.zohoapis.in"),
+    "au": ("https://accounts.zoho.com.au", "https://www.zohoapis.com.au"),
+    "jp": ("https://accounts.zoho.jp", "https://www.zohoapis.jp"),
+    "ca": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
+    "cn": ("https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
+    "sa": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
+    "uk": ("https://accounts.zoho.uk", "https://www.zohoapis.uk"),
+}
+CENTRE_OF_ACCOUNTS = {accounts: centre for centre, (accounts, _) in DATA_CENTERS.items()}
+CENTRE_OF_API = {api: centre for centre, (_, api) in DATA_CENTERS.items()}
+# Without a data centre, refresh mode still needs somewhere to refresh; Zoho's default is the US,
+# and requests go to its API when neither the config nor Zoho's token answer names a domain.
+DEFAULT_DATA_CENTER = "us"
+DEFAULT_API_DOMAIN = DATA_CENTERS[DEFAULT_DATA_CENTER][1]
 
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "Zoho-oauthtoken"
