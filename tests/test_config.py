@@ -1357,11 +1357,15 @@ def test_load_all_reports_an_unreadable_jobs_dir(
     jobs_dir.mkdir()
     path = write_main(tmp_path, jobs_dir)
 
-    def refuse(self: Path) -> Iterator[Path]:
-        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    listdir = os.listdir
+
+    def refuse(directory: Path) -> list[str]:
+        if Path(directory) == jobs_dir:
+            raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+        return listdir(directory)
 
     # Tests run as root, which chmod cannot lock out; the listing itself is made to fail.
-    monkeypatch.setattr(Path, "iterdir", refuse)
+    monkeypatch.setattr(os, "listdir", refuse)
     assert load_problems(path) == (f"{jobs_dir}: cannot read jobs_dir: Permission denied",)
 
 

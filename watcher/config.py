@@ -213,10 +213,18 @@ class Fingerprint:
         self._digest = hashlib.sha256()
 
     def add(self, path: Path, content: bytes) -> None:
-        self._digest.update(os.fsencode(path) + b"\0" + content + b"\0")  # any name, UTF-8 or not
+        self.add_digest(path, file_digest(content))
+
+    def add_digest(self, path: Path | str, digest: bytes) -> None:
+        """A file known by the `file_digest` of its content (kept from an earlier look)."""
+        self._digest.update(os.fsencode(path) + b"\0" + digest)  # any name, UTF-8 or not
 
     def digest(self) -> bytes:
         return self._digest.digest()
+
+
+def file_digest(content: bytes) -> bytes:
+    return hashlib.sha256(content).digest()
 
 
 def load_config(
@@ -318,15 +326,17 @@ def jobs_files(directory: Path) -> list[Path]:
     """The YAML files of `directory` by name; hidden ones (editors' swap files, the ..data of a
     Kubernetes ConfigMap mount) are skipped.
     """
+    return [directory / name for name in jobs_file_names(directory)]
+
+
+def jobs_file_names(directory: Path) -> list[str]:
+    """The names of `jobs_files`, without making a Path of each (a reload looks every few
+    seconds, at maybe ten thousand)."""
     try:
-        entries = sorted(directory.iterdir(), key=lambda entry: entry.name)
+        names = sorted(os.listdir(directory))
     except OSError as error:
         raise ConfigError((f"{directory}: cannot read jobs_dir: {_reason(error)}",)) from None
-    return [
-        entry
-        for entry in entries
-        if entry.name.endswith(_JOBS_FILE_SUFFIXES) and not entry.name.startswith(".")
-    ]
+    return [name for name in names if name.endswith(_JOBS_FILE_SUFFIXES) and name[:1] != "."]
 
 
 def _read_file(path: Path, what: str, seen: Fingerprint | None = None) -> str:
@@ -348,7 +358,7 @@ def _read_text(path: Path) -> str:
     return _text(read_file_bytes(path))
 
 
-def read_file_bytes(path: Path) -> bytes:
+def read_file_bytes(path: Path | str) -> bytes:
     """The bytes of the regular file at `path`. Anything else is refused rather than read: a FIFO
     (opened without waiting for a writer, which could block a reload and then shutdown for
     good), a device such as /dev/zero (endless), a directory; so is a file beyond MAX_FILE_BYTES."""

@@ -7,14 +7,38 @@ read files, so they are meant to run in a worker thread, off the event loop.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-from watcher.config import Config, ConfigError, Fingerprint, jobs_files, load_all, read_file_bytes
+from watcher.config import (
+    Config,
+    ConfigError,
+    Fingerprint,
+    file_digest,
+    jobs_file_names,
+    load_all,
+    read_file_bytes,
+)
 
 # A change still moving after this many checks in a row is taken as it stands: a tool that drops
 # a job file every few seconds must not hold back every other edit for good.
 SETTLE_CHECKS_MAX = 3
+# Every this many checks each file is read whatever its metadata says (see `_read`).
+READ_ALL_EVERY = 12
+# A file changed this close to when it was read may have changed again since within the same
+# tick of the file system's clock (a few milliseconds; seconds on some): it is read again.
+RACY_NS = 2_000_000_000
+
+
+class _Read(NamedTuple):
+    """What a look at one file found: what stat said of it, its digest, and when it was read."""
+
+    identity: tuple[int, int, int, int, int]
+    digest: bytes
+    read_at_ns: int
 
 
 class ConfigWatcher:
@@ -42,6 +66,8 @@ class ConfigWatcher:
         self._pending: bytes | None = None  # a change seen, not yet seen again
         self._moving = 0  # checks in a row that found the files changed since the one before
         self._problems: tuple[str, ...] | None = None  # what was last reported, while broken
+        self._reads: dict[str, _Read] = {}  # each file's, as last read
+        self._looks = 0
 
     def check(self, *, report_now: bool = False) -> Config | None:
         """The new Config if the files changed, settled and validate (or, asked with
@@ -96,14 +122,44 @@ class ConfigWatcher:
         """The files as they are now, taken as load_all takes them: the same digest when nothing
         changed. What cannot be read is noted so that its healing counts as a change."""
         seen = Fingerprint()
-        try:
-            listed = jobs_files(self._jobs_dir) if self._jobs_dir is not None else []
-        except ConfigError as exc:  # the directory itself is unreadable: load_all will say so
-            seen.add(Path(), str(exc).encode())
-            listed = []
-        for path in (self._path, *listed):
+        paths = [str(self._path)]
+        if self._jobs_dir is not None:
+            directory = str(self._jobs_dir)
             try:
-                seen.add(path, read_file_bytes(path))
-            except OSError as exc:
-                seen.add(path, f"unreadable: {exc.errno}".encode())
+                paths += [os.path.join(directory, name) for name in jobs_file_names(self._jobs_dir)]
+            except ConfigError as exc:  # the directory itself is unreadable: load_all will say so
+                seen.add(Path(), str(exc).encode())
+        self._looks += 1
+        read_all = self._looks % READ_ALL_EVERY == 0
+        now_ns = time.time_ns()
+        reads = {path: self._read(path, read_all, now_ns) for path in paths}
+        for path, read in reads.items():
+            seen.add_digest(path, read.digest)
+        self._reads = reads  # files no longer listed are forgotten
         return seen.digest()
+
+    def _read(self, path: str, read_all: bool, now_ns: int) -> _Read:
+        """A file's content digest, read again only if stat says it may have changed since it was
+        last read: ten thousand job files read at every check would cost a few percent of a core
+        for nothing. A Kubernetes ConfigMap's symlink swap is another file; an edit moves the
+        change time, unless it came within the same tick as the last read (then it is read
+        again); and every READ_ALL_EVERY checks all are read, for a file system whose clock is
+        coarser still."""
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return _Read((0, 0, 0, 0, 0), file_digest(f"unreadable: {exc.errno}".encode()), now_ns)
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        kept = self._reads.get(path)
+        if (
+            kept is not None
+            and kept.identity == identity
+            and max(info.st_mtime_ns, info.st_ctime_ns) < kept.read_at_ns - RACY_NS
+            and not read_all
+        ):
+            return kept
+        try:
+            content = read_file_bytes(path)
+        except OSError as exc:
+            content = f"unreadable: {exc.errno}".encode()
+        return _Read(identity, file_digest(content), now_ns)
