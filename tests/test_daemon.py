@@ -768,12 +768,17 @@ async def test_status_reads_a_state_file_on_a_read_only_mount(
     assert [job["counts"]["failed_count"] for job in json.loads(stdout)] == [3]
 
 
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "symbolic link"])
 async def test_status_reads_a_state_file_its_watcher_is_writing(
-    tmp_path: Path, sim: Simulator
+    tmp_path: Path, sim: Simulator, linked: bool
 ) -> None:
-    """While a watcher runs, the latest of what it saved is in the -wal file."""
+    """While a watcher runs, the latest of what it saved is in the -wal file: beside the file
+    itself when `state_path` is a symbolic link to it."""
     sim.add_job(*A, ["RUNNING:1,0,0,10", "RUNNING:2,0,0,10"])
     daemon = Daemon(tmp_path, sim)
+    if linked:
+        (tmp_path / "real").mkdir()
+        (tmp_path / "state.db").symlink_to(tmp_path / "real" / "state.db")
     daemon.write([A], interval="100ms")
     watcher = await daemon.start()
     await watcher.wait_event("job.progress", progress=0.2)

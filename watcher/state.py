@@ -470,8 +470,9 @@ def _connect(path: Path, writer: bool) -> sqlite3.Connection:
     (`immutable`); with one, through SQLite's own read-only WAL reading."""
     if writer:
         return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    parameters = "mode=ro" if os.path.lexists(f"{path}-wal") else "immutable=1"
-    uri = f"{path.absolute().as_uri()}?{parameters}"
+    real = Path(os.path.realpath(path))  # SQLite keeps the -wal beside the file, not a link
+    parameters = "mode=ro" if os.path.lexists(f"{real}-wal") else "immutable=1"
+    uri = f"{real.as_uri()}?{parameters}"
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
