@@ -1,6 +1,7 @@
 """Runs in a private user, network and mount namespace (see test_dns.py): a DNS server that never
 answers, the real watcher polling a host name it is asked about, and a SIGTERM once the lookup
-hangs. Prints one JSON line: the watcher's exit code and the seconds it took to exit."""
+hangs. Prints one JSON line: the watcher's exit code, the seconds it took to exit, and the names of
+the events it wrote."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def swallow() -> None:
 threading.Thread(target=swallow, daemon=True).start()
 watcher = subprocess.Popen(
     [sys.executable, "-m", "watcher", "run", "--config", CONFIG],
-    stdout=subprocess.DEVNULL,
+    stdout=subprocess.PIPE,
     env={**os.environ, "ZOHO_ACCESS_TOKEN": "1000.a-token-for-no-server"},
 )
 if not asked.wait(20):
@@ -39,8 +40,11 @@ if not asked.wait(20):
 stopped = time.monotonic()
 watcher.send_signal(signal.SIGTERM)
 try:
-    code = watcher.wait(30)
+    said, _ = watcher.communicate(timeout=30)
+    code = watcher.returncode
 except subprocess.TimeoutExpired:
     watcher.kill()
-    code = None
-print(json.dumps({"exit_code": code, "exit_s": time.monotonic() - stopped}))
+    said, code = b"", None
+exit_s = time.monotonic() - stopped
+events = [json.loads(line)["event"] for line in said.splitlines()]
+print(json.dumps({"exit_code": code, "exit_s": exit_s, "events": events}))

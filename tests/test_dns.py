@@ -60,3 +60,7 @@ def test_a_stop_is_prompt_while_a_dns_lookup_hangs(
     result = json.loads(ran.stdout)
     assert result["exit_code"] == 0
     assert result["exit_s"] < 5.0  # the README's promise, well inside docker stop's 10 s
+    if http:  # stopped while starting: nothing was said to have started
+        assert result["events"] == ["watcher.stopped"]
+    else:
+        assert result["events"][0] == "watcher.started"

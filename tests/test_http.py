@@ -282,6 +282,17 @@ async def test_no_answer_echoes_request_headers(
             assert SECRET not in body + str(response.headers), (method, path)
 
 
+async def test_a_host_name_listens_on_its_addresses(client: aiohttp.ClientSession) -> None:
+    fake = Fake()
+    server = HttpServer("localhost", 0, fake.metrics, lambda: fake.health, fake.job_list)
+    await server.start()
+    try:
+        async with client.get(f"http://localhost:{server.port}/healthz") as response:
+            assert response.status == 200
+    finally:
+        await server.stop()
+
+
 async def test_a_port_in_use_raises_oserror_and_leaves_the_other_server_serving(
     start: Start, client: aiohttp.ClientSession
 ) -> None:

@@ -8,19 +8,20 @@ default in the configuration): exposing it further is the user's explicit choice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
 import logging
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.resolver import AsyncResolver
 
 from watcher.metrics import Metrics
 
@@ -210,19 +211,40 @@ class HttpServer:
 
 
 async def _addresses(host: str) -> list[str]:
-    """The addresses to listen on for `host`. A name is looked up with c-ares (aiodns), as the
-    client does: the standard library would ask in a thread, which a stop cannot cancel and the
-    interpreter waits for at exit, so a DNS server that does not answer would hold a stopped
-    watcher past `docker stop`'s grace. OSError if it has none."""
+    """The addresses to listen on for `host`, as the system's resolver gives them (`/etc/hosts`,
+    DNS and whatever else the host's name service knows). Asked from a daemon thread of its own:
+    asyncio would ask from its executor, whose threads a stop cannot cancel and the interpreter
+    waits for at exit, so a DNS server that does not answer would hold a stopped watcher past
+    `docker stop`'s grace. OSError if the name has none."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
         return [host]
-    resolver = AsyncResolver()
-    try:
-        found = await resolver.resolve(host, 0, socket.AF_UNSPEC)
-    finally:
-        await resolver.close()
-    return list(dict.fromkeys(address["host"] for address in found))
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[list[str]] = loop.create_future()
+
+    def look_up() -> None:
+        outcome: list[str] | OSError
+        try:
+            answers = socket.getaddrinfo(
+                host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            outcome = list(dict.fromkeys(str(answer[4][0]) for answer in answers))
+        except OSError as exc:
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the watcher stopped
+            loop.call_soon_threadsafe(_settle, found, outcome)
+
+    threading.Thread(target=look_up, name="http-host-lookup", daemon=True).start()
+    return await found
+
+
+def _settle(found: asyncio.Future[list[str]], outcome: list[str] | OSError) -> None:
+    if found.done():  # cancelled: a stop came first
+        return
+    if isinstance(outcome, OSError):
+        found.set_exception(outcome)
+    else:
+        found.set_result(outcome)

@@ -123,9 +123,10 @@ class Watcher:
         loop = asyncio.get_running_loop()
         self._tracker = Tracker(self._log, store, time.time, loop.time)
         try:
-            server = await self._until_stopped(self._start_http())
+            started, server = await self._until_stopped(self._start_http())
             try:
-                await self._serve(server)
+                if started:  # not stopped on the way: nothing said started, nothing to stop
+                    await self._serve(server)
             finally:
                 if server is not None:
                     await server.stop()
@@ -139,21 +140,23 @@ class Watcher:
         self._stopped()
         return self._exit_code
 
-    async def _until_stopped(self, starting: Awaitable[HttpServer | None]) -> HttpServer | None:
-        """What `starting` gives, unless a stop comes first: then it is cancelled (a name lookup
-        that hangs, say) and the run ends as stopped."""
+    async def _until_stopped(
+        self, starting: Awaitable[HttpServer | None]
+    ) -> tuple[bool, HttpServer | None]:
+        """(True, what `starting` gives), unless a stop comes first: then it is cancelled (a
+        name lookup that hangs, say) and the run ends as stopped, (False, None)."""
         started = asyncio.ensure_future(starting)
         stopping = asyncio.ensure_future(self._finished.wait())
         await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if started.done():
-            return started.result()
+            return True, started.result()
         started.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             server = await started
             if server is not None:  # it bound as it was cancelled
                 await server.stop()
-        return None
+        return False, None
 
     async def _lines_out(self) -> None:
         """Give the event lines a stalled reader holds back a moment to go out before the state
