@@ -217,6 +217,35 @@ def test_a_change_taken_as_it_stands_is_not_reported_broken_at_first_sight(
         follower.check()
 
 
+def test_a_broken_file_in_a_newly_named_jobs_dir_must_settle_before_it_is_reported(
+    tmp_path: Path,
+) -> None:
+    """The look that saw the edit listed the old directory: the new one's files have not been
+    seen to settle yet (one may be half written)."""
+    path = tmp_path / "watcher.yaml"
+    old, new = tmp_path / "d1", tmp_path / "d2"
+    old.mkdir()
+    new.mkdir()
+    write(path, ["1"], jobs_dir=str(old))
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    (new / "a.yaml").write_text('jobs:\n  - {module: Leads, job_id: "')
+    write(path, ["1"], jobs_dir=str(new))
+    assert follower.check() is None  # the edit, seen
+    assert follower.check() is None  # settled, but d2 only just listed
+    with pytest.raises(ConfigError, match="a.yaml"):
+        follower.check()
+
+
+def test_a_sighup_reports_a_broken_edit_at_once(tmp_path: Path) -> None:
+    """The user asked: no settling."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    path.write_text(path.read_text() + "  - {module: Leads\n")
+    with pytest.raises(ConfigError):
+        follower.check(report_now=True)
+
+
 def test_a_sighup_starts_the_settling_afresh(tmp_path: Path) -> None:
     path = tmp_path / "watcher.yaml"
     write(path, ["1"])

@@ -196,8 +196,11 @@ class ConfigError(Exception):
     thousand lines.
     """
 
-    def __init__(self, shown: Iterable[str], *, more: int = 0, source: str = "") -> None:
+    def __init__(
+        self, shown: Iterable[str], *, more: int = 0, source: str = "", jobs_dir: Path | None = None
+    ) -> None:
         self.shown = tuple(shown)
+        self.jobs_dir = jobs_dir  # where jobs files were read, when they were the trouble
         self.found = len(self.shown) + more
         counted = (f"{source}: ... and {more} more problems",) if more else ()
         self.problems = (*self.shown, *counted)
@@ -296,7 +299,8 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
         shown = redact(problems[:PROBLEMS_SHOWN], config.zoho.auth.secrets())
-        raise ConfigError(shown, more=found - len(shown), source=str(config.jobs_dir))
+        source = str(config.jobs_dir)
+        raise ConfigError(shown, more=found - len(shown), source=source, jobs_dir=config.jobs_dir)
     # The main file's were checked as it was parsed.
     _refuse_secrets_in(jobs[len(config.jobs) :], config.zoho.auth.secrets(), str(config.jobs_dir))
     return replace(config, jobs=tuple(dict.fromkeys(jobs)), fingerprint=seen.digest())

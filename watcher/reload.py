@@ -94,7 +94,10 @@ class ConfigWatcher:
         try:
             config = load_all(self._path, self._env)
         except ConfigError as exc:
-            if not (report_now or self._settled(fingerprint)):
+            # Jobs files in a directory the look did not list have not been seen to settle.
+            moved = exc.jobs_dir is not None and exc.jobs_dir != self._jobs_dir
+            self._jobs_dir = exc.jobs_dir or self._jobs_dir
+            if not report_now and (moved or not self._settled(fingerprint)):
                 self._pending, self._moving = self._fingerprint(), self._moving + 1
                 return None
             self._loaded, self._pending, self._moving = fingerprint, None, 0
