@@ -556,15 +556,22 @@ def test_an_api_domain_of_another_data_centre_than_the_tokens_is_refused(zoho: s
     assert "but tokens come from its 'eu' data centre; remove api_domain" in found
 
 
-def test_an_accounts_url_of_another_data_centre_than_data_center_is_refused() -> None:
+@pytest.mark.parametrize("api_domain", ["", "  api_domain: https://www.zohoapis.eu\n"])
+def test_an_accounts_url_of_another_data_centre_than_data_center_is_refused(
+    api_domain: str,
+) -> None:
     """The README's refresh example's US accounts server, kept by a user who set
-    `data_center: eu`: every token would be refused at the first refresh."""
+    `data_center: eu` (and an API domain that agrees with it, or none): every token would be
+    refused at the first refresh, and accounts_url is the one to change."""
     (found,) = problems(
-        "zoho:\n  data_center: eu\n  auth:\n"
+        "zoho:\n  data_center: eu\n"
+        + api_domain
+        + "  auth:\n"
         + TRIO
         + "    accounts_url: https://accounts.zoho.com\n"
     )
-    assert found.startswith("cfg.yaml:7: zoho.auth.accounts_url: https://accounts.zoho.com is")
+    line = 7 + api_domain.count("\n")
+    assert found.startswith(f"cfg.yaml:{line}: zoho.auth.accounts_url: https://accounts.zoho.com")
     assert "of Zoho's 'us' data centre, but data_center is 'eu'; remove accounts_url" in found
 
 

@@ -232,7 +232,7 @@ def test_a_broken_file_in_a_newly_named_jobs_dir_must_settle_before_it_is_report
     write(path, ["1"], jobs_dir=str(new))
     assert follower.check() is None  # the edit, seen
     assert follower.check() is None  # settled, but d2 only just listed
-    with pytest.raises(ConfigError, match="a.yaml"):
+    with pytest.raises(ConfigError, match=r"a\.yaml"):
         follower.check()
 
 

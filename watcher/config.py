@@ -505,7 +505,7 @@ def _centres_problem(
     tokens_centre = CENTRE_OF_ACCOUNTS.get((accounts_url or "").lower())
     if api_centre is None or tokens_centre is None or api_centre == tokens_centre:
         return None
-    if api_domain is None:
+    if api_domain is None or api_centre == data_center:  # the odd one out is accounts_url
         return "accounts_url", (
             f"{accounts_url} is the accounts server of Zoho's {tokens_centre!r} data centre, but"
             f" data_center is {data_center!r}; remove accounts_url (data_center picks it) or make"
