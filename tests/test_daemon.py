@@ -114,6 +114,27 @@ async def test_a_job_removed_and_added_again_resumes_where_it_was(
     assert len(sim.requests_for(*A)) == 1
 
 
+async def test_a_job_removed_longer_than_retention_ago_is_new_when_added_again(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Without a state file too, removed jobs are kept in memory for `retention` only."""
+    sim.add_job(*A, ["COMPLETED"])
+    sim.add_job(*B, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, state_path=None, retention="1ms")
+    daemon.write([A, B])
+    watcher = await daemon.start()
+    await watcher.wait_event("job.finished", job_id=A[1])
+    daemon.write([B])
+    await watcher.wait_event("job.removed", job_id=A[1])
+    daemon.write([])  # this removal forgets A, removed long enough ago
+    await watcher.wait_event("job.removed", job_id=B[1])
+    daemon.write([A])
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) == 2)
+    await watcher.wait_for(lambda events: len(watcher.named("job.finished")) == 2)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
 async def test_restart_required_lists_what_still_awaits_a_restart(
     tmp_path: Path, sim: Simulator
 ) -> None:

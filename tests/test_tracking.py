@@ -385,8 +385,8 @@ async def test_jobs_removed_in_this_run_are_forgotten_after_retention() -> None:
     await tracker.record(job, [finished_event(job, time.monotonic())])
     tracker.untrack([spec])
     clock[0] = 2000.0
-    tracker.forget_removed(before=1000.0)  # finished at 1000: within retention
+    tracker.untrack([], forget_before=1000.0)  # finished at 1000: within retention
     assert await tracker.track([spec]) == []  # resumed: finished, nothing to poll
     tracker.untrack([spec])
-    tracker.forget_removed(before=1000.5)
+    tracker.untrack([], forget_before=1000.5)
     assert await tracker.track([spec]) == [spec]  # forgotten: a new job

@@ -499,7 +499,7 @@ class Watcher:
         self._runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
         self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
         try:
-            self._tracker.untrack(removed)
+            self._tracker.untrack(removed, forget_before=time.time() - self._config.retention)
             await self._track(tuple(added))
         except StateError as exc:
             self._state_failed(exc)
@@ -520,18 +520,18 @@ class Watcher:
         """Forget jobs that left the config, `retention` after they finished (or, if they never
         did, after they left)."""
         store = self._tracker.store
+        if store is None:
+            return
         while True:
-            now = time.time()
-            self._tracker.forget_removed(now - self._config.retention)
-            if store is not None:
-                try:
-                    store.forget_spent(now - DAY_S, now)
-                    pruned = await store.prune(now - self._config.retention)
-                except StateError as exc:
-                    self._state_failed(exc)
-                    return
-                if pruned:
-                    self._log.log("info", "state.pruned", jobs=pruned)
+            try:
+                now = time.time()
+                store.forget_spent(now - DAY_S, now)
+                pruned = await store.prune(now - self._config.retention)
+            except StateError as exc:
+                self._state_failed(exc)
+                return
+            if pruned:
+                self._log.log("info", "state.pruned", jobs=pruned)
             await asyncio.sleep(PRUNE_EVERY_S)
 
     def _check_done(self) -> None:

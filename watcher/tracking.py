@@ -92,8 +92,11 @@ class Tracker:
         answer that arrives after it is neither announced nor saved, nor counted as an end."""
         return self.jobs.get(job.spec) is job
 
-    def untrack(self, specs: Iterable[JobSpec]) -> None:
-        """Stop tracking `specs` (gone from the config); a finished one is pruned later."""
+    def untrack(self, specs: Iterable[JobSpec], forget_before: float = -math.inf) -> None:
+        """Stop tracking `specs` (gone from the config); a finished one is pruned later. Those
+        removed earlier that the store would prune by `forget_before` are forgotten now: only
+        a removal adds to them, so each bounds them."""
+        self._forget_removed(forget_before)
         for spec in specs:
             job = self.jobs.pop(spec, None)
             if job is None:
@@ -107,8 +110,7 @@ class Tracker:
                 self._put(record)
             self._unsaid.pop(spec, None)
 
-    def forget_removed(self, before: float) -> None:
-        """Forget the jobs removed in this run that the store would prune now."""
+    def _forget_removed(self, before: float) -> None:
         for spec in [spec for spec, record in self._removed.items() if prunable(record, before)]:
             del self._removed[spec]
 
