@@ -721,6 +721,7 @@ async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) ->
     assert (header[:4], header[-1]) == (["MODULE", "JOB_ID", "STATUS", "OUTCOME"], "ERROR")
     rows = {row[1]: row for row in lines}
     assert (rows[A[1]][:4], rows[A[1]][-1]) == (["Leads", A[1], "COMPLETED", "completed"], "-")
+    assert (rows[A[1]][4:6], rows[C[1]][4:6]) == (["10", "10"], ["-", "-"])  # DONE, TOTAL
     assert (rows[C[1]][:4], rows[C[1]][-1]) == (
         ["Contacts", C[1], "-", "rejected"],
         "NO_PERMISSION",

@@ -445,6 +445,20 @@ async def test_debug_level_says_what_each_poll_found_and_when_the_next_comes(
     assert quiet.named("job.polled") == []
 
 
+async def test_job_polled_gives_the_gap_the_credit_budget_stretched(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """What the next credit is spent after, not what the schedule alone would have said."""
+    sim.add_job(*JOB, ["RUNNING"])
+    watcher = await watch(
+        tmp_path, sim, [JOB], "--log-level", "debug", schedule="fixed", credits_per_day=8640
+    )  # one job polled every 100 ms against 0.1 credit a second: gaps stretched a hundredfold
+    polled = await watcher.wait_event("job.polled")
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert polled["next_poll_in_s"] == pytest.approx(10.0, rel=0.1)
+
+
 async def test_the_token_never_reaches_the_output(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*JOB, ["500", "INVALID_TOKEN"])
     watcher = await watch(tmp_path, sim, [JOB], "--exit-when-done", "--log-level", "debug")
