@@ -310,4 +310,22 @@ def test_a_file_changed_within_a_clock_tick_of_its_read_is_read_again(
     monkeypatch.setattr(reload, "RACY_NS", 0)
     for _ in range(reload.READ_ALL_EVERY * 2):
         assert follower.check() is None
-    assert len(reads) - 3 == 2  # trusted, but for the rounds that read every file
+    assert len(reads) - 3 == 3  # once more (the last read was too soon to vouch), then the rounds
+
+
+def test_checks_come_less_often_than_reload_interval_only_where_they_cost_too_much() -> None:
+    """Tens of thousands of job files are a stat each per check: the checks then keep to their
+    share of a core rather than to reload_interval."""
+    assert reload.check_gap(5.0, 0.001) == 5.0
+    assert reload.check_gap(5.0, 0.035) == pytest.approx(0.035 / reload.CHECKS_CPU_SHARE)
+    assert reload.check_gap(5.0, 0.035) > 5.0
+
+
+def test_a_check_says_what_it_cost(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    assert follower.cpu_s == 0.0
+    write(path, ["1", "2"])
+    follower.check()
+    assert follower.cpu_s > 0.0

@@ -222,6 +222,10 @@ class Fingerprint:
         """A file known by the `file_digest` of its content (kept from an earlier look)."""
         self._digest.update(os.fsencode(path) + b"\0" + digest)  # any name, UTF-8 or not
 
+    def add_digests(self, files: Iterable[tuple[str, bytes]]) -> None:
+        """Many `add_digest`s at once: the same digest, for less work a file."""
+        self._digest.update(b"".join(os.fsencode(path) + b"\0" + digest for path, digest in files))
+
     def digest(self) -> bytes:
         return self._digest.digest()
 

@@ -31,14 +31,24 @@ READ_ALL_EVERY = 12
 # A file changed this close to when it was read may have changed again since within the same
 # tick of the file system's clock (a few milliseconds; seconds on some): it is read again.
 RACY_NS = 2_000_000_000
+# The share of a core that checks may take, at most, whatever `reload_interval` says.
+CHECKS_CPU_SHARE = 0.005
+
+
+def check_gap(interval: float, cpu_s: float) -> float:
+    """Seconds until the next check: `reload_interval`, or longer where a check costs so much
+    (a `jobs_dir` of tens of thousands of files: a stat each) that checks would take more than
+    CHECKS_CPU_SHARE of a core, which the watcher's idle target could not afford."""
+    return max(interval, cpu_s / CHECKS_CPU_SHARE)
 
 
 class _Read(NamedTuple):
-    """What a look at one file found: what stat said of it, its digest, and when it was read."""
+    """What a look at one file found: what stat said of it and its content's digest; `settled`
+    if it had not changed for RACY_NS when read, so that the same stat says the same content."""
 
-    identity: tuple[int, int, int, int, int]
+    identity: tuple[int, ...]
     digest: bytes
-    read_at_ns: int
+    settled: bool
 
 
 class ConfigWatcher:
@@ -67,6 +77,7 @@ class ConfigWatcher:
         self._moving = 0  # checks in a row that found the files changed since the one before
         self._problems: tuple[str, ...] | None = None  # what was last reported, while broken
         self._reads: dict[str, _Read] = {}  # each file's, as last read
+        self.cpu_s = 0.0  # what the last check cost
         self._looks = 0
 
     def check(self, *, report_now: bool = False) -> Config | None:
@@ -74,7 +85,15 @@ class ConfigWatcher:
         `report_now`, whatever they hold if it validates); None if there is nothing to take yet.
 
         Raises ConfigError for content that does not validate, once, when it has settled.
+        `cpu_s` is then what the check cost (see `check_gap`).
         """
+        started = time.thread_time()
+        try:
+            return self._check(report_now)
+        finally:
+            self.cpu_s = time.thread_time() - started
+
+    def _check(self, report_now: bool) -> Config | None:
         fingerprint = self._fingerprint()
         if report_now:
             return self._take(fingerprint, report_now=True, force=True)
@@ -134,35 +153,30 @@ class ConfigWatcher:
                 seen.add(Path(), str(exc).encode())
         self._looks += 1
         read_all = self._looks % READ_ALL_EVERY == 0
-        now_ns = time.time_ns()
-        reads = {path: self._read(path, read_all, now_ns) for path in paths}
-        for path, read in reads.items():
-            seen.add_digest(path, read.digest)
+        kept, reads = self._reads, {}
+        for path in paths:
+            reads[path] = self._read(path, None if read_all else kept.get(path))
+        seen.add_digests((path, read.digest) for path, read in reads.items())
         self._reads = reads  # files no longer listed are forgotten
         return seen.digest()
 
-    def _read(self, path: str, read_all: bool, now_ns: int) -> _Read:
+    @staticmethod
+    def _read(path: str, kept: _Read | None) -> _Read:
         """A file's content digest, read again only if stat says it may have changed since it was
-        last read: ten thousand job files read at every check would cost a few percent of a core
+        `kept`: ten thousand job files read at every check would cost a few percent of a core
         for nothing. A Kubernetes ConfigMap's symlink swap is another file; an edit moves the
-        change time, unless it came within the same tick as the last read (then it is read
-        again); and every READ_ALL_EVERY checks all are read, for a file system whose clock is
-        coarser still."""
+        change time, unless it came within RACY_NS of the read (then it is read again); and
+        every READ_ALL_EVERY checks all are read, for a file system whose clock is coarser still."""
         try:
             info = os.stat(path)
         except OSError as exc:
-            return _Read((0, 0, 0, 0, 0), file_digest(f"unreadable: {exc.errno}".encode()), now_ns)
-        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        kept = self._reads.get(path)
-        if (
-            kept is not None
-            and kept.identity == identity
-            and max(info.st_mtime_ns, info.st_ctime_ns) < kept.read_at_ns - RACY_NS
-            and not read_all
-        ):
+            return _Read((), file_digest(f"unreadable: {exc.errno}".encode()), settled=False)
+        identity = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if kept is not None and kept.settled and kept.identity == identity:
             return kept
         try:
             content = read_file_bytes(path)
         except OSError as exc:
             content = f"unreadable: {exc.errno}".encode()
-        return _Read(identity, file_digest(content), now_ns)
+        settled = max(info.st_mtime_ns, info.st_ctime_ns) < time.time_ns() - RACY_NS
+        return _Read(identity, file_digest(content), settled)

@@ -31,7 +31,7 @@ from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Demand, Pace
 from watcher.events import EventLog
 from watcher.job import Event, JobState, apply_answer
 from watcher.ratelimit import RequestGate
-from watcher.reload import ConfigWatcher
+from watcher.reload import ConfigWatcher, check_gap
 from watcher.schedule import resume_delay
 from watcher.scheduler import Scheduler
 from watcher.state import StateError, StateStore, record_view
@@ -470,7 +470,7 @@ class Watcher:
         follower = ConfigWatcher(source, self._config)
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._config.reload_interval):
+                async with asyncio.timeout(check_gap(self._config.reload_interval, follower.cpu_s)):
                     await self._reload_requested.wait()
             asked = self._reload_requested.is_set()
             self._reload_requested.clear()
