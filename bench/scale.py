@@ -13,7 +13,8 @@ each one's CPU is its own (os.wait4's rusage, or /proc for a window of a running
   requests, with the same header and concurrency, to the same server, in the same rounds.
 - Idle: every job answers RUNNING and the schedule is fixed at an hour, so once each job has been
   polled once nothing is due; the watcher's CPU is then measured over `--idle-seconds`, and then
-  the CPU it takes to notice, re-read and apply its config with one job added (a reload).
+  the CPU it takes to notice, re-read and apply its config with one job added (a reload). Once
+  more with the jobs in a jobs_dir, a file each, which every reload check looks at.
 
 `--state` runs each watcher phase a second time with a state file. Prints a table, writes
 bench/results/scale.json, exits 1 when a target is missed.
@@ -22,6 +23,7 @@ bench/results/scale.json, exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -29,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ IDLE_CPU_TARGET = 1.0  # % of one core when nothing is due
 RSS_TARGET_MB = 100.0  # peak resident memory, idle phase
 
 BARE, WATCHER, WITH_STATE = "bare aiohttp", "watcher", "watcher + state"
+JOB_FILES = "watcher, a file a job"  # idle only: the jobs in jobs_dir, one file each
 ROUND_TIMEOUT_S = 600.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -202,9 +205,36 @@ def count_events(events: Path, name: str) -> int:
         return sum(json.loads(line)["event"] == name for line in lines)
 
 
-def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
+def add_to_config(config: Path, job_id: str) -> None:
+    with config.open("a") as more:
+        more.write(f'  - module: {RUNNING}\n    job_id: "{job_id}"\n')
+
+
+def add_job_file(jobs_dir: Path, job_id: str) -> None:
+    (jobs_dir / f"{job_id}.yaml").write_text(
+        f'jobs:\n  - module: {RUNNING}\n    job_id: "{job_id}"\n'
+    )
+
+
+def write_files_config(tmp: Path, url: str, args: argparse.Namespace) -> Path:
+    """The idle phase's jobs, one file each in a jobs_dir, as a tool adding jobs one by one
+    leaves them: every reload check then looks at ten thousand files."""
+    jobs_dir = tmp / "jobs.d"
+    jobs_dir.mkdir()
+    for job_id in job_ids(args.jobs):
+        add_job_file(jobs_dir, job_id)
+    none = argparse.Namespace(jobs=0, concurrency=args.concurrency)
+    slow = {"interval": "1h", "max_interval": "1h", "schedule": "fixed"}
+    config = write_config(tmp / "files.yaml", url, RUNNING, none, slow, None)
+    config.write_text(config.read_text().replace("jobs:\n", f"jobs_dir: {jobs_dir}\njobs: []\n"))
+    return config
+
+
+def idle(
+    config: Path, events: Path, jobs: int, window_s: float, add: Callable[[str], None]
+) -> Idle:
     """Start the watcher, wait for its first round (one job.status_changed per job), watch its
-    CPU over `window_s` seconds, then add a job to the config and measure the reload."""
+    CPU over `window_s` seconds, then `add` a job and measure the reload."""
     env = {**os.environ, "BENCH_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     with events.open("w") as sink:
@@ -218,8 +248,7 @@ def idle(config: Path, events: Path, jobs: int, window_s: float) -> Idle:
         ticks, at = cpu_ticks(process.pid) - ticks, time.monotonic() - at
         memory = proc_status(process.pid)
         reload_ticks = cpu_ticks(process.pid)
-        with config.open("a") as more:
-            more.write(f'  - module: {RUNNING}\n    job_id: "{job_ids(jobs + 1)[-1]}"\n')
+        add(job_ids(jobs + 1)[-1])
         wait_for_events(events, "config.reloaded", 1, process)
         reload_ticks = cpu_ticks(process.pid) - reload_ticks
         after_reload = proc_status(process.pid)
@@ -362,9 +391,23 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
         load_s = config_load_s(configs[WATCHER].flat)
         rounds = flat_out_rounds(server, configs, tmp, args)
         idle_runs = {
-            name: idle(config.idle, tmp / "idle.jsonl", args.jobs, args.idle_seconds)
+            name: idle(
+                config.idle,
+                tmp / "idle.jsonl",
+                args.jobs,
+                args.idle_seconds,
+                functools.partial(add_to_config, config.idle),
+            )
             for name, config in configs.items()
         }
+        files = write_files_config(tmp, server.url, args)
+        idle_runs[JOB_FILES] = idle(
+            files,
+            tmp / "idle.jsonl",
+            args.jobs,
+            args.idle_seconds,
+            functools.partial(add_job_file, tmp / "jobs.d"),
+        )
     return Results(args, load_s, rounds, idle_runs)
 
 
