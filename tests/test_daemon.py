@@ -697,13 +697,15 @@ async def test_a_malformed_request_to_the_listener_prints_nothing(
 
 
 async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) -> None:
+    empty = ("Tasks", "4004")  # a mass update of no record at all
     sim.add_job(*A, ["COMPLETED:7,3,0,10"])
     sim.add_job(*B, ["RUNNING:4,0,0,8"])
     sim.add_job(*C, ["NO_PERMISSION"])
+    sim.add_job(*empty, ["COMPLETED:0,0,0,0"])
     daemon = Daemon(tmp_path, sim)
-    daemon.write([A, B, C])
+    daemon.write([A, B, C, empty])
     watcher = await daemon.start()
-    for module, _ in (A, C):
+    for module, _ in (A, C, empty):
         await watcher.wait_event("job.finished", module=module)
     await sim.wait_for(lambda s: len(s.requests_for(*B)) >= 2)
     watcher.process.terminate()
@@ -722,6 +724,7 @@ async def test_status_command_shows_the_state(tmp_path: Path, sim: Simulator) ->
     rows = {row[1]: row for row in lines}
     assert (rows[A[1]][:4], rows[A[1]][-1]) == (["Leads", A[1], "COMPLETED", "completed"], "-")
     assert (rows[A[1]][4:6], rows[C[1]][4:6]) == (["10", "10"], ["-", "-"])  # DONE, TOTAL
+    assert rows[empty[1]][4:6] == ["0", "0"]  # counts Zoho gave, zero or not
     assert (rows[C[1]][:4], rows[C[1]][-1]) == (
         ["Contacts", C[1], "-", "rejected"],
         "NO_PERMISSION",

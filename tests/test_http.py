@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import prometheus_client
@@ -291,6 +292,48 @@ async def test_a_host_name_listens_on_its_addresses(client: aiohttp.ClientSessio
             assert response.status == 200
     finally:
         await server.stop()
+
+
+LOCALHOST_WITHOUT_IPV6 = """
+import asyncio
+from watcher.http import Health, HttpServer
+from watcher.metrics import Metrics
+
+async def main() -> None:
+    server = HttpServer("localhost", 0, Metrics(), lambda: Health(True, "ok"), lambda: [])
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
+    print((await reader.readline()).decode().strip())
+    writer.close()
+    await server.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(
+    subprocess.run(["unshare", "-rnm", "true"], capture_output=True, check=False).returncode,
+    reason="needs unshare -rnm (user, network and mount namespaces)",
+)
+def test_localhost_listens_on_the_addresses_the_host_has(tmp_path: Path) -> None:
+    """Most /etc/hosts name ::1 localhost, also on hosts (and pods) without IPv6, where ::1
+    cannot be bound: listening on 127.0.0.1 alone is what `localhost` means there."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    without_ipv6 = (
+        "ip link set lo up && echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6"
+        ' && mount --bind "$1" /etc/hosts && shift && exec "$@"'
+    )
+    namespaced = ("unshare", "-rnm", "sh", "-c", without_ipv6, "sh", str(hosts))
+    ran = subprocess.run(
+        [*namespaced, sys.executable, "-c", LOCALHOST_WITHOUT_IPV6],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (ran.returncode, ran.stdout.strip(), ran.stderr) == (0, "HTTP/1.0 200 OK", "")
 
 
 async def test_a_port_in_use_raises_oserror_and_leaves_the_other_server_serving(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -321,11 +324,48 @@ def test_checks_come_less_often_than_reload_interval_only_where_they_cost_too_mu
     assert reload.check_gap(5.0, 0.035) > 5.0
 
 
-def test_a_check_says_what_it_cost(tmp_path: Path) -> None:
+def test_what_a_look_costs_is_counted_only_for_looks_that_read_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first look, one that reads every file and one that loads a change cost many times
+    the usual: counted, they would hold the next check back for a minute."""
+    monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
     path = tmp_path / "watcher.yaml"
     write(path, ["1"])
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    follower.check()  # the first look reads the file
     assert follower.cpu_s == 0.0
-    write(path, ["1", "2"])
     follower.check()
-    assert follower.cpu_s > 0.0
+    usual = follower.cpu_s
+    assert usual > 0.0
+    write(path, ["1", "2"])
+    follower.check()  # read again: changed
+
+    def slow_load(*args: Any) -> Config:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:  # a load of ten thousand jobs
+            pass
+        return load_all(*args)
+
+    monkeypatch.setattr(reload, "load_all", slow_load)
+    assert follower.check() is not None  # loaded
+    assert follower.cpu_s < 0.05
+
+
+def test_an_edit_that_puts_the_old_modification_time_back_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cp -p`, `touch -d`, rsync --times: same size, same mtime; the change time still moves."""
+    monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    assert [follower.check(), follower.check()] == [None, None]  # read once, then trusted
+    before = path.stat()
+    write(path, ["2"])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert follower.check() is None  # seen changed, settling
+    taken = follower.check()
+    assert taken is not None
+    assert [spec.job_id for spec in taken.jobs] == ["2"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import json
@@ -139,7 +140,7 @@ class HttpServer:
         self._clock = clock
         self._jobs_body: tuple[float, bytes] | None = None  # (rendered at, body)
         self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
+        self._listeners: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._opened: dict[_Counted, float] = {}  # the connections open: when each came
 
@@ -156,24 +157,48 @@ class HttpServer:
         await runner.setup()
         assert runner.server is not None
         accept = functools.partial(self._accept, runner.server)
-        loop = asyncio.get_running_loop()
         try:
-            hosts = await _addresses(self._host)
-            listener = await loop.create_server(accept, hosts, self.port)
+            self._listeners = await self._listen(accept, await _addresses(self._host))
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._listener = runner, listener
-        self.port = listener.sockets[0].getsockname()[1]
+        self._runner = runner
         self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _listen(
+        self, accept: Callable[[], asyncio.BaseProtocol], addresses: list[str]
+    ) -> list[asyncio.Server]:
+        """Listen on each of a name's addresses that this host has, all on one port: `localhost`
+        names `::1` in most /etc/hosts, on hosts without IPv6 too, where it cannot be bound."""
+        loop = asyncio.get_running_loop()
+        listeners: list[asyncio.Server] = []
+        unusable: OSError | None = None
+        try:
+            for address in addresses:
+                try:
+                    listeners.append(await loop.create_server(accept, address, self.port))
+                except OSError as exc:
+                    if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                        raise
+                    unusable = exc
+                    continue
+                self.port = listeners[0].sockets[0].getsockname()[1]  # port 0: the one given
+        except BaseException:
+            for listener in listeners:
+                listener.close()
+            raise
+        if not listeners:
+            assert unusable is not None
+            raise unusable
+        return listeners
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            assert self._listener is not None
             assert self._sweeper is not None
             self._sweeper.cancel()
-            self._listener.close()
+            for listener in self._listeners:
+                listener.close()
             await runner.cleanup()
 
     def _accept(self, server: web.Server) -> asyncio.BaseProtocol:

@@ -36,9 +36,9 @@ CHECKS_CPU_SHARE = 0.005
 
 
 def check_gap(interval: float, cpu_s: float) -> float:
-    """Seconds until the next check: `reload_interval`, or longer where a check costs so much
-    (a `jobs_dir` of tens of thousands of files: a stat each) that checks would take more than
-    CHECKS_CPU_SHARE of a core, which the watcher's idle target could not afford."""
+    """Seconds until the next check: `reload_interval`, or longer where the usual check costs so
+    much (a `jobs_dir` of tens of thousands of files: a stat each) that checks would take more
+    than CHECKS_CPU_SHARE of a core, which the watcher's idle target could not afford."""
     return max(interval, cpu_s / CHECKS_CPU_SHARE)
 
 
@@ -77,7 +77,9 @@ class ConfigWatcher:
         self._moving = 0  # checks in a row that found the files changed since the one before
         self._problems: tuple[str, ...] | None = None  # what was last reported, while broken
         self._reads: dict[str, _Read] = {}  # each file's, as last read
-        self.cpu_s = 0.0  # what the last check cost
+        # What a look that read no file cost, the last time one did: what every check costs,
+        # whatever the occasional one that reads every file, or loads a change, costs on top.
+        self.cpu_s = 0.0
         self._looks = 0
 
     def check(self, *, report_now: bool = False) -> Config | None:
@@ -85,15 +87,7 @@ class ConfigWatcher:
         `report_now`, whatever they hold if it validates); None if there is nothing to take yet.
 
         Raises ConfigError for content that does not validate, once, when it has settled.
-        `cpu_s` is then what the check cost (see `check_gap`).
         """
-        started = time.thread_time()
-        try:
-            return self._check(report_now)
-        finally:
-            self.cpu_s = time.thread_time() - started
-
-    def _check(self, report_now: bool) -> Config | None:
         fingerprint = self._fingerprint()
         if report_now:
             return self._take(fingerprint, report_now=True, force=True)
@@ -154,9 +148,12 @@ class ConfigWatcher:
         self._looks += 1
         read_all = self._looks % READ_ALL_EVERY == 0
         kept, reads = self._reads, {}
+        started = time.thread_time()
         for path in paths:
             reads[path] = self._read(path, None if read_all else kept.get(path))
         seen.add_digests((path, read.digest) for path, read in reads.items())
+        if all(reads[path] is kept.get(path) for path in paths):  # read none: the usual cost
+            self.cpu_s = time.thread_time() - started
         self._reads = reads  # files no longer listed are forgotten
         return seen.digest()
 

@@ -35,7 +35,6 @@ async def show_status(state_path: Path, *, as_json: bool) -> int:
 
 
 def _row(record: JobRecord) -> tuple[str, ...]:
-    done = done_of(record.counts)
     last_seen = (
         datetime.fromtimestamp(record.last_seen, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         if record.last_seen is not None
@@ -46,12 +45,17 @@ def _row(record: JobRecord) -> tuple[str, ...]:
         record.job_id,
         record.status or "-",
         record.outcome or ("removed" if record.removed_at is not None else "-"),
-        "-" if done is None else str(done),
-        str(record.counts.get("total_count") or "-"),
+        _count(done_of(record.counts)),
+        _count(record.counts.get("total_count")),
         str(record.polls),
         last_seen,
         record.error or "-",
     )
+
+
+def _count(count: int | None) -> str:
+    """A count as shown: 0 is a count Zoho gave, "-" one it did not (yet)."""
+    return "-" if count is None else str(count)
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
