@@ -280,6 +280,7 @@ def test_a_file_is_read_again_only_when_stat_says_it_may_have_changed(
 
     monkeypatch.setattr(reload, "read_file_bytes", counted)
     monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
+    monkeypatch.setattr(reload, "READ_ALL_EVERY", 10**12)  # see the next test
     assert follower.check() is None
     assert len(reads) == 4  # first look: every file
     assert [follower.check() for _ in range(3)] == [None] * 3
@@ -296,7 +297,7 @@ def test_a_file_changed_within_a_clock_tick_of_its_read_is_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two same-size edits a millisecond apart leave the same size and times: the second is
-    seen because the first was too recent to trust; and all are read every READ_ALL_EVERY."""
+    seen because the first was too recent to trust."""
     path = tmp_path / "watcher.yaml"
     write(path, ["1"])
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
@@ -307,13 +308,14 @@ def test_a_file_changed_within_a_clock_tick_of_its_read_is_read_again(
         return read_file_bytes(file)
 
     monkeypatch.setattr(reload, "read_file_bytes", counted)
+    monkeypatch.setattr(reload, "READ_ALL_EVERY", 10**12)  # not the share every file has its turn
     for _ in range(3):
         assert follower.check() is None
     assert len(reads) == 3  # written just now: not trusted yet
     monkeypatch.setattr(reload, "RACY_NS", 0)
-    for _ in range(reload.READ_ALL_EVERY * 2):
+    for _ in range(5):
         assert follower.check() is None
-    assert len(reads) - 3 == 3  # once more (the last read was too soon to vouch), then the rounds
+    assert len(reads) == 4  # once more (the last read was too soon to vouch), then trusted
 
 
 def test_checks_come_less_often_than_reload_interval_only_where_they_cost_too_much() -> None:
@@ -369,3 +371,33 @@ def test_an_edit_that_puts_the_old_modification_time_back_is_seen(
     taken = follower.check()
     assert taken is not None
     assert [spec.job_id for spec in taken.jobs] == ["2"]
+
+
+def test_every_file_is_read_once_every_so_many_checks_a_share_at_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a file system whose clock is too coarse for stat to see every edit; a share at each
+    check, so that no one check costs all of it."""
+    monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
+    path = tmp_path / "watcher.yaml"
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    write(path, [], jobs_dir=str(jobs_dir))
+    for n in range(60):
+        (jobs_dir / f"{n}.yaml").write_text(f"jobs:\n  - {{module: Leads, job_id: '{n}'}}\n")
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    follower.check()  # the first look reads every file
+    reads: list[str] = []
+
+    def counted(file: str) -> bytes:
+        reads.append(file)
+        return read_file_bytes(file)
+
+    monkeypatch.setattr(reload, "read_file_bytes", counted)
+    per_check = []
+    for _ in range(reload.READ_ALL_EVERY):
+        before = len(reads)
+        assert follower.check() is None
+        per_check.append(len(reads) - before)
+    assert sorted(reads) == sorted([str(path), *(str(f) for f in jobs_dir.iterdir())])
+    assert max(per_check) <= 20  # a share (about 5 of 61), never all at once

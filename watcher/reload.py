@@ -26,8 +26,9 @@ from watcher.config import (
 # A change still moving after this many checks in a row is taken as it stands: a tool that drops
 # a job file every few seconds must not hold back every other edit for good.
 SETTLE_CHECKS_MAX = 3
-# Every this many checks each file is read whatever its metadata says (see `_read`).
-READ_ALL_EVERY = 12
+# Every this many checks each file is read whatever its metadata says (see `_read`); a share of
+# them at each check, so that no check costs much more than the usual one.
+READ_ALL_EVERY = 60
 # A file changed this close to when it was read may have changed again since within the same
 # tick of the file system's clock (a few milliseconds; seconds on some): it is read again.
 RACY_NS = 2_000_000_000
@@ -137,6 +138,7 @@ class ConfigWatcher:
     def _fingerprint(self) -> bytes:
         """The files as they are now, taken as load_all takes them: the same digest when nothing
         changed. What cannot be read is noted so that its healing counts as a change."""
+        started = time.thread_time()
         seen = Fingerprint()
         paths = [str(self._path)]
         if self._jobs_dir is not None:
@@ -146,13 +148,16 @@ class ConfigWatcher:
             except ConfigError as exc:  # the directory itself is unreadable: load_all will say so
                 seen.add(Path(), str(exc).encode())
         self._looks += 1
-        read_all = self._looks % READ_ALL_EVERY == 0
-        kept, reads = self._reads, {}
-        started = time.thread_time()
+        turn = self._looks % READ_ALL_EVERY
+        kept, reads, changed = self._reads, {}, 0
         for path in paths:
-            reads[path] = self._read(path, None if read_all else kept.get(path))
+            # This look's share of the files is read whatever stat says: each, every READ_ALL_EVERY.
+            share = hash(path) % READ_ALL_EVERY == turn
+            previous = kept.get(path)
+            reads[path] = read = self._read(path, None if share else previous)
+            changed += read is not previous and not share
         seen.add_digests((path, read.digest) for path, read in reads.items())
-        if all(reads[path] is kept.get(path) for path in paths):  # read none: the usual cost
+        if not changed:  # the usual look: no file new or changed, the first look's every one
             self.cpu_s = time.thread_time() - started
         self._reads = reads  # files no longer listed are forgotten
         return seen.digest()
@@ -162,8 +167,8 @@ class ConfigWatcher:
         """A file's content digest, read again only if stat says it may have changed since it was
         `kept`: ten thousand job files read at every check would cost a few percent of a core
         for nothing. A Kubernetes ConfigMap's symlink swap is another file; an edit moves the
-        change time, unless it came within RACY_NS of the read (then it is read again); and
-        every READ_ALL_EVERY checks all are read, for a file system whose clock is coarser still."""
+        change time, unless it came within RACY_NS of the read (then it is read again); and each
+        is read every READ_ALL_EVERY checks, for a file system whose clock is coarser still."""
         try:
             info = os.stat(path)
         except OSError as exc:
