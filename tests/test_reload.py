@@ -272,13 +272,7 @@ def test_a_file_is_read_again_only_when_stat_says_it_may_have_changed(
     for n in range(1, 4):
         (jobs_dir / f"{n}.yaml").write_text(f"jobs:\n  - {{module: Leads, job_id: '{n}'}}\n")
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
-    reads: list[str] = []
-
-    def counted(file: str) -> bytes:
-        reads.append(file)
-        return read_file_bytes(file)
-
-    monkeypatch.setattr(reload, "read_file_bytes", counted)
+    reads = counted_reads(monkeypatch)
     monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
     monkeypatch.setattr(reload, "READ_ALL_EVERY", 10**12)  # see the next test
     assert follower.check() is None
@@ -301,13 +295,7 @@ def test_a_file_changed_within_a_clock_tick_of_its_read_is_read_again(
     path = tmp_path / "watcher.yaml"
     write(path, ["1"])
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
-    reads: list[str] = []
-
-    def counted(file: str) -> bytes:
-        reads.append(file)
-        return read_file_bytes(file)
-
-    monkeypatch.setattr(reload, "read_file_bytes", counted)
+    reads = counted_reads(monkeypatch)
     monkeypatch.setattr(reload, "READ_ALL_EVERY", 10**12)  # not the share every file has its turn
     for _ in range(3):
         assert follower.check() is None
@@ -387,13 +375,7 @@ def test_every_file_is_read_once_every_so_many_checks_a_share_at_each(
         (jobs_dir / f"{n}.yaml").write_text(f"jobs:\n  - {{module: Leads, job_id: '{n}'}}\n")
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
     follower.check()  # the first look reads every file
-    reads: list[str] = []
-
-    def counted(file: str) -> bytes:
-        reads.append(file)
-        return read_file_bytes(file)
-
-    monkeypatch.setattr(reload, "read_file_bytes", counted)
+    reads = counted_reads(monkeypatch)
     per_check = []
     for _ in range(reload.READ_ALL_EVERY):
         before = len(reads)
@@ -401,3 +383,15 @@ def test_every_file_is_read_once_every_so_many_checks_a_share_at_each(
         per_check.append(len(reads) - before)
     assert sorted(reads) == sorted([str(path), *(str(f) for f in jobs_dir.iterdir())])
     assert max(per_check) <= 20  # a share (about 5 of 61), never all at once
+
+
+def counted_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files reload reads from now on, in order."""
+    reads: list[str] = []
+
+    def counted(file: str) -> bytes:
+        reads.append(file)
+        return read_file_bytes(file)
+
+    monkeypatch.setattr(reload, "read_file_bytes", counted)
+    return reads

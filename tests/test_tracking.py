@@ -217,6 +217,18 @@ class Stalled:
         os.close(self._read_end)
 
 
+async def tracked_behind_a_stalled_reader(
+    tmp_path: Path,
+) -> tuple[StateStore, Stalled, Tracker, JobState]:
+    """A tracker with a state file and one job, Leads/1, whose event log's reader is stalled."""
+    store = await StateStore.open(tmp_path / "state.db")
+    stalled = Stalled()
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
+    spec = JobSpec("Leads", "1")
+    await tracker.track([spec])
+    return store, stalled, tracker, tracker.jobs[spec]
+
+
 async def kept(tmp_path: Path) -> JobRecord:
     """The one job the state file holds, as the next run reads it."""
     again = await StateStore.open(tmp_path / "state.db")
@@ -259,12 +271,7 @@ async def test_transitions_held_back_by_a_stalled_reader_are_said_again_from_the
 ) -> None:
     """Two transitions behind a stalled reader, then a stop: neither line went out, so the state
     file must not say the first one did (the next run would then skip it)."""
-    store = await StateStore.open(tmp_path / "state.db")
-    stalled = Stalled()
-    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
-    spec = JobSpec("Leads", "1")
-    await tracker.track([spec])
-    job = tracker.jobs[spec]
+    store, stalled, tracker, job = await tracked_behind_a_stalled_reader(tmp_path)
     for previous, status in ((None, "SCHEDULED"), ("SCHEDULED", "RUNNING")):
         job.status = status
         await tracker.record(job, [status_changed(job, previous, Estimate(None, None))])
@@ -352,12 +359,8 @@ async def test_a_job_added_again_behind_a_stalled_reader_resumes_from_its_remova
 ) -> None:
     """Its removal's save still waits behind held-back lines: the store's record is older than
     the job. Added again, it is announced as added, and its transition is not said twice."""
-    store = await StateStore.open(tmp_path / "state.db")
-    stalled = Stalled()
-    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
-    spec = JobSpec("Leads", "1")
-    await tracker.track([spec])
-    job = tracker.jobs[spec]
+    store, stalled, tracker, job = await tracked_behind_a_stalled_reader(tmp_path)
+    spec = job.spec
     job.status = "RUNNING"
     await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
     tracker.untrack([spec])
