@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import sys
 import tomllib
 from pathlib import Path
@@ -229,6 +231,57 @@ async def test_stdout_closed_from_the_start_ends_quietly(
     assert (b"polling.interval: not a duration" in stderr) is broken
     assert b"Traceback" not in stderr
     assert (stderr == b"") is not broken
+
+
+@pytest.mark.parametrize("command", ["run", "check-config", "status"])
+@pytest.mark.parametrize(
+    ("state_path", "problem"),
+    [
+        ("{tmp}/" + "a" * 300 + "/s.db", "cannot"),  # too long a name: cannot even look
+        ("/proc/self/mem", "cannot read it: Input/output error"),  # a file that fails to read
+    ],
+)
+async def test_a_state_file_that_cannot_be_looked_at_or_read_is_one_line(
+    tmp_path: Path, command: str, state_path: str, problem: str
+) -> None:
+    """Not "cannot write to stdout", and not a traceback: the state file is the trouble."""
+    top = {"state_path": state_path.format(tmp=tmp_path)}
+    config = write_config(tmp_path / "w.yaml", "http://127.0.0.1:9", [("Leads", "1")], top=top)
+    code, stdout, stderr = await run_cli(command, "--config", str(config))
+    assert (code, stdout, stderr.count("\n")) == (2, "", 1)
+    assert stderr.startswith("zoho-job-watcher: state file ")
+    assert problem in stderr
+
+
+async def test_a_reader_that_resets_its_tcp_connection_ends_the_watcher_quietly(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A log reader on a TCP socket that dies with our lines unread in its buffer sends a reset,
+    not a FIN: it has gone all the same, and exit 1 would say a job failed."""
+    sim.add_job("Leads", "1", ["RUNNING"])
+    config = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")], schedule="fixed")
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    reader, _ = listener.accept()
+    listener.close()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "watcher", "run", "--config", str(config)),
+            *("--log-level", "debug"),  # a job.polled line every 100 ms
+            stdout=ours.fileno(),
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **CREDENTIALS_ENV},
+        )
+        ours.close()
+        loop = asyncio.get_running_loop()
+        reader.setblocking(False)
+        assert b"watcher.started" in await asyncio.wait_for(loop.sock_recv(reader, 4096), 30)
+        await sim.wait_for(lambda s: len(s.requests) >= 3)  # more lines, unread
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        reader.close()  # with lines unread and no linger: a reset
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, stderr) == (0, b"")
 
 
 @pytest.mark.parametrize("command", ["run", "demo", "check-config", "status"])

@@ -1698,3 +1698,13 @@ def test_status_reads_only_the_state_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_state_path(path, {})
     assert info.value.problems == (f"{path}:1: state_path: environment variable DIR is not set",)
+
+
+def test_a_jobs_file_whose_name_holds_a_newline_is_named_on_one_line(tmp_path: Path) -> None:
+    """Every problem is one line: a log pipeline would take the rest of the name for another."""
+    jobs_dir = tmp_path / "jobs.d"
+    jobs_dir.mkdir()
+    (jobs_dir / "nl\nx.yaml").write_text(jobs_yaml(("Leads", "x4")))
+    (found,) = load_problems(write_main(tmp_path, jobs_dir))
+    assert found.startswith(f"{jobs_dir}/nl\\nx.yaml:2: jobs[0].job_id: ")
+    assert "\n" not in found

@@ -88,6 +88,8 @@ def _printing() -> Iterator[None]:
             sys.stdout.flush()
     except BrokenPipeError:
         raise
+    except ConnectionResetError as exc:  # a reader gone with our lines unread (a TCP reset)
+        raise BrokenPipeError(exc.errno, exc.strerror) from None
     except OSError as exc:
         raise OutputFailed(exc.errno, exc.strerror) from None
 

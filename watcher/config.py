@@ -242,7 +242,7 @@ def load_config(
     Only the main file: load_all also reads the jobs files in jobs_dir.
     """
     text = _read_file(path, "config file", seen)
-    config = parse_config(text, str(path), os.environ if env is None else env)
+    config = parse_config(text, _named(path), os.environ if env is None else env)
     return replace(config, source=path)
 
 
@@ -261,7 +261,7 @@ def load_state_path(path: Path, env: Mapping[str, str] | None = None) -> Path | 
     """Only `state_path`: all that `status` reads. An admin's shell often has neither the
     credentials the rest names (`${VAR}`s, secret files) nor, mid-edit, jobs files that read
     well, and needs neither to look at what the watcher remembers."""
-    source = str(path)
+    source = _named(path)
     reader = _Reader(source, os.environ if env is None else env)
     root = _compose(_read_file(path, "config file", None), source)
     node = _value_of(root, "state_path")
@@ -303,7 +303,7 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
     if problems:
         # A token pasted into a jobs file by mistake must not be echoed back either.
         shown = redact(problems[:PROBLEMS_SHOWN], config.zoho.auth.secrets())
-        source = str(config.jobs_dir)
+        source = _named(config.jobs_dir)
         raise ConfigError(shown, more=found - len(shown), source=source, jobs_dir=config.jobs_dir)
     # The main file's were checked as it was parsed.
     _refuse_secrets_in(jobs[len(config.jobs) :], config.zoho.auth.secrets(), str(config.jobs_dir))
@@ -312,7 +312,7 @@ def load_all(path: Path, env: Mapping[str, str] | None = None) -> Config:
 
 def load_jobs_file(path: Path, seen: Fingerprint | None = None) -> tuple[JobSpec, ...]:
     """The jobs of one file dropped in jobs_dir; anything wrong with it is a ConfigError."""
-    return parse_jobs_file(_read_file(path, "jobs file", seen), str(path))
+    return parse_jobs_file(_read_file(path, "jobs file", seen), _named(path))
 
 
 def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
@@ -343,7 +343,8 @@ def jobs_file_names(directory: Path) -> list[str]:
     try:
         names = sorted(os.listdir(directory))
     except OSError as error:
-        raise ConfigError((f"{directory}: cannot read jobs_dir: {_reason(error)}",)) from None
+        problem = f"{_named(directory)}: cannot read jobs_dir: {_reason(error)}"
+        raise ConfigError((problem,)) from None
     return [name for name in names if name.endswith(_JOBS_FILE_SUFFIXES) and name[:1] != "."]
 
 
@@ -354,9 +355,9 @@ def _read_file(path: Path, what: str, seen: Fingerprint | None = None) -> str:
         content = read_file_bytes(path)
         text = _text(content)
     except FileNotFoundError:
-        raise ConfigError((f"{path}: {what} not found",)) from None
+        raise ConfigError((f"{_named(path)}: {what} not found",)) from None
     except (OSError, ValueError) as error:
-        raise ConfigError((f"{path}: cannot read {what}: {_reason(error)}",)) from None
+        raise ConfigError((f"{_named(path)}: cannot read {what}: {_reason(error)}",)) from None
     if seen is not None:
         seen.add(path, content)
     return text
@@ -1076,6 +1077,14 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:  # lone surrogates: how Python keeps bytes that were not UTF-8
         return False
     return True
+
+
+def _named(path: Path) -> str:
+    """A file's name as a message gives it: on one line, whatever characters the name holds."""
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _shown_path(text: str) -> str:

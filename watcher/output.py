@@ -216,9 +216,12 @@ class OutputFailed(OSError):
 
 
 def _failure(exc: OSError) -> OSError:
-    """What a failed write of event lines raises, without the frames that hold the data."""
-    if isinstance(exc, BrokenPipeError | ConnectionResetError):
+    """What a failed write of event lines raises, without the frames that hold the data. A
+    reader gone is a BrokenPipeError, also when it went with our lines unread (a TCP reset)."""
+    if isinstance(exc, BrokenPipeError):
         return exc.with_traceback(None)
+    if isinstance(exc, ConnectionResetError):
+        return BrokenPipeError(exc.errno, exc.strerror)
     return OutputFailed(exc.errno, exc.strerror)
 
 

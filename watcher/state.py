@@ -520,8 +520,29 @@ def check_path(path: Path) -> None:
     """What `check-config` can tell of a state file without opening it for SQLite: StateError
     for what `run` would refuse at once (not a regular file, not an SQLite file). A missing one
     is fine: `run` creates it."""
-    if os.path.lexists(path):
-        _claim(path, writer=False)
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _cannot_look(path, exc) from None
+    _claim(path, writer=False)
+
+
+def look_at(path: Path) -> bool:
+    """Whether there is a state file at `path` to look at; StateError if that cannot be told
+    (a directory on the way the user may not enter, a name too long)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise _cannot_look(path, exc) from None
+    return True
+
+
+def _cannot_look(path: Path, exc: OSError) -> StateError:
+    return StateError(f"state file {path}: cannot look at it: {exc.strerror}")
 
 
 def _claim(path: Path, writer: bool) -> None:
@@ -550,9 +571,12 @@ def _claim(path: Path, writer: bool) -> None:
             f"state file {path}: cannot open it: {exc.strerror}; choose a writable location"
         ) from None
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise not_a_file
-        header = os.read(descriptor, _HEADER_BYTES)
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise not_a_file
+            header = os.read(descriptor, _HEADER_BYTES)
+        except OSError as exc:  # an I/O error, say
+            raise StateError(f"state file {path}: cannot read it: {exc.strerror}") from None
         if header and not header.startswith(_SQLITE_HEADER):
             raise _damaged(path, "is not a zoho-job-watcher state file")
         # New, made empty by someone else, or marked as ours: made private before SQLite opens

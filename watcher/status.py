@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.job import done_of
-from watcher.state import JobRecord, StateError, StateStore, record_view
+from watcher.state import JobRecord, StateError, StateStore, look_at, record_view
 
 COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN", "ERROR")
 
@@ -17,7 +17,7 @@ def state_file(state_path: Path | None) -> Path:
     mistyped path, say)."""
     if state_path is None:
         raise StateError("status: the config sets no state_path, so nothing is remembered")
-    if not state_path.exists():
+    if not look_at(state_path):
         raise StateError(f"status: no state file at {state_path}")
     return state_path
 
