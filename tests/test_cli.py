@@ -284,7 +284,7 @@ async def test_a_reader_that_resets_its_tcp_connection_ends_the_watcher_quietly(
     assert (process.returncode, stderr) == (0, b"")
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "check-config", "status"])
+@pytest.mark.parametrize("command", ["run", "demo", "check-config", "status", "--version"])
 async def test_a_stdout_that_takes_no_more_lines_stops_the_watcher_with_one_line(
     tmp_path: Path, sim: Simulator, command: str
 ) -> None:
@@ -299,6 +299,7 @@ async def test_a_stdout_that_takes_no_more_lines_stops_the_watcher_with_one_line
         assert (await run_cli("run", "--config", str(config), "--exit-when-done"))[0] == 0
     options = {
         "demo": (),
+        "--version": (),
         "run": ("--config", str(config), "--exit-when-done"),
     }.get(command, ("--config", str(config)))
     full = os.open("/dev/full", os.O_WRONLY)

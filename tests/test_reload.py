@@ -314,22 +314,15 @@ def test_checks_come_less_often_than_reload_interval_only_where_they_cost_too_mu
     assert reload.check_gap(5.0, 0.035) > 5.0
 
 
-def test_what_a_look_costs_is_counted_only_for_looks_that_read_nothing(
+def test_the_cost_of_checks_is_averaged_so_one_costly_check_holds_none_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first look, one that reads every file and one that loads a change cost many times
-    the usual: counted, they would hold the next check back for a minute."""
+    """A check that loads a change costs many times the usual: counted alone, it would hold the
+    next check back for a minute; a run of them (a file that stays broken) counts fully."""
     monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
     path = tmp_path / "watcher.yaml"
     write(path, ["1"])
     follower = ConfigWatcher(path, load_all(path, ENV), ENV)
-    follower.check()  # the first look reads the file
-    assert follower.cpu_s == 0.0
-    follower.check()
-    usual = follower.cpu_s
-    assert usual > 0.0
-    write(path, ["1", "2"])
-    follower.check()  # read again: changed
 
     def slow_load(*args: Any) -> Config:
         started = time.thread_time()
@@ -338,8 +331,18 @@ def test_what_a_look_costs_is_counted_only_for_looks_that_read_nothing(
         return load_all(*args)
 
     monkeypatch.setattr(reload, "load_all", slow_load)
-    assert follower.check() is not None  # loaded
-    assert follower.cpu_s < 0.05
+    follower.check()
+    follower.check()
+    usual = follower.cpu_s
+    write(path, ["1", "2"])
+    follower.check()  # seen changed
+    assert follower.check() is not None  # loaded: 50 ms
+    assert usual < follower.cpu_s < usual + 0.05 * reload.CHECK_COST_WEIGHT + 0.005
+    for n in range(3, 30):  # a change at every other check: a load every other check
+        write(path, ["1", str(n)])
+        follower.check()
+        follower.check()
+    assert follower.cpu_s > 0.02  # about half of the loads' 50 ms
 
 
 def test_an_edit_that_puts_the_old_modification_time_back_is_seen(

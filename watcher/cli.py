@@ -26,10 +26,9 @@ PROG = "zoho-job-watcher"
 def main(argv: Sequence[str] | None = None, signalled: Sequence[int] = ()) -> int:
     """`signalled`: the signals noted since the process started (see `__main__`); `run` and
     `demo` stop at once on a stop signal, the short commands end as those signals end a process."""
-    args = _parser().parse_args(argv)
     code = EXIT_OK
     try:
-        return _command(args, signalled)
+        return _command(_parser().parse_args(argv), signalled)
     except* BrokenPipeError:  # stdout closed (`| head`): nobody reads what we write any more
         pass
     except* OutputFailed as failed:  # a full disk, say: the events go nowhere any more
@@ -154,11 +153,26 @@ def _event_log(args: argparse.Namespace, secrets: Sequence[str] = ()) -> EventLo
     return EventLog(sys.stdout, fmt, args.log_level, secrets)
 
 
+class _Version(argparse.Action):
+    """`--version`, printed as a short command's output is (see `_printing`): argparse's own
+    says nothing, and exits 0, when stdout takes no more lines."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="the installed release"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        with _printing():
+            print(f"{PROG} {version(PROG)}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Watch Zoho CRM asynchronous jobs until they end."
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {version(PROG)}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="watch the jobs named in a config file")
     _add_config_option(run)

@@ -518,8 +518,8 @@ def _centres_problem(
         )
     return "api_domain", (
         f"{api_domain} is the API of Zoho's {api_centre!r} data centre, but tokens come from its"
-        f" {tokens_centre!r} data centre; remove api_domain (data_center picks the API) or make"
-        " them agree"
+        f" {tokens_centre!r} data centre; remove api_domain (the data centre then picks the API)"
+        " or make them agree"
     )
 
 

@@ -32,8 +32,10 @@ READ_ALL_EVERY = 60
 # A file changed this close to when it was read may have changed again since within the same
 # tick of the file system's clock (a few milliseconds; seconds on some): it is read again.
 RACY_NS = 2_000_000_000
-# The share of a core that checks may take, at most, whatever `reload_interval` says.
+# The share of a core that checks may take, at most, whatever `reload_interval` says; and the
+# weight of the latest check in the average cost that share is kept with.
 CHECKS_CPU_SHARE = 0.005
+CHECK_COST_WEIGHT = 0.2
 
 
 def check_gap(interval: float, cpu_s: float) -> float:
@@ -78,8 +80,9 @@ class ConfigWatcher:
         self._moving = 0  # checks in a row that found the files changed since the one before
         self._problems: tuple[str, ...] | None = None  # what was last reported, while broken
         self._reads: dict[str, _Read] = {}  # each file's, as last read
-        # What a look that read no file cost, the last time one did: what every check costs,
-        # whatever the occasional one that reads every file, or loads a change, costs on top.
+        # What a check costs, on average over the last few: the occasional costly one (the first
+        # look, a change loaded) counts a little, a run of them (a file that stays broken, whose
+        # every other check loads everything again) counts fully.
         self.cpu_s = 0.0
         self._looks = 0
 
@@ -89,6 +92,14 @@ class ConfigWatcher:
 
         Raises ConfigError for content that does not validate, once, when it has settled.
         """
+        started = time.thread_time()
+        try:
+            return self._check(report_now)
+        finally:
+            cost = time.thread_time() - started
+            self.cpu_s += CHECK_COST_WEIGHT * (cost - self.cpu_s)
+
+    def _check(self, report_now: bool) -> Config | None:
         fingerprint = self._fingerprint()
         if report_now:
             return self._take(fingerprint, report_now=True, force=True)
@@ -138,7 +149,6 @@ class ConfigWatcher:
     def _fingerprint(self) -> bytes:
         """The files as they are now, taken as load_all takes them: the same digest when nothing
         changed. What cannot be read is noted so that its healing counts as a change."""
-        started = time.thread_time()
         seen = Fingerprint()
         paths = [str(self._path)]
         if self._jobs_dir is not None:
@@ -149,16 +159,13 @@ class ConfigWatcher:
                 seen.add(Path(), str(exc).encode())
         self._looks += 1
         turn = self._looks % READ_ALL_EVERY
-        kept, reads, changed = self._reads, {}, 0
+        kept, reads = self._reads, {}
         for path in paths:
             # This look's share of the files is read whatever stat says: each, every READ_ALL_EVERY.
             share = hash(path) % READ_ALL_EVERY == turn
             previous = kept.get(path)
-            reads[path] = read = self._read(path, None if share else previous)
-            changed += read is not previous and not share
+            reads[path] = self._read(path, None if share else previous)
         seen.add_digests((path, read.digest) for path, read in reads.items())
-        if not changed:  # the usual look: no file new or changed, the first look's every one
-            self.cpu_s = time.thread_time() - started
         self._reads = reads  # files no longer listed are forgotten
         return seen.digest()
 
