@@ -388,6 +388,9 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     names = (WATCHER, WITH_STATE) if args.state else (WATCHER,)
     with sim_server(args.jobs) as server:
         configs = {name: write_configs(tmp, name, server.url, args) for name in names}
+        # Written now, long before they are watched, as a tool that drops job files leaves them
+        # (a file changed within two seconds of a look is read again at the next).
+        files = write_files_config(tmp, server.url, args)
         load_s = config_load_s(configs[WATCHER].flat)
         rounds = flat_out_rounds(server, configs, tmp, args)
         idle_runs = {
@@ -400,7 +403,6 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             )
             for name, config in configs.items()
         }
-        files = write_files_config(tmp, server.url, args)
         idle_runs[JOB_FILES] = idle(
             files,
             tmp / "idle.jsonl",

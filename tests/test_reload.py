@@ -398,3 +398,20 @@ def counted_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(reload, "read_file_bytes", counted)
     return reads
+
+
+def test_a_first_look_at_start_up_leaves_the_first_check_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reload, "RACY_NS", 0)  # no file here was changed within a clock tick
+    monkeypatch.setattr(reload, "READ_ALL_EVERY", 10**12)  # not the share every file has its turn
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    follower.look()
+    reads = counted_reads(monkeypatch)
+    assert follower.check() is None
+    assert reads == []
+    write(path, ["1", "2"])  # an edit made since the config was loaded is still one
+    assert follower.check() is None
+    assert follower.check() is not None

@@ -99,6 +99,11 @@ class ConfigWatcher:
             cost = time.thread_time() - started
             self.cpu_s += CHECK_COST_WEIGHT * (cost - self.cpu_s)
 
+    def look(self) -> None:
+        """Take a first look at the files, which reads every one, at start-up: the checks
+        that follow read only what changed."""
+        self._fingerprint()
+
     def _check(self, report_now: bool) -> Config | None:
         fingerprint = self._fingerprint()
         if report_now:

@@ -468,6 +468,7 @@ class Watcher:
         if source is None:
             return
         follower = ConfigWatcher(source, self._config)
+        await asyncio.to_thread(follower.look)  # the first look, which reads every file, now
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(check_gap(self._config.reload_interval, follower.cpu_s)):
