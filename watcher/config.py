@@ -216,14 +216,11 @@ class Fingerprint:
         self._digest = hashlib.sha256()
 
     def add(self, path: Path, content: bytes) -> None:
-        self.add_digest(path, file_digest(content))
+        self.add_digests([(path, file_digest(content))])
 
-    def add_digest(self, path: Path | str, digest: bytes) -> None:
-        """A file known by the `file_digest` of its content (kept from an earlier look)."""
-        self._digest.update(os.fsencode(path) + b"\0" + digest)  # any name, UTF-8 or not
-
-    def add_digests(self, files: Iterable[tuple[str, bytes]]) -> None:
-        """Many `add_digest`s at once: the same digest, for less work a file."""
+    def add_digests(self, files: Iterable[tuple[Path | str, bytes]]) -> None:
+        """Files known by the `file_digest` of their content (kept from an earlier look), in one
+        update: the same digest as one `add` each, for less work a file. Any name, UTF-8 or not."""
         self._digest.update(b"".join(os.fsencode(path) + b"\0" + digest for path, digest in files))
 
     def digest(self) -> bytes:

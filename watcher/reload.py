@@ -124,10 +124,10 @@ class ConfigWatcher:
         try:
             config = load_all(self._path, self._env)
         except ConfigError as exc:
-            # Jobs files in a directory the look did not list have not been seen to settle.
-            moved = exc.jobs_dir is not None and exc.jobs_dir != self._jobs_dir
+            # Jobs files in a directory the look did not list have not been seen to settle:
+            # looked at now, they make the files differ from what the look saw.
             self._jobs_dir = exc.jobs_dir or self._jobs_dir
-            if not report_now and (moved or not self._settled(fingerprint)):
+            if not (report_now or self._settled(fingerprint)):
                 self._pending, self._moving = self._fingerprint(), self._moving + 1
                 return None
             self._loaded, self._pending, self._moving = fingerprint, None, 0
@@ -184,13 +184,18 @@ class ConfigWatcher:
         try:
             info = os.stat(path)
         except OSError as exc:
-            return _Read((), file_digest(f"unreadable: {exc.errno}".encode()), settled=False)
+            return _Read((), file_digest(_unreadable(exc)), settled=False)
         identity = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if kept is not None and kept.settled and kept.identity == identity:
             return kept
         try:
             content = read_file_bytes(path)
         except OSError as exc:
-            content = f"unreadable: {exc.errno}".encode()
+            content = _unreadable(exc)
         settled = max(info.st_mtime_ns, info.st_ctime_ns) < time.time_ns() - RACY_NS
         return _Read(identity, file_digest(content), settled)
+
+
+def _unreadable(exc: OSError) -> bytes:
+    """What stands for a file that cannot be read: its healing, or another error, is a change."""
+    return f"unreadable: {exc.errno}".encode()

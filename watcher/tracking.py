@@ -57,7 +57,7 @@ class Tracker:
         self._unsaid: dict[JobSpec, tuple[str | None, float | None]] = {}
         # Jobs removed from the config in this run, as they were: one added again resumes from
         # here, not from the store, whose record may still wait behind held-back lines (or
-        # there is no store). Forgotten with the store's, `retention` on (`forget_removed`).
+        # there is no store). Forgotten as the store's are, `retention` on (see `untrack`).
         self._removed: dict[JobSpec, JobRecord] = {}
 
     @property
