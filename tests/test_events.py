@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from watcher import output
-from watcher.events import REDACTED, TOKENS_SCRUBBED, EventLog
-from watcher.job import Event
+from watcher.events import REDACTED, TOKENS_SCRUBBED, Event, EventLog
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 

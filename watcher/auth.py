@@ -24,7 +24,7 @@ from watcher.backoff import backoff_delay
 from watcher.classify import failure_kind
 from watcher.clock import to_monotonic, to_wall
 from watcher.config import AuthSettings, Secret, url_problem
-from watcher.job import Event
+from watcher.events import Event
 from watcher.proxy import proxy_for
 from watcher.state import StoredToken
 from watcher.zoho_api import (

@@ -21,14 +21,13 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from watcher.config import MASKED_LENGTH
-from watcher.job import Event
 from watcher.output import Lines
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -131,6 +130,15 @@ def _spellings(secret: str) -> frozenset[str]:
     with contextlib.suppress(orjson.JSONEncodeError):  # a lone surrogate: ASCII only
         spellings.add(orjson.dumps(secret).decode()[1:-1])
     return frozenset(spellings)
+
+
+class Event(NamedTuple):
+    """One line of the event stream, before rendering: what the job logic and the token source
+    decide to say, without knowing how or where it is written."""
+
+    name: str
+    level: str
+    fields: dict[str, object]
 
 
 class _Logger(structlog.BoundLoggerBase):

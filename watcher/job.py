@@ -14,16 +14,9 @@ from typing import NamedTuple
 from watcher.backoff import backoff_delay
 from watcher.classify import Answer, Counts, Observation
 from watcher.config import JobSpec, PollingSettings
+from watcher.events import Event
 from watcher.schedule import SAMPLES_KEPT, Estimate, Sample, estimate, next_delay
 from watcher.zoho_api import Effect, JobKind
-
-
-class Event(NamedTuple):
-    """One line of the event stream, before rendering."""
-
-    name: str
-    level: str
-    fields: dict[str, object]
 
 
 @dataclass(slots=True)

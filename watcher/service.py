@@ -28,8 +28,8 @@ from watcher.client import ZohoClient
 from watcher.clock import to_monotonic
 from watcher.config import Config, ConfigError, JobSpec
 from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Demand, Pace
-from watcher.events import EventLog
-from watcher.job import Event, JobState, apply_answer
+from watcher.events import Event, EventLog
+from watcher.job import JobState, apply_answer
 from watcher.ratelimit import RequestGate
 from watcher.reload import ConfigWatcher, check_gap
 from watcher.schedule import resume_delay
@@ -331,7 +331,14 @@ class Watcher:
         job = self._tracker.jobs.get(spec)
         if job is None or job.outcome is not None or self._runtime is None:
             return
-        runtime = self._runtime
+        answer = await self._ask(job, self._runtime)
+        if answer is not None:
+            await self._take(job, answer, self._runtime)
+
+    async def _ask(self, job: JobState, runtime: _Runtime) -> Answer | None:
+        """The job's status, asked once. None when there is nothing to take: the job was removed
+        while its request waited (never sent), or the run is ending (a refused token, a state
+        file that failed)."""
 
         def wanted() -> bool:
             """Not sent once the job is removed, nor once the run is ending: a refused fixed
@@ -339,17 +346,18 @@ class Watcher:
             return not self._finished.is_set() and self._tracker.tracks(job)
 
         try:
-            answer = await runtime.client.poll(spec, wanted)
+            return await runtime.client.poll(job.spec, wanted)
         except AuthFailed as exc:
             self._auth_failed(exc.code)
-            return
         except StateError as exc:  # the refreshed token could not be kept
             self._state_failed(exc)
-            return
         except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
-            answer = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
-        if answer is None:  # removed while its request waited: never sent
-            return
+            return Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
+        return None
+
+    async def _take(self, job: JobState, answer: Answer, runtime: _Runtime) -> None:
+        """What an answer means for the job, the org's pause and the budget; its events, kept
+        and said; its next poll, or its end."""
         if self._metrics is not None:
             self._metrics.poll_done(answer.effect.value, answer.elapsed)
         job.last_seen = seen = time.time()
@@ -385,13 +393,13 @@ class Watcher:
             return
         if not self._tracker.tracks(job):  # removed meanwhile: what it answered is not ours now
             return
-        self._polled(spec, answer, delay)
+        self._polled(job.spec, answer, delay)
         if decision.fatal:
             self._end("auth_failed", EXIT_AUTH)
         elif delay is not None:
-            runtime.scheduler.schedule(spec, delay)
+            runtime.scheduler.schedule(job.spec, delay)
         else:
-            runtime.unplan(spec)
+            runtime.unplan(job.spec)
             self._check_done()
 
     def _polled(self, spec: JobSpec, answer: Answer, delay: float | None) -> None:

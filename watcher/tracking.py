@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from watcher.clock import to_monotonic
 from watcher.config import JobSpec
-from watcher.events import EventLog
-from watcher.job import Event, JobState, finished_event, sample_of, status_changed, tenths_done
+from watcher.events import Event, EventLog
+from watcher.job import JobState, finished_event, sample_of, status_changed, tenths_done
 from watcher.schedule import Sample, estimate, unchanged_since
 from watcher.state import JobRecord, KeptSample, StateError, StateStore, prunable
 
