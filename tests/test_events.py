@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from watcher import output
-from watcher.events import REDACTED, TOKENS_SCRUBBED, Event, EventLog
+from watcher.events import LEVELS, REDACTED, TOKENS_SCRUBBED, Event, EventLog
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -49,6 +49,7 @@ def test_events_below_the_level_are_dropped() -> None:
     log.log("info", "quiet")
     log.emit(Event("loud", "error", {"n": 1}))
     assert [line["event"] for line in lines(stream)] == ["loud"]
+    assert [log.enabled(level) for level in LEVELS] == [False, False, True, True]
 
 
 def test_values_json_cannot_encode_are_written_as_their_repr() -> None:

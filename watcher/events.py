@@ -182,6 +182,10 @@ class EventLog:
     def emit(self, event: Event) -> None:
         self._write(event.level, event.name, event.fields)
 
+    def enabled(self, level: str) -> bool:
+        """Whether events at `level` are written."""
+        return level in self._enabled
+
     def log(self, level: str, name: str, **fields: object) -> None:
         self._write(level, name, fields)
 

@@ -404,7 +404,10 @@ class Watcher:
 
     def _polled(self, spec: JobSpec, answer: Answer, delay: float | None) -> None:
         """At debug level, what each credit went on and when the next one will: the answer, and
-        the gap the schedule, the backoff and the credit budget made of it."""
+        the gap the schedule, the backoff and the credit budget made of it. (Asked first: at
+        any other level, building the line for nothing would cost every poll.)"""
+        if not self._log.enabled("debug"):
+            return
         next_poll_in_s = None if delay is None else round(delay, 3)
         fields = {"result": answer.effect.value, "next_poll_in_s": next_poll_in_s}
         self._log.log("debug", "job.polled", module=spec.module, job_id=spec.job_id, **fields)
