@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
+import random
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.harness import (
@@ -16,9 +20,10 @@ from tests.harness import (
     refresh_auth,
     write_config,
 )
-from watcher.auth import Grant, Refusal, read_token_answer
-from watcher.config import parse_config
+from watcher.auth import Grant, RefreshingToken, Refusal, read_token_answer
+from watcher.config import AuthSettings, Secret, parse_config
 from watcher.simulator import Simulator
+from watcher.state import StoredToken
 
 JOB = ("Leads", "554023000000506003")
 SimFactory = Callable[..., Awaitable[Simulator]]
@@ -393,3 +398,36 @@ async def test_a_token_that_expires_while_a_request_waits_for_the_gate_is_not_se
     )
     assert await watcher.finish() == 0
     assert all(r.token_ok for r in sim.requests)
+
+
+async def test_a_kept_token_is_not_held_past_an_hour_whatever_the_wall_clock_says(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zoho's tokens live an hour. One kept with an hour to live, then the wall clock set back
+    five hours (an NTP correction) before the restart: held for six, it would go out dead for
+    five, every poll a 401 and a credit."""
+    secrets = (Secret("sim-refresh"), Secret("sim-client"), Secret("sim-secret"))
+    settings = AuthSettings(None, *secrets, sim.url)
+    kept: list[StoredToken] = []
+
+    async def persist(token: StoredToken) -> None:
+        kept.append(token)
+
+    def source(stored: StoredToken | None = None) -> RefreshingToken:
+        return RefreshingToken(
+            session, settings, lambda _: None, lambda _: None, random.Random(0), stored, persist
+        )
+
+    async with aiohttp.ClientSession() as session:
+        first = source()
+        token = await first.token()
+        await first.close()
+        loop, wall = asyncio.get_running_loop(), time.time()
+        with monkeypatch.context() as clocks:
+            now = [loop.time()]
+            clocks.setattr(loop, "time", lambda: now[0])
+            clocks.setattr(time, "time", lambda: wall - 5 * 3600)
+            second = source(kept[-1])
+            assert second.usable() == token
+            now[0] += 3600
+            assert second.usable() is None

@@ -1016,6 +1016,57 @@ async def test_refreshes_before_a_restart_count_in_zohos_window(
     assert len(sim.token_requests) == granted
 
 
+@pytest.mark.parametrize("answer", ["throttled", "slow:30"])
+async def test_a_refresh_counts_in_zohos_window_across_a_restart_before_any_token_came_back(
+    tmp_path: Path, sim: Simulator, answer: str
+) -> None:
+    """Zoho counts a token request whether or not it brings a token back: throttled ("Access
+    Denied"), or cut off by a stop (a deploy, a node drain) while it was out. Forgotten, each
+    restart would ask again at once, past Zoho's ten per ten minutes."""
+    sim.add_job(*A, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
+    sim.script_tokens([answer])
+    first = await daemon.start()
+    await sim.wait_for(lambda s: s.token_arrivals == 1)
+    first.process.terminate()
+    assert await first.finish() == 0
+    assert first.named("auth.token_refreshed") == []
+    store = await StateStore.open(tmp_path / "state.db")
+    kept = store.token
+    await store.close()
+    assert kept is not None
+    assert len(kept.asked) == 1
+    assert time.time() - 60 < kept.asked[0] <= time.time()
+
+
+async def test_a_token_refused_again_after_its_refresh_is_not_sent_by_the_next_run(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """401, a refresh, and a 401 again for the fresh token: exit 3. A restart policy then starts
+    the next run, which must ask for a token rather than send the refused one (once per
+    worker, and each a credit)."""
+    sim.add_job(*A, ["RUNNING", "INVALID_TOKEN", "INVALID_TOKEN", "RUNNING"])
+    daemon = Daemon(tmp_path, sim)
+    write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
+    first = await daemon.start()
+    assert await first.finish() == 3
+    assert [e["reason"] for e in first.named("auth.token_refreshed")] == ["startup", "rejected"]
+    store = await StateStore.open(tmp_path / "state.db")
+    kept = store.token
+    await store.close()
+    assert kept is not None
+    assert kept.expires_at == 0.0  # kept as dead
+    polled = len(sim.requests)
+    second = await daemon.start()
+    await sim.wait_for(lambda s: len(s.requests) > polled)
+    second.process.terminate()
+    assert await second.finish() == 0
+    assert [e["reason"] for e in second.named("auth.token_refreshed")] == ["startup"]
+    assert len(sim.token_requests) == 3
+    assert sim.token_requests[2].done <= sim.requests[polled].at  # a fresh token first
+
+
 async def test_finished_jobs_that_left_the_config_are_pruned(
     tmp_path: Path, sim: Simulator
 ) -> None:

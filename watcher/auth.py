@@ -69,6 +69,11 @@ class TokenSource(Protocol):
         """Zoho refused `token`; True if a different token is now worth one retry."""
         ...
 
+    async def refused(self, token: str) -> None:
+        """Zoho refused `token`, and the run ends for it: it must not be sent again, not even
+        by the next run."""
+        ...
+
     async def close(self) -> None:
         """Stop any work in flight: the HTTP session it uses is about to close."""
         ...
@@ -89,6 +94,9 @@ class FixedToken:
 
     async def rejected(self, token: str) -> bool:
         return False
+
+    async def refused(self, token: str) -> None:
+        return None  # the config's: the next run sends it again unless the config changes
 
     async def close(self) -> None:
         return None
@@ -218,6 +226,7 @@ class RefreshingToken:
         # When the latest refreshes were asked for: no more than Zoho grants in its window.
         self._asked: deque[float] = deque(maxlen=OAUTH_TOKENS_PER_WINDOW)
         self._persist = persist
+        self._kept_as = ("", 0.0)  # the token as last kept, and when it dies (epoch seconds)
         self.api_domain: str | None = None
         if stored is not None and stored.issued_for == self._issued_for:
             self._reuse(stored)
@@ -229,11 +238,14 @@ class RefreshingToken:
         one."""
         asked = to_monotonic(stored.asked, time.time(), self._clock(), OAUTH_TOKEN_WINDOW_S)
         self._asked.extend(asked)
-        left = stored.expires_at - time.time()
+        # Its life was not kept, and Zoho's last an hour: a wall clock set back since it was
+        # kept must not make it live longer.
+        left = min(stored.expires_at - time.time(), DEFAULT_LIFETIME_S)
         if left <= REFRESH_AHEAD_S:
             return
+        self._kept_as = (stored.access_token, stored.expires_at)
         self._on_token(stored.access_token)
-        self._hold(stored.access_token, left, DEFAULT_LIFETIME_S)  # its life was not kept
+        self._hold(stored.access_token, left, DEFAULT_LIFETIME_S)
         self.api_domain = stored.api_domain
 
     def _hold(self, token: str, left: float, life: float) -> None:
@@ -273,12 +285,14 @@ class RefreshingToken:
 
     async def rejected(self, token: str) -> bool:
         if token == self._token:
-            if token != self._refused:  # the first of its 401s
-                self._refused = token
-                if self._persist is not None:  # kept as dead: a restart must not take it back
-                    await self._persist(self._kept(token, 0.0))
+            await self.refused(token)
             await self._refresh("rejected")
         return self._token != token
+
+    async def refused(self, token: str) -> None:
+        if token == self._token and token != self._refused:  # the first of its 401s
+            self._refused = token
+            await self._keep(token, 0.0)  # kept as dead: a restart must not take it back
 
     async def _refresh(self, reason: str) -> None:
         """Join the refresh in flight, or start one. A waiter that is cancelled (shutdown) does
@@ -317,6 +331,9 @@ class RefreshingToken:
                 await self._retry_later("refresh_limit", attempt, held)
                 continue
             self._asked.append(self._clock())
+            # Kept before it is sent: a request Zoho counts does not have to bring a token
+            # back (throttled, cut off, or the run stopped while it was out) to count.
+            await self._keep(*self._kept_as)
             answer = await self._ask()
             if isinstance(answer, Grant):
                 await self._accept(answer, reason)
@@ -355,16 +372,20 @@ class RefreshingToken:
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Refusal(failure_kind(exc), False)
 
-    def _kept(self, token: str, expires_at: float) -> StoredToken:
-        """`token` as the state file keeps it, with the refreshes asked for so far."""
-        asked = to_wall(self._asked, self._clock(), time.time())
-        return StoredToken(token, expires_at, self.api_domain, self._issued_for, tuple(asked))
+    async def _keep(self, token: str, expires_at: float) -> None:
+        """Keep `token`, dead at `expires_at`, with the refreshes asked for so far."""
+        self._kept_as = (token, expires_at)
+        if self._persist is None:
+            return
+        asked = tuple(to_wall(self._asked, self._clock(), time.time()))
+        await self._persist(
+            StoredToken(token, expires_at, self.api_domain, self._issued_for, asked)
+        )
 
     async def _accept(self, grant: Grant, reason: str) -> None:
         self._on_token(grant.access_token)
         self.api_domain = grant.api_domain or self.api_domain
-        if self._persist is not None:
-            await self._persist(self._kept(grant.access_token, time.time() + grant.expires_in))
+        await self._keep(grant.access_token, time.time() + grant.expires_in)
         self._hold(grant.access_token, grant.expires_in, grant.expires_in)
         fields = {"expires_in_s": round(grant.expires_in, 3), "reason": reason}
         self._emit(Event("auth.token_refreshed", "info", fields))

@@ -80,6 +80,8 @@ class ZohoClient:
             and await self._tokens.rejected(sent[1])
         ):
             sent = await self._request(spec, wanted)
+            if sent is not None and sent[0].effect is Effect.AUTH:  # the fresh one too: the end
+                await self._tokens.refused(sent[1])
         return None if sent is None else sent[0]
 
     async def _request(
