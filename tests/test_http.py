@@ -425,9 +425,18 @@ async def test_a_fault_of_ours_is_one_line_on_stderr_and_a_bad_request_none(
     ]
 
 
-async def _connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    base: str, source: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the server at `base`, from the loopback address `source` if given."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    return await asyncio.open_connection(host, int(port))
+    local = None if source is None else (source, 0)
+    return await asyncio.open_connection(host, int(port), local_addr=local)
+
+
+def _peers(count: int) -> list[str]:
+    """`count` loopback addresses other than 127.0.0.1 (Linux answers all of 127/8)."""
+    return [f"127.0.0.{n}" for n in range(2, 2 + count)]
 
 
 async def test_connections_past_the_limit_are_closed_and_the_rest_still_served(
@@ -436,7 +445,8 @@ async def test_connections_past_the_limit_are_closed_and_the_rest_still_served(
     """Clients that connect and send nothing must not use up the descriptors the watcher needs
     to reach Zoho and to re-read its config."""
     base = await start(Fake())
-    idle = [await _connect(base) for _ in range(http.MAX_CONNECTIONS)]
+    peers = _peers(http.MAX_CONNECTIONS // http.PEER_SHARE)
+    idle = [await _connect(base, peer) for peer in peers for _ in range(http.PEER_SHARE)]
     reader, writer = await _connect(base)
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed as it came
     writer.close()
@@ -447,6 +457,49 @@ async def test_connections_past_the_limit_are_closed_and_the_rest_still_served(
         assert response.status == 200
     for _, held in idle[2:]:
         held.close()
+
+
+async def test_one_client_holding_its_share_of_connections_does_not_fail_the_probes(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    """A greedy client elsewhere in the cluster (a connection pool, a scanner) must not be able
+    to take every slot: the liveness probe would fail, and the orchestrator restart the pod."""
+    base = await start(Fake())
+    (greedy,) = _peers(1)
+    held = [await _connect(base, greedy) for _ in range(http.MAX_CONNECTIONS // 2)]
+    reader, writer = await _connect(base, greedy)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # half taken, by it: closed at once
+    writer.close()
+    done, first = held.pop()  # one ends: the server closes it, so it has let go when we hear
+    first.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(done.read(), 5)).startswith(b"HTTP/1.1 200")
+    first.close()
+    reader, writer = await _connect(base, greedy)  # the slot it freed is its own again
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    async with client.get(f"{base}/healthz") as response:  # the probe, from 127.0.0.1
+        assert response.status == 200
+    for _, other in [*held, (reader, writer)]:
+        other.close()
+
+
+async def test_a_client_that_let_go_of_its_connections_has_its_share_again(
+    start: Start,
+) -> None:
+    base = await start(Fake())
+    returning, *others = _peers(6)
+    for _ in range(http.PEER_SHARE):  # each one ended by the server, so it has let go
+        reader, writer = await _connect(base, returning)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    busy = [await _connect(base, peer) for peer in others for _ in range(http.PEER_SHARE - 1)]
+    assert len(busy) > http.MAX_CONNECTIONS // 2
+    reader, writer = await _connect(base, returning)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    for _, other in [*busy, (reader, writer)]:
+        other.close()
 
 
 async def test_a_connection_that_sends_nothing_is_closed_after_its_life(

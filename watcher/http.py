@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,11 @@ _SHUTDOWN_TIMEOUT = 0.25
 # clients that connect and send nothing cannot use up the descriptors the watcher needs to reach
 # Zoho and to re-read its config.
 MAX_CONNECTIONS = 64
+# Once half of them are taken, one more from an address is refused if that address holds this
+# many: one client, however greedy, cannot take every slot and fail the orchestrator's liveness
+# probe into a restart (a probe or a scraper holds one), while clients behind one proxy's
+# address still have room while the listener does.
+PEER_SHARE = 8
 # How long a connection lives: then it is closed, so that one held open without a request, or one
 # trickling a header a byte at a time, lets go (every route answers in milliseconds, and a
 # scraper that keeps its connection alive simply opens another).
@@ -67,21 +73,38 @@ JOBS_FRESH_S = 1.0
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's handler of one connection, counted in `opened` from its accept to its end."""
+    """aiohttp's handler of one connection, counted in `opened` from its accept to its end, and
+    in `peers` by its client's address once it is made (closed at once past that address's
+    share, see PEER_SHARE)."""
 
-    def __init__(self, handler: web.RequestHandler, opened: dict[_Counted, float]) -> None:
+    def __init__(
+        self, handler: web.RequestHandler, opened: dict[_Counted, float], peers: Counter[str]
+    ) -> None:
         self._handler = handler
         self._opened = opened
+        self._peers = peers
+        self._peer = ""
         self._transport: asyncio.Transport | None = None
         opened[self] = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # a TCP listener's
-        self._transport = transport
+        peer = str(transport.get_extra_info("peername")[0])
+        if self._peers[peer] >= PEER_SHARE and len(self._opened) > MAX_CONNECTIONS // 2:
+            self._opened.pop(self, None)
+            transport.abort()
+            return
+        self._peers[peer] += 1
+        self._peer, self._transport = peer, transport
         self._handler.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._opened.pop(self, None)
+        if self._transport is None:  # refused: aiohttp never saw it
+            return
+        self._peers[self._peer] -= 1
+        if not self._peers[self._peer]:
+            del self._peers[self._peer]
         self._handler.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -143,6 +166,7 @@ class HttpServer:
         self._listeners: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._opened: dict[_Counted, float] = {}  # the connections open: when each came
+        self._peers: Counter[str] = Counter()  # the connections made, per client address
 
     async def start(self) -> None:
         """Bind and serve; an address in use raises OSError, with nothing left running."""
@@ -207,7 +231,7 @@ class HttpServer:
         burst was accepted."""
         if len(self._opened) >= MAX_CONNECTIONS:
             return _Refused()
-        return _Counted(server(), self._opened)
+        return _Counted(server(), self._opened, self._peers)
 
     async def _sweep(self) -> None:
         """Close the connections older than CONNECTION_LIFE_S, a few times in each life."""
