@@ -7,7 +7,8 @@ import bisect
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -342,6 +343,12 @@ def test_data_center_mapping(data_center: str, accounts: str, api: str) -> None:
             b'{"access_token": "t", "expires_in_sec": 3600, "expires_in": 3600000}',
             Grant("t", 3600.0, None),
         ),
+        # A life of none is not believed: it would be refreshed at once, and again, in a loop.
+        (
+            200,
+            b'{"access_token": "t", "expires_in": 0, "expires_in_sec": 0}',
+            Grant("t", 3600.0, None),
+        ),
         (200, b'{"error": "invalid_code"}', Refusal("invalid_code", True)),
         (200, b'{"error": "invalid_client"}', Refusal("invalid_client", True)),
         (200, b'{"error": "invalid_client_secret"}', Refusal("invalid_client_secret", True)),
@@ -400,34 +407,114 @@ async def test_a_token_that_expires_while_a_request_waits_for_the_gate_is_not_se
     assert all(r.token_ok for r in sim.requests)
 
 
+class Sources:
+    """Token sources refreshing at the simulator, as one run after another would: each hears its
+    tokens in `heard` and keeps them in `kept`, as the state file would."""
+
+    def __init__(self, sim: Simulator, session: aiohttp.ClientSession) -> None:
+        secrets = (Secret("sim-refresh"), Secret("sim-client"), Secret("sim-secret"))
+        self._settings = AuthSettings(None, *secrets, sim.url)
+        self._session = session
+        self.heard: list[str] = []
+        self.kept: list[StoredToken] = []
+
+    def start(self, stored: StoredToken | None = None) -> RefreshingToken:
+        return RefreshingToken(
+            self._session,
+            self._settings,
+            lambda _: None,
+            self.heard.append,
+            random.Random(0),
+            stored,
+            self._keep,
+        )
+
+    async def _keep(self, token: StoredToken) -> None:
+        self.kept.append(token)
+
+    async def token_kept(self) -> StoredToken:
+        """A run that gets a token and ends: what it kept."""
+        source = self.start()
+        await source.token()
+        await source.close()
+        return self.kept[-1]
+
+
+@pytest.fixture
+async def sources(sim: Simulator) -> AsyncIterator[Sources]:
+    async with aiohttp.ClientSession() as session:
+        yield Sources(sim, session)
+
+
+async def test_every_token_is_heard_before_use_refreshed_or_kept(
+    sources: Sources, sim: Simulator
+) -> None:
+    """Heard, a token is scrubbed from every line: one nobody heard could be printed."""
+    fresh = await sources.start().token()
+    assert sources.heard == [fresh]
+    kept = await sources.token_kept()
+    sources.heard.clear()
+    source = sources.start(replace(kept, expires_at=time.time() + 3000))
+    assert await source.token() == kept.access_token
+    assert sources.heard == [kept.access_token]
+    assert len(sim.token_requests) == 2  # the kept one cost none
+
+
+async def test_a_token_kept_with_other_credentials_or_about_to_die_is_not_taken_back(
+    sources: Sources, sim: Simulator
+) -> None:
+    """Another client or data centre may be another org: neither its token nor its API domain
+    is ours. One with less than the refresh margin left would die right after the start."""
+    kept = await sources.token_kept()
+    elsewhere = replace(kept, api_domain="https://www.zohoapis.eu", issued_for="someone-else")
+    for stored in (elsewhere, replace(kept, expires_at=time.time() + 200)):
+        before = len(sim.token_requests)
+        source = sources.start(stored)
+        assert await source.token() != kept.access_token
+        assert len(sim.token_requests) == before + 1
+        assert source.api_domain == sim.url
+
+
+async def test_a_refused_token_is_kept_as_dead(sources: Sources) -> None:
+    source = sources.start()
+    first = await source.token()
+    assert await source.rejected(first)
+    assert any(k.access_token == first and k.expires_at == 0.0 for k in sources.kept)
+    assert sources.kept[-1].access_token != first
+
+
+async def test_a_token_is_not_handed_out_in_its_last_seconds(
+    sim_factory: SimFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent in its last moments, a token reaches Zoho dead: 10 s of life, not sent at 9.9 s."""
+    sim = await sim_factory(token_lifetime=10.0)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        with monkeypatch.context() as clock:
+            now = [loop.time()]
+            clock.setattr(loop, "time", lambda: now[0])  # still while the token comes
+            source = Sources(sim, session).start()
+            token = await source.token()
+            now[0] += 9.0
+            assert source.usable() == token
+            now[0] += 0.9
+            assert source.usable() is None
+        await source.close()
+
+
 async def test_a_kept_token_is_not_held_past_an_hour_whatever_the_wall_clock_says(
-    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+    sources: Sources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Zoho's tokens live an hour. One kept with an hour to live, then the wall clock set back
     five hours (an NTP correction) before the restart: held for six, it would go out dead for
     five, every poll a 401 and a credit."""
-    secrets = (Secret("sim-refresh"), Secret("sim-client"), Secret("sim-secret"))
-    settings = AuthSettings(None, *secrets, sim.url)
-    kept: list[StoredToken] = []
-
-    async def persist(token: StoredToken) -> None:
-        kept.append(token)
-
-    def source(stored: StoredToken | None = None) -> RefreshingToken:
-        return RefreshingToken(
-            session, settings, lambda _: None, lambda _: None, random.Random(0), stored, persist
-        )
-
-    async with aiohttp.ClientSession() as session:
-        first = source()
-        token = await first.token()
-        await first.close()
-        loop, wall = asyncio.get_running_loop(), time.time()
-        with monkeypatch.context() as clocks:
-            now = [loop.time()]
-            clocks.setattr(loop, "time", lambda: now[0])
-            clocks.setattr(time, "time", lambda: wall - 5 * 3600)
-            second = source(kept[-1])
-            assert second.usable() == token
-            now[0] += 3600
-            assert second.usable() is None
+    kept = await sources.token_kept()
+    loop, wall = asyncio.get_running_loop(), time.time()
+    with monkeypatch.context() as clocks:
+        now = [loop.time()]
+        clocks.setattr(loop, "time", lambda: now[0])
+        clocks.setattr(time, "time", lambda: wall - 5 * 3600)
+        second = sources.start(kept)
+        assert second.usable() == kept.access_token
+        now[0] += 3600
+        assert second.usable() is None
