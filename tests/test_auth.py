@@ -191,6 +191,20 @@ async def test_tokens_refused_as_fast_as_they_come_never_spend_more_than_zoho_gr
     assert len(sim.token_requests) == 10
 
 
+async def test_a_token_answer_too_large_or_with_a_huge_error_is_a_failure_to_retry(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """16 KiB that unpack to 16 MiB are not unpacked whole; a server's 10,000-character error is
+    cut in the event line."""
+    sim.add_job(*JOB, ["COMPLETED"])
+    sim.script_tokens(["bomb", "hugeerror", "ok"])
+    watcher = await watch(tmp_path, sim, [JOB])
+    assert await watcher.finish() == 0
+    errors = [e["error"] for e in watcher.named("auth.refresh_failed")]
+    assert errors == ["response_too_large", "E" * 64 + "…"]
+    assert refreshes(watcher) == ["startup"]
+
+
 @pytest.mark.parametrize("when", ["startup", "running"])
 async def test_a_throttled_refresh_backs_off_and_jobs_finish_afterwards(
     tmp_path: Path, sim: Simulator, when: str

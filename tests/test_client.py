@@ -32,6 +32,9 @@ class SlowToRefresh:
     async def rejected(self, token: str) -> bool:
         return False
 
+    async def refused(self, token: str) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -213,6 +213,9 @@ async def test_a_refused_fixed_token_is_said_once_and_not_sent_again(
         ("badstatus", "unknown_status"),
         ("reset", "connection_error"),
         ("hang", "timeout"),
+        # 16 KiB that unpack to 16 MiB: not unpacked whole, not parsed (nor held in memory).
+        ("bomb", "response_too_large"),
+        ("hugecode", "X" * 64 + "…"),  # a server's code is cut: every poll's line stays short
     ],
 )
 async def test_transient_faults_back_off_and_recover(

@@ -21,7 +21,8 @@ from typing import Protocol
 import aiohttp
 
 from watcher.backoff import backoff_delay
-from watcher.classify import failure_kind
+from watcher.bodies import TOO_LARGE, read_capped
+from watcher.classify import code_of, failure_kind
 from watcher.clock import to_monotonic, to_wall
 from watcher.config import AuthSettings, Secret, url_problem
 from watcher.events import Event
@@ -140,7 +141,7 @@ def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
         return _unusable(http_status)
     error = document.get("error")
     if error is not None:
-        code = error if isinstance(error, str) and error else "unknown_error"
+        code = code_of(error, "unknown_error")
         return Refusal(code, code in OAUTH_PERMANENT_ERRORS)
     token = document.get("access_token")
     if http_status != 200 or not isinstance(token, str) or not _sendable(token):
@@ -368,7 +369,10 @@ class RefreshingToken:
             async with self._session.post(
                 self._url, data=self._form, allow_redirects=False, proxy=self._proxy
             ) as response:
-                return read_token_answer(response.status, await response.read())
+                body = await read_capped(response)
+                if body is None:
+                    return Refusal(TOO_LARGE, False)
+                return read_token_answer(response.status, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Refusal(failure_kind(exc), False)
 

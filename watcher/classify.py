@@ -28,6 +28,7 @@ from watcher.zoho_api import (
 
 Counts = Mapping[str, int | None]
 _MAX_COUNT = 2**63  # what the event stream's JSON encoder can write as a number
+CODE_MAX = 64  # characters of a server's error code kept (see `code_of`)
 
 
 class Observation(NamedTuple):
@@ -145,9 +146,17 @@ def _error_effect(
     kind: JobKind, http_status: int, error: object
 ) -> tuple[Effect, str | None, Observation | None]:
     assert isinstance(error, dict)
-    code = error.get("code")
-    code = code if isinstance(code, str) and code else f"http_{http_status}"
+    code = code_of(error.get("code"), f"http_{http_status}")
     return _code_effect(kind, http_status, code, error.get("details")), code, None
+
+
+def code_of(value: object, fallback: str) -> str:
+    """A server's error code as our events give it: cut to CODE_MAX characters, or `fallback`
+    if it is no text. Zoho's are short words; a server's megabyte "code" must not make every
+    poll's line a megabyte."""
+    if not isinstance(value, str) or not value:
+        return fallback
+    return value if len(value) <= CODE_MAX else f"{value[:CODE_MAX]}…"
 
 
 def _code_effect(kind: JobKind, http_status: int, code: str, details: object) -> Effect:

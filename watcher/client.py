@@ -14,6 +14,7 @@ import aiohttp
 from yarl import URL
 
 from watcher.auth import TokenSource
+from watcher.bodies import TOO_LARGE, read_capped
 from watcher.classify import Answer, classify, failure_kind
 from watcher.config import JobSpec
 from watcher.proxy import proxy_for
@@ -117,12 +118,14 @@ class ZohoClient:
                 proxy=self._proxy,
                 middlewares=(_ResendsAdmitted(self._gate),),
             ) as response:
-                body = await response.read()
+                body = await read_capped(response)
                 status, response_headers = response.status, response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
             elapsed = time.monotonic() - sent
             return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed), token
         elapsed = time.monotonic() - sent
+        if body is None:
+            return Answer(Effect.TRANSIENT, status, code=TOO_LARGE, elapsed=elapsed), token
         now = self._wall_clock()
         return classify(self._kind, status, response_headers, body, now, elapsed), token
 

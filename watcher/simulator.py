@@ -13,6 +13,7 @@ statuses each job actually delivered, so a checker can tell what the watcher cou
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import ipaddress
 import json
@@ -22,6 +23,7 @@ import re
 import secrets
 import socket
 import struct
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +43,8 @@ _TOKEN_ERRORS: Mapping[str, dict[str, str]] = {
     "invalid_client": {"error": "invalid_client"},
     "invalid_client_secret": {"error": "invalid_client_secret"},
     "unsupported_grant_type": {"error": "unsupported_grant_type"},
+    # A server's "code" a hundred times longer than any of Zoho's.
+    "hugeerror": {"error": "E" * 10_000},
     "throttled": {
         "error": "Access Denied",
         "error_description": "You have made too many requests continuously. "
@@ -110,6 +114,7 @@ class _Step:
     retry_after: str | None = None
     delay: float = 0.0
     action: Literal["answer", "hang", "reset", "truncate"] = "answer"
+    encoding: str | None = None  # the body's Content-Encoding, if it is compressed
     reports: str | None = None  # the job status in the body, when it is a status row
 
 
@@ -159,6 +164,7 @@ _FIXED: dict[str, _Step] = {
         _status_step("truncated", "RUNNING", (50, 0, 0, 100)), action="truncate", reports=None
     ),
     "badstatus": _status_step("badstatus", "EXPLODED", (0, 0, 0, 100)),
+    "hugecode": _json_step("hugecode", 400, _error("X" * 10_000)),
     "nodata": _json_step("nodata", 200, {"data": []}),
     "notfound204": _Step("notfound204", 204, content_type=None),
     "notfound404": _json_step("notfound404", 404, _error("NOT_FOUND", message="Empty response")),
@@ -170,8 +176,16 @@ _FIXED: dict[str, _Step] = {
 }
 
 
+@functools.cache
+def _bomb() -> bytes:
+    """16 KiB of deflate that unpacks to 16 MiB of spaces: a body no client should unpack whole."""
+    return zlib.compress(b" " * (16 << 20), 9)
+
+
 def _parse_step(text: str) -> _Step:
     """Fail fast: a typo in a script would otherwise surface as a puzzling watcher failure."""
+    if text == "bomb":
+        return _Step("bomb", 200, _bomb(), encoding="deflate")
     step = _FIXED.get(text) or _parse_parametrised(text)
     if step is None:
         raise ValueError(f"unparseable script step: {text!r}")
@@ -455,7 +469,7 @@ class Simulator:
         "redirect" answers 307 to this endpoint again, as a hijacked accounts server might: a
         client that followed would send the secrets once more, wherever it was sent."""
         for step in steps:
-            known = step in ("ok", "redirect") or step in _TOKEN_ERRORS
+            known = step in ("ok", "redirect", "bomb") or step in _TOKEN_ERRORS
             if not known and not _is_slow_token_step(step):
                 raise ValueError(f"unparseable token step: {step!r}")
         self._token_script.extend(steps)
@@ -605,6 +619,9 @@ class Simulator:
             if step == "redirect":
                 moved = web.Response(status=307, headers={"Location": f"{request.url}?moved=1"})
                 response = await _send(request, moved)
+            elif step == "bomb":
+                bomb = web.Response(body=_bomb(), headers={"Content-Encoding": "deflate"})
+                response = await _send(request, bomb)
             else:
                 body = self._issue_token() if step == "ok" else _TOKEN_ERRORS[step]
                 response = await _send(request, web.json_response(body))
@@ -692,6 +709,8 @@ async def _perform(
     headers = {"Retry-After": step.retry_after} if step.retry_after else {}
     if credits_left is not None:
         headers["X-API-CREDITS-REMAINING"] = str(credits_left)
+    if step.encoding is not None:
+        headers["Content-Encoding"] = step.encoding
     body = step.body or None
     response = web.Response(
         status=step.status, body=body, content_type=step.content_type, headers=headers
