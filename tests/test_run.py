@@ -215,6 +215,7 @@ async def test_a_refused_fixed_token_is_said_once_and_not_sent_again(
         ("hang", "timeout"),
         # 16 KiB that unpack to 16 MiB: not unpacked whole, not parsed (nor held in memory).
         ("bomb", "response_too_large"),
+        ("huge", "response_too_large"),  # 2 MiB as they are
         ("hugecode", "X" * 64 + "…"),  # a server's code is cut: every poll's line stays short
     ],
 )

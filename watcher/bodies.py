@@ -18,9 +18,12 @@ async def read_capped(
 ) -> bytes | None:
     """The body as sent (unpacked), or None past `limit` bytes: the connection is then closed
     rather than read to its end."""
-    if (response.content_length or 0) > limit:
+    length = response.content_length
+    if length is not None and length > limit:
         response.close()
         return None
+    if length is not None and "Content-Encoding" not in response.headers:  # as long as it says
+        return await response.read()
     body = bytearray()
     while chunk := await response.content.read(limit + 1 - len(body)):
         body += chunk

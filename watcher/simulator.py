@@ -182,11 +182,18 @@ def _bomb() -> bytes:
     return zlib.compress(b" " * (16 << 20), 9)
 
 
+# Bodies no client should read whole, made when first asked for: 16 MiB unpacked from 16 KiB, and
+# 2 MiB as they are.
+_LARGE: dict[str, Callable[[], _Step]] = {
+    "bomb": lambda: _Step("bomb", 200, _bomb(), encoding="deflate"),
+    "huge": functools.cache(lambda: _Step("huge", 200, b" " * (2 << 20))),
+}
+
+
 def _parse_step(text: str) -> _Step:
     """Fail fast: a typo in a script would otherwise surface as a puzzling watcher failure."""
-    if text == "bomb":
-        return _Step("bomb", 200, _bomb(), encoding="deflate")
-    step = _FIXED.get(text) or _parse_parametrised(text)
+    large = _LARGE.get(text)
+    step = large() if large is not None else _FIXED.get(text) or _parse_parametrised(text)
     if step is None:
         raise ValueError(f"unparseable script step: {text!r}")
     return step
