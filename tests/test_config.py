@@ -32,6 +32,7 @@ from watcher.config import (
     parse_config,
     parse_jobs_file,
     read_file_bytes,
+    redact,
 )
 from watcher.zoho_api import DATA_CENTERS
 
@@ -1664,6 +1665,7 @@ SECRET_AS_JOB = (
         ("clientsecretvalue789", "{module: clientsecretvalue789, job_id: '2'}"),
         ("clientsecretvalue789", "{module: Xclientsecretvalue789Y, job_id: '2'}"),
         ("4003002001000", "{module: Deals, job_id: '4003002001000'}"),
+        ("Abcdefgh", "{module: Abcdefgh, job_id: '2'}"),  # as short as a secret is looked for
     ],
 )
 def test_a_secret_pasted_as_a_module_or_job_id_is_refused_unsaid(secret: str, job: str) -> None:
@@ -1680,6 +1682,21 @@ def test_a_secret_pasted_as_a_module_in_a_jobs_file_is_refused_unsaid(tmp_path: 
     with pytest.raises(ConfigError) as info:
         load_all(write_main(tmp_path, jobs_dir), {**ENV, "ZOHO_ACCESS_TOKEN": secret})
     assert info.value.problems == (f"{jobs_dir}: {SECRET_AS_JOB}",)
+
+
+def test_a_secret_in_a_problem_is_masked_whole_from_eight_characters_up() -> None:
+    """A problem may quote what was written where; a secret there is masked, a secret that holds
+    another one whole, and one as short as a credential can be."""
+    secrets = ["Abcdefgh", "Abcdefg", "LONG-Abcdefgh-SECRET"]
+    shown = redact(["x Abcdefgh y", "see LONG-Abcdefgh-SECRET", "Abcdefg"], secrets)
+    assert shown == ["x *** y", "see ***", "Abcdefg"]
+
+
+def test_a_value_too_long_to_be_a_setting_is_described_not_quoted() -> None:
+    """Likely a credential pasted under the wrong key: a problem must not print it."""
+    found = problem(f"zoho:\n  data_center: {'A' * 33}\n  auth: {{access_token: x}}\n")
+    assert "A" * 33 not in found
+    assert "a 33-character value" in found
 
 
 def test_an_empty_secret_file_path_names_no_file() -> None:

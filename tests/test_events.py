@@ -279,3 +279,62 @@ def test_stderr_on_the_same_pipe_or_socket_stays_blocking_while_lines_are_held_b
         os.close(read_end)
         os.close(write_end)
     assert json.loads(found.read_text()) == [True, True, True]  # held back, both blocking
+
+
+class _StalledReader:
+    """The far end of stdout, by hand: no room until `room`; what it read in `got`."""
+
+    def __init__(self) -> None:
+        self.room = False
+        self.got = bytearray()
+
+    def write(self, data: memoryview) -> int:
+        if not self.room:
+            raise BlockingIOError
+        self.got += data
+        return len(data)
+
+
+@pytest.fixture
+async def stalled(monkeypatch: pytest.MonkeyPatch) -> tuple[_StalledReader, list[int]]:
+    """A stalled reader, and the drop counts reported; room comes only at `_drain` (by hand)."""
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "add_writer", lambda *_: None)
+    monkeypatch.setattr(loop, "remove_writer", lambda *_: None)
+    return _StalledReader(), []
+
+
+def _pipe(reader: _StalledReader, reported: list[int]) -> output._Pipe:
+    outlet = output._Outlet(-1, reader.write, lambda: None)
+    return output._Pipe(outlet, asyncio.get_running_loop(), reported.append)
+
+
+async def test_a_wait_for_lines_ends_once_exactly_those_lines_are_out(
+    stalled: tuple[_StalledReader, list[int]],
+) -> None:
+    """A save waits for its event line to be out (`Tracker.record`): it must go on then."""
+    reader, reported = stalled
+    pipe = _pipe(reader, reported)
+    pipe.write(b"line\n")
+    ran: list[str] = []
+    pipe.when_sent(lambda: ran.append("saved"))
+    reader.room = True
+    pipe._drain()
+    assert (ran, bytes(reader.got)) == (["saved"], b"line\n")
+
+
+async def test_lines_dropped_are_counted_one_by_one_and_no_wait_on_them_ends(
+    stalled: tuple[_StalledReader, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`events.dropped` says how many lines were lost; a save waiting on lines that may be among
+    them must not take them as said."""
+    monkeypatch.setattr(output, "BACKLOG_MAX", 16)
+    reader, reported = stalled
+    pipe = _pipe(reader, reported)
+    pipe.write(b"held back\n")
+    pipe.write(b"a\nb\nc\n" * 3)  # no room for these nine: dropped
+    ran: list[str] = []
+    pipe.when_sent(lambda: ran.append("saved"))
+    reader.room = True
+    pipe._drain()
+    assert (reported, ran, bytes(reader.got)) == ([9], [], b"held back\n")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import sys
@@ -26,6 +28,7 @@ from watcher.state import (
     StoredToken,
     _set_up,
 )
+from watcher.status import show_status, state_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = StoredToken(
@@ -171,6 +174,7 @@ async def test_prune_forgets_jobs_out_of_the_config_since_before_the_cutoff(path
         job("running-removed-long-ago", removed_at=cutoff - 1),
         job("end-unsaid-removed-long-ago", outcome="completed", removed_at=cutoff - 1),
         finished("at-cutoff-removed", cutoff, removed_at=cutoff),
+        job("running-removed-at-cutoff", removed_at=cutoff),
         finished("new-removed", cutoff + 1, removed_at=cutoff + 5),
         finished("old-configured", cutoff - 1, removed_at=None),
         job("running-removed-lately", removed_at=cutoff + 1),
@@ -658,3 +662,73 @@ async def test_our_file_found_read_only_is_made_private_before_sqlite_opens_it(
     await store.save_durably(job())
     await store.close()
     assert modes == [0o600]
+
+
+async def test_a_save_whose_caller_was_cancelled_holds_back_no_other_in_its_commit(
+    path: Path,
+) -> None:
+    """A stop cancels the polls waiting for their saves: the others of the same commit must still
+    be told theirs is kept, or they would wait for ever."""
+    store = await StateStore.open(path)
+    first = store.save_durably(job("1"))
+    second = store.save_durably(job("2"))  # the same turn of the loop: the same commit
+    first.cancel()
+    assert await asyncio.wait_for(second, 5) == 1
+    await store.close()
+
+
+async def test_commits_are_synced_to_disk(path: Path) -> None:
+    """NORMAL in WAL mode: a crash of the process loses nothing, and a power cut at most the
+    last commits, never the file."""
+    store = await StateStore.open(path)
+    (level,) = store._connection.execute("PRAGMA synchronous").fetchone()
+    await store.close()
+    assert level == 1
+
+
+# --- `zoho-job-watcher status` ---
+
+
+async def test_status_lists_every_job_oldest_first_without_the_schedule_samples(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = await StateStore.open(path)
+    samples = (Sample(1_700_000_000.0, "RUNNING", 0, 10),)
+    store.save(job("newer", first_seen=1_700_000_200.0, samples=samples))
+    store.save(job("older", first_seen=1_700_000_100.0))
+    await store.close()
+    await show_status(path, as_json=True)
+    shown = json.loads(capsys.readouterr().out)
+    assert [j["job_id"] for j in shown] == ["older", "newer"]
+    assert all("samples" not in j for j in shown)  # the schedule's, not the user's
+
+
+async def test_status_table_says_removed_and_shows_a_zero_zoho_gave(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = await StateStore.open(path)
+    counts = {"updated_count": 0, "failed_count": 0, "total_count": 0}
+    store.save(job("7", counts=counts, removed_at=1_700_000_050.0))
+    await store.close()
+    await show_status(path, as_json=False)
+    header, row = (re.split(r"\s{2,}", line) for line in capsys.readouterr().out.splitlines())
+    shown = dict(zip(header, row, strict=True))
+    assert (shown["OUTCOME"], shown["DONE"], shown["TOTAL"]) == ("removed", "0", "0")
+
+
+async def test_status_reads_the_file_a_running_watcher_holds(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = await StateStore.open(path)
+    await running.save_durably(job("1"))
+    try:
+        await show_status(path, as_json=True)
+    finally:
+        await running.close()
+    assert [j["job_id"] for j in json.loads(capsys.readouterr().out)] == ["1"]
+
+
+def test_status_of_a_mistyped_state_path_says_there_is_no_file(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="no state file at"):
+        state_file(tmp_path / "typo.db")
+    assert not (tmp_path / "typo.db").exists()
