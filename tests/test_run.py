@@ -384,6 +384,15 @@ async def test_aiohttps_own_retry_after_a_reset_still_keeps_the_rate_limit(
     assert max(sum(1 for t in arrivals if s <= t < s + 0.45) for s in arrivals) <= 4
 
 
+async def test_a_redirected_poll_is_not_followed(tmp_path: Path, sim: Simulator) -> None:
+    """Followed, a redirect would carry the token wherever it points."""
+    sim.add_job(*JOB, ["redirect", "COMPLETED"])
+    code, watcher = await watch_to_end(tmp_path, sim, [JOB])
+    assert code == 0
+    assert [e["error"] for e in watcher.named("job.poll_failed")] == ["http_302"]
+    assert [r.answer for r in sim.requests] == ["redirect", "COMPLETED"]
+
+
 async def test_duplicate_pairs_are_tracked_once(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*JOB, ["COMPLETED"])
     code, watcher = await watch_to_end(tmp_path, sim, [JOB, JOB])

@@ -115,6 +115,7 @@ class _Step:
     delay: float = 0.0
     action: Literal["answer", "hang", "reset", "truncate"] = "answer"
     encoding: str | None = None  # the body's Content-Encoding, if it is compressed
+    location: str | None = None  # where a redirect points
     reports: str | None = None  # the job status in the body, when it is a status row
 
 
@@ -165,6 +166,8 @@ _FIXED: dict[str, _Step] = {
     ),
     "badstatus": _status_step("badstatus", "EXPLODED", (0, 0, 0, 100)),
     "hugecode": _json_step("hugecode", 400, _error("X" * 10_000)),
+    # Elsewhere on this server, so that a client that followed would be seen asking there.
+    "redirect": _Step("redirect", 302, content_type=None, location="/moved"),
     "nodata": _json_step("nodata", 200, {"data": []}),
     "notfound204": _Step("notfound204", 204, content_type=None),
     "notfound404": _json_step("notfound404", 404, _error("NOT_FOUND", message="Empty response")),
@@ -718,6 +721,8 @@ async def _perform(
         headers["X-API-CREDITS-REMAINING"] = str(credits_left)
     if step.encoding is not None:
         headers["Content-Encoding"] = step.encoding
+    if step.location is not None:
+        headers["Location"] = step.location
     body = step.body or None
     response = web.Response(
         status=step.status, body=body, content_type=step.content_type, headers=headers
