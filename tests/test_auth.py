@@ -497,6 +497,22 @@ async def test_a_refused_token_is_kept_as_dead(sources: Sources) -> None:
     assert sources.kept[-1].access_token != first
 
 
+async def test_a_waiter_cancelled_does_not_cancel_the_refresh_the_others_wait_for(
+    sources: Sources, sim: Simulator
+) -> None:
+    """A job removed by a reload while its poll waits for the refresh: the other polls waiting
+    for the same refresh must still get the token, without a second refresh."""
+    sim.script_tokens(["slow:0.3"])
+    source = sources.start()
+    leaving = asyncio.ensure_future(source.token())
+    staying = asyncio.ensure_future(source.token())
+    await sim.wait_for(lambda s: s.token_arrivals == 1)
+    leaving.cancel()
+    assert await staying == sources.heard[0]
+    assert len(sim.token_requests) == 1
+    await source.close()
+
+
 async def test_a_token_is_not_handed_out_in_its_last_seconds(
     sim_factory: SimFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
