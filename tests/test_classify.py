@@ -242,3 +242,34 @@ def test_failures_that_waiting_cannot_heal_are_named_apart_from_a_refused_connec
     assert failure_kind(aiohttp.ClientConnectorCertificateError(key, certificate)) == "tls_error"
     assert failure_kind(aiohttp.ClientConnectorDNSError(key, unresolved)) == "dns_error"
     assert failure_kind(aiohttp.ClientConnectorError(key, refused)) == "connection_error"
+
+
+def test_a_count_of_zero_is_zero_not_unknown() -> None:
+    """Most jobs fail no records: a Failed_Count of 0 read as unknown would leave every such job
+    without progress or an eta, which count the records done, failed ones included."""
+    result = answer(200, {"data": [{"Status": "RUNNING", "Failed_Count": 0, "Total_Count": 10}]})
+    assert result.observation is not None
+    assert result.observation.counts["failed_count"] == 0
+
+
+def test_an_error_without_a_status_field_keeps_zohos_code() -> None:
+    """Zoho's own code decides what an error means; a body that names it without "status" must
+    still reject the job, not be retried forever as a bare HTTP 404."""
+    result = answer(404, {"code": "INVALID_URL_PATTERN", "details": {}, "message": "m"})
+    assert (result.effect, result.code) == (Effect.REJECTED, "INVALID_URL_PATTERN")
+
+
+def test_a_300_is_no_success_even_with_a_status_row() -> None:
+    """Only a 2xx answer says the job's status; anything else is retried, whatever its body."""
+    row = {"Status": "COMPLETED", "Failed_Count": 0, "Updated_Count": 10, "Total_Count": 10}
+    result = answer(300, {"data": [row]})
+    assert (result.effect, result.code) == (Effect.TRANSIENT, "http_300")
+
+
+@pytest.mark.parametrize(
+    "value", ["0", format_datetime(datetime.fromtimestamp(NOW - 30, UTC), usegmt=True)]
+)
+def test_a_retry_after_of_zero_or_in_the_past_means_at_once(value: str) -> None:
+    """Both are valid headers asking for no wait: neither is ignored as unusable, nor read as a
+    negative wait."""
+    assert parse_retry_after(value, NOW) == 0.0

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.clock import to_monotonic
-from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget
+from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Pace
 
 HOUR = 3_600.0
 
@@ -151,3 +151,35 @@ def test_memory_holds_only_the_last_24_hours() -> None:
 def test_nonsense_settings_are_refused(per_day: int, floor: int) -> None:
     with pytest.raises(ValueError, match="must"):
         CreditBudget(per_day, floor)
+
+
+def test_waiting_as_long_as_wait_says_is_always_enough() -> None:
+    """A request that waited as told must then fit, not find itself a rounding error short and
+    wait again (these times once came out so)."""
+    budget = CreditBudget(1, floor=0)
+    budget.spend(910.9877835080679)
+    now = 19_311.439830767114
+    told = budget.wait(now)
+    assert told > 0
+    assert budget.wait(now + told) == 0.0
+
+
+def test_a_budget_lowered_below_what_was_spent_waits_until_enough_credits_age_out() -> None:
+    """After a reload from 3 to 2 credits a day with 3 spent, one more fits only once two of
+    them are older than 24 hours, not the oldest alone."""
+    budget = CreditBudget(3, floor=0)
+    for at in (0.0, 1.0, 2.0):
+        budget.spend(at)
+    budget.configure(2, floor=0)
+    assert budget.wait(10.0) == pytest.approx(DAY_S + 1.0 - 10.0)
+    assert budget.wait(DAY_S + 1.0 + 1e-3) == 0.0
+
+
+def test_after_a_fall_of_the_stretch_a_small_waver_moves_no_job() -> None:
+    """Once a clear fall was acted on, the plans made since are the ones to compare with: a
+    stretch that then wavers by a few percent must not cost a pass over every job."""
+    pace: Pace[str] = Pace()
+    pace.plan("parked", now=0.0, gap=100.0, stretch=4.0)
+    assert [key for key, _ in pace.sooner(now=1.0, stretch=1.0)] == ["parked"]
+    pace.plan("wavered", now=10.0, gap=100.0, stretch=1.05)
+    assert pace.sooner(now=11.0, stretch=1.0) == []

@@ -74,6 +74,8 @@ def test_completed_with_failures_is_a_warning_and_failed_an_error() -> None:
 
 
 def test_not_found_finishes_after_the_configured_consecutive_answers() -> None:
+    """The job is given up only after that many answers in a row, and its `job.finished` names
+    Zoho's code as `error`, as the README promises for `not_found`: the user's clue to why."""
     job = new_job()
     gone = Answer(Effect.NOT_FOUND, 204, code="NO_CONTENT")
     first, second = apply(job, gone), apply(job, gone)
@@ -84,6 +86,7 @@ def test_not_found_finishes_after_the_configured_consecutive_answers() -> None:
     third = apply(job, gone)
     assert third.next_poll_in is None
     assert third.events[-1].fields["outcome"] == "not_found"
+    assert third.events[-1].fields["error"] == "NO_CONTENT"
 
 
 def test_a_status_row_resets_the_not_found_streak() -> None:
@@ -225,9 +228,12 @@ def test_the_final_status_row_ends_the_job_without_a_progress_event() -> None:
 
 
 def test_the_job_keeps_a_bounded_history() -> None:
+    """At no poll more than SAMPLES_KEPT: the schedule reads them all, and the state file keeps
+    them for each of thousands of jobs."""
     job = new_job()
     for n in range(100):
         apply(job, running(n), now=100.0 + n)
+        assert len(job.samples) <= SAMPLES_KEPT
     assert len(job.samples) == SAMPLES_KEPT
     assert job.samples[-1].done == 99
 
@@ -284,4 +290,18 @@ def test_samples_kept_from_before_a_restart_widen_gaps_but_make_no_pace() -> Non
     assert (len(job.samples), job.restored) == (4, 3)
     seen(3_610.0, 6_330)
     assert [s.at for s in job.samples] == [3_600.0, 3_610.0]  # this run's alone
+    assert job.restored == 0
+
+
+def test_this_runs_samples_survive_the_first_change_after_the_restored_ones_aged_out() -> None:
+    """The samples kept from a restart go at the first change; once the window has dropped them
+    all, that change must drop none of this run's, the pace the next poll is planned by."""
+    kept = tuple(Sample(at, "RUNNING", 100, 1_000) for at in (0.0, 1.0, 2.0))
+    job = JobState(JobSpec("Leads", "1"), added_at=0.0, status="RUNNING", samples=kept)
+    job.restored = len(kept)
+    unchanged = [10.0 * n for n in range(1, SAMPLES_KEPT + 1)]
+    for now in unchanged:  # the restored samples age out of the window
+        apply(job, running(100), now=now)
+    apply(job, running(200), now=100.0)
+    assert [s.at for s in job.samples] == [*unchanged[1:], 100.0]
     assert job.restored == 0

@@ -173,3 +173,27 @@ async def test_a_reload_to_a_longer_period_still_counts_sends_let_go_of() -> Non
     await asyncio.sleep(0)
     assert not waiting.done()  # limit + 1 sent within the new period: no more for now
     waiting.cancel()
+
+
+async def test_a_shorter_retry_after_of_the_same_burst_does_not_cut_the_pause_short() -> None:
+    """Another 429 of the burst asking for less must not end the pause the first one asked
+    for: requests would then hit an org still over its limit."""
+    waited: list[float] = []
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET, on_wait=waited.append)
+    gate.refused(0.2, lambda _: 0.0)
+    gate.refused(0.01, lambda _: 0.0)  # answered while the first pause is on
+    await gate.admit()
+    assert waited[0] >= 0.2 - 1e-3
+
+
+async def test_a_limit_above_the_sends_kept_is_reached_without_waiting() -> None:
+    """Trimming the history past SENDS_KEPT must let go only of sends older than the period:
+    those within it still count, and dropping them would make requests under the limit wait."""
+    limit = ratelimit.SENDS_KEPT + 5
+    gate = RequestGate(rate_limit=limit, rate_period=60.0, budget=NO_BUDGET)
+    for _ in range(limit):
+        assert await asyncio.wait_for(gate.admit(), timeout=5)
+    waiting = asyncio.ensure_future(gate.admit())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the limit itself still holds
+    waiting.cancel()

@@ -206,3 +206,52 @@ def test_no_pace_is_measured_across_counts_that_went_back() -> None:
         for at, done in [(0.0, 0), (10.0, 500), (20.0, 100), (30.0, 200)]
     ]
     assert estimate(history).eta_s == pytest.approx(80.0)  # 800 left at 10/s, not at 50/s
+
+
+def test_a_prediction_that_could_be_off_by_more_than_half_an_interval_is_polled_before_it() -> None:
+    """Aimed after its predicted finish, a poll may be late by twice the doubt; once that is more
+    than an interval, the finish would be seen later than the interval promises."""
+    history = steady([0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0], total=1_300)
+    assert estimate(history).eta_s == pytest.approx(60.0)  # doubt about 14 %: ± 8.7 s
+    assert delay(history) < 60.0
+
+
+def test_a_pace_measured_over_few_records_makes_a_less_firm_prediction() -> None:
+    """Counts are whole records: 7 records done say less about the pace than 700 in the same
+    time, so the poll comes earlier, to correct the prediction before the finish."""
+    times = [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    few, many = steady(times, total=20, per_s=0.1), steady(times, total=2_000)
+    assert estimate(few).eta_s == pytest.approx(estimate(many).eta_s)
+    assert delay(few) < delay(many)
+
+
+def test_a_stall_within_the_run_still_counts_as_time_the_pace_was_watched() -> None:
+    """The lookahead grows with how long the pace was watched: a pause of the counts midway must
+    not shrink that to the streak since, which would poll a long job more often than needed."""
+    done = [0, 100, 100, 100, 100, 200, 300]
+    history = [Sample(10.0 * n, "RUNNING", count, 10_000) for n, count in enumerate(done)]
+    assert delay(history) == pytest.approx(2 * 60.0)  # not 2 x the 20 s since the stall
+
+
+def test_two_samples_at_the_same_moment_do_not_crash_the_schedule() -> None:
+    """Two answers can be stamped with the same clock reading; a pace over no time at all would
+    divide by zero and stop the schedule."""
+    history = [Sample(0.0, "RUNNING", 5, 100), Sample(10.0, "RUNNING", 5, 100)]
+    history.append(Sample(10.0, "RUNNING", 6, 100))
+    assert INTERVAL <= delay(history) <= MAX_INTERVAL
+    assert estimate(history).progress == pytest.approx(0.06)
+
+
+def test_counts_past_the_total_read_as_done_not_beyond() -> None:
+    """Zoho's counts can overshoot the total; the job is then done, neither 120 % done nor due
+    to finish in negative time."""
+    history = [Sample(0.0, "RUNNING", 5, 10), Sample(10.0, "RUNNING", 12, 10)]
+    assert estimate(history) == Estimate(progress=1.0, eta_s=0.0)
+
+
+def test_a_job_of_no_records_has_no_progress_and_does_not_crash_the_estimate() -> None:
+    """A mass update whose criteria match no records reports a total of 0: 0 of 0 is no
+    fraction, and must not crash the estimate every event of the job carries."""
+    history = [Sample(0.0, "RUNNING", 0, 0), Sample(10.0, "RUNNING", 0, 0)]
+    assert estimate(history) == Estimate(None, None)
+    assert delay(history) == INTERVAL

@@ -109,3 +109,26 @@ async def test_a_key_scheduled_while_every_worker_sleeps_is_polled() -> None:
         await asyncio.wait_for(polled.wait(), 5)
     finally:
         running.cancel()
+
+
+async def test_a_worker_back_from_its_poll_no_longer_counts_as_busy() -> None:
+    """The health check calls the scheduler stuck only while no worker is inside a poll: a count
+    that never came back down would hide a stuck scheduler for good."""
+    busy_while_polling: list[int] = []
+    both_polled = asyncio.Event()
+
+    async def poll(key: str) -> None:
+        busy_while_polling.append(scheduler.busy)
+        if len(busy_while_polling) == 2:
+            both_polled.set()
+
+    scheduler: Scheduler[str] = Scheduler(poll, workers=1, clock=asyncio.get_running_loop().time)
+    scheduler.schedule("a", 0.0)
+    scheduler.schedule("b", 0.0)
+    running = asyncio.create_task(scheduler.run())
+    try:
+        await asyncio.wait_for(both_polled.wait(), 5)
+    finally:
+        running.cancel()
+    assert busy_while_polling == [1, 1]
+    assert scheduler.busy == 0

@@ -34,15 +34,22 @@ async def one_tracked_job(tmp_path: Path) -> tuple[StateStore, io.StringIO, Trac
 
 
 async def stored(
-    tmp_path: Path, status: str, outcome: str, done: int, first_seen: float, last_seen: float
+    tmp_path: Path,
+    status: str,
+    outcome: str,
+    done: int,
+    first_seen: float,
+    last_seen: float,
+    finished_at: float | None = None,
 ) -> tuple[StateStore, io.StringIO, Tracker]:
     """A state file holding Leads/1 as a crash between the commit of its end and the lines
-    saying it leaves it (it was RUNNING when last said), and a tracker on it."""
+    saying it leaves it (it was RUNNING when last said; given `finished_at`, its `job.finished`
+    had gone out), and a tracker on it."""
     store = await StateStore.open(tmp_path / "state.db")
     counts = {"failed_count": 10 - done, "updated_count": done, "not_updated_count": 0}
     record = JobRecord(
         *("Leads", "1", status, {**counts, "total_count": 10}, "RUNNING", outcome, None, 3),
-        *(first_seen, last_seen, None, None),
+        *(first_seen, last_seen, finished_at, None),
     )
     await store.save_durably(record)
     stream = io.StringIO()
@@ -218,11 +225,12 @@ class Stalled:
 
 
 async def tracked_behind_a_stalled_reader(
-    tmp_path: Path,
+    tmp_path: Path, lines: int = 2000
 ) -> tuple[StateStore, Stalled, Tracker, JobState]:
-    """A tracker with a state file and one job, Leads/1, whose event log's reader is stalled."""
+    """A tracker with a state file and one job, Leads/1, whose event log's reader is stalled
+    (holding back `lines` lines)."""
     store = await StateStore.open(tmp_path / "state.db")
-    stalled = Stalled()
+    stalled = Stalled(lines)
     tracker = Tracker(stalled.log, store, time.time, time.monotonic)
     spec = JobSpec("Leads", "1")
     await tracker.track([spec])
@@ -323,12 +331,8 @@ async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_th
     """Dropped past the backlog's bound, the line was never said: however the job is saved
     later, the state file must not record it as said."""
     monkeypatch.setattr(output, "BACKLOG_MAX", 100_000)
-    store = await StateStore.open(tmp_path / "state.db")
-    spec = JobSpec("Leads", "1")
-    stalled = Stalled(lines=3000)  # more than the pipe and the backlog hold
-    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
-    await tracker.track([spec])
-    job = tracker.jobs[spec]
+    # more than the pipe and the backlog hold
+    store, stalled, tracker, job = await tracked_behind_a_stalled_reader(tmp_path, lines=3000)
     job.status = "RUNNING"
     await tracker.record(job, [status_changed(job, None, Estimate(None, None))])
     await stalled.read_again()  # the dropped line does not come back
@@ -393,3 +397,63 @@ async def test_jobs_removed_in_this_run_are_forgotten_after_retention() -> None:
     tracker.untrack([spec])
     tracker.untrack([], forget_before=1000.5)
     assert await tracker.track([spec]) == [spec]  # forgotten: a new job
+
+
+@pytest.mark.parametrize("end_said", [False, True])
+async def test_an_end_resumed_after_a_restart_counts_once(tmp_path: Path, end_said: bool) -> None:
+    """Whether its `job.finished` went out before the restart or is replayed after it, a job's
+    end counts once: counted twice, `--exit-when-done` would exit while another job still runs."""
+    seen = time.time() - 60.0
+    finished_at = seen + 55.0 if end_said else None
+    store, _, tracker = await stored(
+        tmp_path, "COMPLETED", "completed", 10, seen, seen + 50.0, finished_at
+    )
+    await tracker.track([JobSpec("Leads", "1"), JobSpec("Leads", "2")])
+    await store.close()
+    assert tracker.outcomes["completed"] == 1
+    assert tracker.unfinished == 1
+
+
+async def test_a_wall_clock_set_back_across_a_restart_gives_no_negative_duration(
+    tmp_path: Path,
+) -> None:
+    """Set back an hour while the watcher was down, the clock puts the job's first sighting in
+    the future: its age so far is then nothing, and its duration never negative."""
+    store, _, _, job = await one_tracked_job(tmp_path)
+    await store.close()
+    again = await StateStore.open(tmp_path / "state.db")
+    log = EventLog(io.StringIO(), "json", "info")
+    resumed = Tracker(log, again, lambda: time.time() - 3600.0, time.monotonic)
+    await resumed.track([job.spec])
+    await again.close()
+    finished = finished_event(resumed.jobs[job.spec], time.monotonic())
+    assert finished.fields["duration_s"] >= 0
+
+
+async def test_a_replayed_end_never_has_a_negative_duration(tmp_path: Path) -> None:
+    """A job last seen before it was first seen (the wall clock stepped back while it ran):
+    the replayed `job.finished` says it took no time, not minus nine minutes."""
+    seen = time.time() - 60.0
+    store, stream, tracker = await stored(tmp_path, "COMPLETED", "completed", 10, seen, seen - 540)
+    await tracker.track([JobSpec("Leads", "1")])
+    await store.close()
+    events = {e["event"]: e for e in map(json.loads, stream.getvalue().splitlines())}
+    assert events["job.finished"]["duration_s"] >= 0
+
+
+async def test_a_lost_line_said_again_on_a_re_add_is_recorded_as_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transition a stalled reader cost is replayed when its job is removed and added back;
+    from then on the state file must know it was said, or every later run says it again."""
+    monkeypatch.setattr(output, "BACKLOG_MAX", 100_000)
+    store, stalled, tracker, job = await tracked_behind_a_stalled_reader(tmp_path, lines=3000)
+    job.status = "RUNNING"
+    await tracker.record(job, [status_changed(job, None, Estimate(None, None))])  # dropped
+    await stalled.read_again()
+    tracker.untrack([job.spec])
+    await tracker.track([job.spec])  # added back: the lost transition is replayed
+    await store.close()
+    stalled.close()
+    record = await kept(tmp_path)
+    assert (record.status, record.emitted_status) == ("RUNNING", "RUNNING")
