@@ -234,8 +234,11 @@ async def test_transient_faults_back_off_and_recover(
     assert finished(watcher, JOB[1])["outcome"] == "completed"
 
 
-async def test_retry_after_is_honoured_and_pauses_every_job(tmp_path: Path, sim: Simulator) -> None:
-    sim.add_job(*JOB, ["RUNNING", "429:1", "COMPLETED"])
+@pytest.mark.parametrize("limited", ["429:1", "huge429"])  # huge429: a 2 MiB body, not read
+async def test_retry_after_is_honoured_and_pauses_every_job(
+    tmp_path: Path, sim: Simulator, limited: str
+) -> None:
+    sim.add_job(*JOB, ["RUNNING", limited, "COMPLETED"])
     others = [("Deals", str(n)) for n in range(1, 4)]
     for other in others:
         sim.add_job(*other, ["RUNNING"] * 12 + ["COMPLETED"])

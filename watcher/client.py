@@ -124,10 +124,11 @@ class ZohoClient:
             elapsed = time.monotonic() - sent
             return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed), token
         elapsed = time.monotonic() - sent
-        if body is None:
-            return Answer(Effect.TRANSIENT, status, code=TOO_LARGE, elapsed=elapsed), token
         now = self._wall_clock()
-        return classify(self._kind, status, response_headers, body, now, elapsed), token
+        answer = classify(self._kind, status, response_headers, body or b"", now, elapsed)
+        if body is None:  # what its status and headers say (a 429 still pauses every job)
+            answer = answer._replace(code=TOO_LARGE)
+        return answer, token
 
 
 def _segment(text: str) -> str:

@@ -186,10 +186,11 @@ def _bomb() -> bytes:
 
 
 # Bodies no client should read whole, made when first asked for: 16 MiB unpacked from 16 KiB, and
-# 2 MiB as they are.
+# 2 MiB as they are (with a 200, or with a 429 that asks for a second's pause).
 _LARGE: dict[str, Callable[[], _Step]] = {
     "bomb": lambda: _Step("bomb", 200, _bomb(), encoding="deflate"),
     "huge": functools.cache(lambda: _Step("huge", 200, b" " * (2 << 20))),
+    "huge429": functools.cache(lambda: _Step("huge429", 429, b" " * (2 << 20), retry_after="1")),
 }
 
 
