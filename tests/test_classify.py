@@ -15,6 +15,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from watcher.auth import Refusal, read_token_answer
 from watcher.classify import classify, failure_kind, parse_retry_after
 from watcher.zoho_api import MASS_UPDATE, Effect
 
@@ -273,3 +274,15 @@ def test_a_retry_after_of_zero_or_in_the_past_means_at_once(value: str) -> None:
     """Both are valid headers asking for no wait: neither is ignored as unusable, nor read as a
     negative wait."""
     assert parse_retry_after(value, NOW) == 0.0
+
+
+@pytest.mark.parametrize("echoed", ["BAD_Zoho-oauthtoken ", "rejected refresh_token="])
+def test_a_long_code_echoing_a_secret_shows_no_part_of_it(echoed: str) -> None:
+    """Every line is scrubbed of whole secrets; a cut would leave part of one to print."""
+    secret = "1000." + "a" * 32 + "." + "b" * 32
+    body = json.dumps({"code": echoed + secret, "status": "error"}).encode()
+    answer = classify(MASS_UPDATE, 400, {}, body, 0.0)
+    assert answer.code == "oversized_code"
+    assert read_token_answer(200, json.dumps({"error": echoed + secret}).encode()) == Refusal(
+        "oversized_code", False
+    )

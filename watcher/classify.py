@@ -28,7 +28,8 @@ from watcher.zoho_api import (
 
 Counts = Mapping[str, int | None]
 _MAX_COUNT = 2**63  # what the event stream's JSON encoder can write as a number
-CODE_MAX = 64  # characters of a server's error code kept (see `code_of`)
+CODE_MAX = 64  # characters of a server's error code shown (see `code_of`)
+OVERSIZED = "oversized_code"
 
 
 class Observation(NamedTuple):
@@ -151,12 +152,13 @@ def _error_effect(
 
 
 def code_of(value: object, fallback: str) -> str:
-    """A server's error code as our events give it: cut to CODE_MAX characters, or `fallback`
-    if it is no text. Zoho's are short words; a server's megabyte "code" must not make every
-    poll's line a megabyte."""
+    """A server's error code as our events give it; `fallback` if it is no text, OVERSIZED if it
+    is longer than CODE_MAX. Zoho's are short words: a server's megabyte "code" must not make
+    every poll's line a megabyte, and none of it is shown, because a part of a secret it echoes
+    would pass the scrubbing of every line, which looks for whole secrets."""
     if not isinstance(value, str) or not value:
         return fallback
-    return value if len(value) <= CODE_MAX else f"{value[:CODE_MAX]}…"
+    return value if len(value) <= CODE_MAX else OVERSIZED
 
 
 def _code_effect(kind: JobKind, http_status: int, code: str, details: object) -> Effect:
