@@ -457,3 +457,19 @@ async def test_a_lost_line_said_again_on_a_re_add_is_recorded_as_said(
     stalled.close()
     record = await kept(tmp_path)
     assert (record.status, record.emitted_status) == ("RUNNING", "RUNNING")
+
+
+async def test_a_removal_made_while_lines_are_dropped_is_kept_and_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines dropped past the backlog's bound: no save could wait for them to go out. A removal
+    made then must still be kept, or retention would never prune the job, and the next run
+    would say `job.removed` again."""
+    monkeypatch.setattr(output, "BACKLOG_MAX", 100_000)
+    store, stalled, tracker, job = await tracked_behind_a_stalled_reader(tmp_path, lines=3000)
+    assert stalled.log.lost() > 0  # being dropped now
+    tracker.untrack([job.spec])
+    await stalled.read_again()
+    stalled.close()
+    assert await store.prune(time.time() + 1) == 1
+    await store.close()

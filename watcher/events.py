@@ -214,11 +214,12 @@ class EventLog:
         bound (it grows with every drop)."""
         return self._lines.lost()
 
-    def when_out(self, callback: Callable[[], None]) -> None:
+    def when_out(self, callback: Callable[[], None]) -> bool:
         """Run `callback` once every line written so far has left this process: at once,
         unless a stalled reader holds some back. (Lines emitted but not yet written, which go
-        at the end of the loop's turn or at `flush`, are not waited for.)"""
-        self._lines.when_out(callback)
+        at the end of the loop's turn or at `flush`, are not waited for.) False, and it never
+        runs, while lines are being dropped: which of them went out cannot be known."""
+        return self._lines.when_out(callback)
 
     async def drained(self) -> None:
         """Wait for the lines a stalled reader holds back to go out (the caller bounds the

@@ -63,15 +63,16 @@ class _Pipe:
         the same lines, and one made after a drop never runs."""
         return self._accepted + self.lost
 
-    def when_sent(self, callback: Callable[[], None]) -> None:
+    def when_sent(self, callback: Callable[[], None]) -> bool:
         """Run `callback` once everything written so far has reached the kernel. While lines
-        are being dropped it never runs: what it waits for may be among them."""
+        are being dropped it never runs, since what it waits for may be among them: False."""
         if self._dropped:
-            return
+            return False
         if not self.holding():
             callback()
         else:
             self._waiting.append((self._accepted, callback))
+        return True
 
     async def drained(self) -> None:
         """Wait until the backlog has gone out (the caller bounds the wait)."""
@@ -179,12 +180,13 @@ class Lines:
     def lost(self) -> int:
         return 0 if self._pipe is None else self._pipe.lost
 
-    def when_out(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once every line written so far is out of this process."""
+    def when_out(self, callback: Callable[[], None]) -> bool:
+        """Run `callback` once every line written so far is out of this process; False if it
+        never will (see `_Pipe.when_sent`)."""
         if self._pipe is None:
             callback()
-        else:
-            self._pipe.when_sent(callback)
+            return True
+        return self._pipe.when_sent(callback)
 
     async def drained(self) -> None:
         self.flush()

@@ -270,15 +270,23 @@ class Tracker:
     def _hold(self, record: JobRecord) -> None:
         """Keep `record` for when the lines written so far are out. Saves made at the same point
         of the stream share one batch, and a job keeps only its latest record, in the latest
-        batch: a stalled reader then costs one record per job, not one per poll."""
+        batch: a stalled reader then costs one record per job, not one per poll. While lines
+        are being dropped no batch would ever be saved: `record` is saved at once instead, with
+        what was said of the job as the state file last heard it (the next run says the rest
+        again), or a removal made then would never be kept, nor pruned."""
+        key = (record.module, record.job_id)
+        earlier = self._held_in.pop(key, None)
+        if earlier is not None:
+            del earlier[key]  # saved with a later batch, or now, instead: a replay at worst
         at = self._log.written()
         if at != self._batch_at:
-            self._batch, self._batch_at = {}, at
-            self._log.when_out(functools.partial(self._save_held, self._batch))
-        key = (record.module, record.job_id)
-        earlier = self._held_in.get(key)
-        if earlier is not None and earlier is not self._batch:
-            del earlier[key]  # saved with the later batch instead: a replay at worst
+            batch: dict[_Key, JobRecord] = {}
+            if not self._log.when_out(functools.partial(self._save_held, batch)):
+                assert self.store is not None
+                said, finished_at = self._said(JobSpec(*key))
+                self.store.save(record._replace(emitted_status=said, finished_at=finished_at))
+                return
+            self._batch, self._batch_at = batch, at
         self._batch[key] = record
         self._held_in[key] = self._batch
 
