@@ -1,7 +1,7 @@
 """Ten thousand jobs in one watcher: CPU when polling flat out against a bare aiohttp loop, and
 CPU and memory when no job is due.
 
-    python bench/scale.py [--jobs 10000] [--concurrency 10] [--idle-seconds 30] [--rounds 3]
+    python bench/scale.py [--jobs 10000] [--concurrency 10] [--idle-seconds 60] [--rounds 3]
                           [--state]
 
 Every process is separate: the simulator (bench/simserver.py), the bare client
@@ -465,7 +465,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=3, help="flat-out rounds; medians count")
     parser.add_argument("--state", action="store_true", help="also run with a state file")
     args = parser.parse_args()

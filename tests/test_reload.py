@@ -345,6 +345,27 @@ def test_the_cost_of_checks_is_averaged_so_one_costly_check_holds_none_back(
     assert follower.cpu_s > 0.02  # about half of the loads' 50 ms
 
 
+def test_the_first_check_sets_the_cost_the_gap_is_kept_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From nothing, the average would take minutes to reach what a check of ten thousand files
+    costs, and the checks of those minutes would take more than their share of a core."""
+    path = tmp_path / "watcher.yaml"
+    write(path, ["1"])
+    follower = ConfigWatcher(path, load_all(path, ENV), ENV)
+    look = ConfigWatcher._fingerprint
+
+    def slow_look(self: ConfigWatcher) -> bytes:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.03:  # a stat of ten thousand files
+            pass
+        return look(self)
+
+    monkeypatch.setattr(ConfigWatcher, "_fingerprint", slow_look)
+    follower.check()
+    assert follower.cpu_s >= 0.03
+
+
 def test_an_edit_that_puts_the_old_modification_time_back_is_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

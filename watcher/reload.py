@@ -82,10 +82,12 @@ class ConfigWatcher:
         self._moving = 0  # checks in a row that found the files changed since the one before
         self._problems: tuple[str, ...] | None = None  # what was last reported, while broken
         self._reads: dict[str, _Read] = {}  # each file's, as last read
-        # What a check costs, on average over the last few: the occasional costly one (the first
-        # look, a change loaded) counts a little, a run of them (a file that stays broken, whose
-        # every other check loads everything again) counts fully.
+        # What a check costs, on average over the last few: the occasional costly one (a change
+        # loaded) counts a little, a run of them (a file that stays broken, whose every other
+        # check loads everything again) counts fully. From the first check's own cost: from
+        # nothing, the gap would take minutes to grow to what the checks cost.
         self.cpu_s = 0.0
+        self._costed = False
         self._looks = 0
 
     def check(self, *, report_now: bool = False) -> Config | None:
@@ -99,7 +101,9 @@ class ConfigWatcher:
             return self._check(report_now)
         finally:
             cost = time.thread_time() - started
-            self.cpu_s += CHECK_COST_WEIGHT * (cost - self.cpu_s)
+            weight = CHECK_COST_WEIGHT if self._costed else 1.0
+            self.cpu_s += weight * (cost - self.cpu_s)
+            self._costed = True
 
     def look(self) -> None:
         """Take a first look at the files, which reads every one, at start-up: the checks
