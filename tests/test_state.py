@@ -494,6 +494,22 @@ def test_someone_elses_file_keeps_its_mode(
             edited(f"""UPDATE jobs SET samples = '[[{"9" * 400}, "RUNNING", 1, 10]]'"""),
             SAMPLES_OF_JOB,
         ),
+        # SQLite keeps any value in any column: a text where a time belongs failed later, as
+        # a traceback (exit 1, which says a job failed).
+        *(
+            (edited(f"UPDATE jobs SET {column} = {value}"), f"the {column} of job 'edited' is")
+            for column, value in [
+                ("first_seen", "'2026-11-29'"),
+                ("next_poll_at", "'abc'"),
+                ("polls", "'many'"),
+                ("removed_at", "'soon'"),
+                ("outcome", "x'00'"),
+            ]
+        ),
+        (
+            edited("""UPDATE jobs SET counts = '{"total_count": "a"}'"""),
+            "counts of job 'edited' are not all counts",
+        ),
         (edited("INSERT INTO meta VALUES ('credits_reading', '[Infinity, 5]')"), READING),
         (edited("INSERT INTO meta VALUES ('credits_reading', '{\"left\": 3}')"), READING),
     ],

@@ -26,7 +26,7 @@ import queue
 import sqlite3
 import stat
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -708,9 +708,31 @@ def _read_jobs(connection: sqlite3.Connection) -> dict[JobKey, JobRecord]:
         if not isinstance(values["counts"], dict):
             raise ValueError(f"the counts of job {values['job_id']} are not a JSON object")
         values["samples"] = _samples(json.loads(values["samples"]), values["job_id"])
+        _check_job(values)
         record = JobRecord(**values)
         jobs[(record.module, record.job_id)] = record
     return jobs
+
+
+def _check_job(values: Mapping[str, Any]) -> None:
+    """A ValueError naming the first value of a job's row that we would not have written: SQLite
+    keeps whatever an edit put in, and a text where a time belongs failed only later, as a
+    traceback."""
+    for name, check in _ROW_CHECKS.items():
+        if not check(values[name]):
+            job_id = values["job_id"]
+            raise ValueError(f"the {name} of job {job_id!r} is not a value the watcher writes")
+    counts = values["counts"].values()  # Zoho's, any size JSON holds: not bound like ours
+    if not all(n is None or (isinstance(n, int) and not isinstance(n, bool)) for n in counts):
+        raise ValueError(f"the counts of job {values['job_id']!r} are not all counts")
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _or_none(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
 
 
 def _read_spent(connection: sqlite3.Connection) -> list[float]:
@@ -744,6 +766,19 @@ def _is_time(value: object) -> bool:
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+_ROW_CHECKS: Mapping[str, Callable[[object], bool]] = {
+    "module": _is_text,
+    "job_id": _is_text,
+    **dict.fromkeys(("status", "emitted_status", "outcome", "error"), _or_none(_is_text)),
+    "first_seen": _is_time,
+    **dict.fromkeys(
+        ("last_seen", "finished_at", "removed_at", "next_poll_at", "planned_gap"),
+        _or_none(_is_time),
+    ),
+    **dict.fromkeys(("polls", "failures", "not_found"), _is_count),
+}
 
 
 def _read_reading(connection: sqlite3.Connection) -> tuple[float, int] | None:
