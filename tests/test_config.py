@@ -1196,8 +1196,8 @@ def test_environment_defaults_to_os_environ(
         ("zoho:\n\tauth: 1\n", "cfg.yaml:2:1"),
         ("a: b: c\n", "cfg.yaml:1:5"),
         ("a: *nothing\n", "cfg.yaml:1:4"),
-        ("a: \x00\n", "cfg.yaml"),
-        ("a: \ud800\n", "cfg.yaml"),
+        ("a: \x00\n", "cfg.yaml:1:4"),
+        ("éé: cd\nx: a\x01b\n", "cfg.yaml:2:5"),  # libyaml counts bytes, people characters
     ],
 )
 def test_invalid_yaml_is_one_line_with_its_position(
@@ -1205,6 +1205,20 @@ def test_invalid_yaml_is_one_line_with_its_position(
 ) -> None:
     monkeypatch.setattr(config_module, "_LOADER", loader)
     found = problem(text)
+    assert found.startswith(f"{where}: invalid YAML: ")
+    assert len(found.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("loader", "where"), [(yaml.SafeLoader, "cfg.yaml:1:4"), (config_module._LOADER, "cfg.yaml")]
+)
+def test_text_that_is_no_unicode_is_invalid_yaml_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, loader: type[yaml.SafeLoader], where: str
+) -> None:
+    """A lone surrogate (a byte no UTF-8 decodes, from the environment): libyaml cannot take
+    the text at all, so it has no position to tell."""
+    monkeypatch.setattr(config_module, "_LOADER", loader)
+    found = problem("a: \ud800\n")
     assert found.startswith(f"{where}: invalid YAML: ")
     assert len(found.splitlines()) == 1
 

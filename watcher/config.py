@@ -405,13 +405,22 @@ def _compose(text: str, source: str) -> Node:
     except yaml.MarkedYAMLError as error:
         raise ConfigError((_marked_problem(source, error),)) from None
     except yaml.reader.ReaderError as error:
-        problem = f"{source}: invalid YAML: {error.reason} (at character {error.position})"
-        raise ConfigError((problem,)) from None
+        libyaml = _LOADER is not yaml.SafeLoader
+        line, column = _line_and_column(text, error.position, in_bytes=libyaml)
+        raise ConfigError((f"{source}:{line}:{column}: invalid YAML: {error.reason}",)) from None
     except UnicodeEncodeError:  # the C loader encodes to UTF-8 first, which lone surrogates fail
         raise ConfigError((f"{source}: invalid YAML: text is not valid Unicode",)) from None
     except RecursionError:  # the pure-Python loader recurses per level; libyaml stops at 1000
         raise ConfigError((f"{source}: invalid YAML: nested too deeply",)) from None
     return MappingNode(_MAP_TAG, []) if root is None else root
+
+
+def _line_and_column(text: str, position: int, *, in_bytes: bool) -> tuple[int, int]:
+    """Where `position` is in `text`, counting from 1: libyaml counts it in bytes of UTF-8."""
+    before = text[:position]
+    if in_bytes:
+        before = text.encode("utf-8", "surrogatepass")[:position].decode("utf-8", "replace")
+    return before.count("\n") + 1, len(before) - before.rfind("\n")
 
 
 def _null_resolving(loader: _Loader) -> _Loader:
