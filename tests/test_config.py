@@ -981,6 +981,10 @@ def test_bad_http_ports(value: str, message: str) -> None:
     assert problem(AUTH + f"http:\n  port: {value}\n") == f"cfg.yaml:5: http.port: {message}"
 
 
+BARE = " (written bare, as ::1 or 0.0.0.0; the port is http.port)"
+URL_HOSTS = ("[::1]", "127.0.0.1:80", "http://localhost", "localhost/", "::1:80:x")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -989,6 +993,8 @@ def test_bad_http_ports(value: str, message: str) -> None:
         ("a..b", "'a..b' is not a host name or address"),  # no resolver can be asked for it
         (f"{'a' * 64}.example", "a 72-character value is not a host name or address"),
         ("[a, b]", "expected a single value, got a list"),
+        # As a URL writes them: the listener would refuse them at run time only.
+        *((f"'{host}'", f"'{host}' is not a host name or address{BARE}") for host in URL_HOSTS),
     ],
 )
 def test_bad_http_hosts(value: str, message: str) -> None:

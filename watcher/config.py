@@ -838,10 +838,12 @@ class _Reader:
     def host(self, node: Node, path: str) -> str | None:
         rule = "is not a host name or address"
         text = self.matching(node, path, _HOST, rule)
-        if text is not None and not _encodable_host(text):
-            self.report(node, path, f"{_shown(text)} {rule}")
-            return None
-        return text
+        if text is None or (_bare_host(text) and _encodable_host(text)):
+            return text
+        if not _bare_host(text):
+            rule += " (written bare, as ::1 or 0.0.0.0; the port is http.port)"
+        self.report(node, path, f"{_shown(text)} {rule}")
+        return None
 
     def local_path(self, node: Node, path: str) -> Path | None:
         """A filesystem path; relative ones start from the working directory, as for NAME_file."""
@@ -1042,6 +1044,18 @@ def url_problem(text: str) -> str | None:
 
 def _has_space(text: str) -> bool:
     return any(character.isspace() for character in text)
+
+
+def _bare_host(host: str) -> bool:
+    """A name or an address as it stands: no scheme, brackets, port or path, which a URL puts
+    around a host but a listener is not told."""
+    if ":" in host:  # only an IPv6 address may hold one
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return not any(mark in host for mark in "/[]@?#")
 
 
 def _encodable_host(host: str) -> bool:
