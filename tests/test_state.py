@@ -506,6 +506,7 @@ def test_someone_elses_file_keeps_its_mode(
                 ("outcome", "x'00'"),
             ]
         ),
+        (edited("DROP TABLE jobs"), "is damaged (no such table: jobs)"),
         (
             edited("""UPDATE jobs SET counts = '{"total_count": "a"}'"""),
             "counts of job 'edited' are not all counts",

@@ -96,7 +96,9 @@ _RECOVER = (
     "move the file aside to start fresh (the watcher then polls every configured job again"
     " and forgets finished jobs that are no longer in the config)"
 )
-_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+# SQLITE_ERROR is a statement SQLite could not run: in a file of our schema, a table or column an
+# edit took away.
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_ERROR")
 
 
 class StateError(Exception):
