@@ -508,6 +508,10 @@ def test_someone_elses_file_keeps_its_mode(
         ),
         (edited("DROP TABLE jobs"), "is damaged (no such table: jobs)"),
         (
+            edited("INSERT INTO token VALUES (1, 'a', 'soon', NULL)", with_job=False),
+            "the kept token is not a token, a time and an API domain",
+        ),
+        (
             edited("""UPDATE jobs SET counts = '{"total_count": "a"}'"""),
             "counts of job 'edited' are not all counts",
         ),

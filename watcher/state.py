@@ -803,6 +803,8 @@ def _read_token(connection: sqlite3.Connection) -> StoredToken | None:
     if row is None:
         return None
     access_token, expires_at, api_domain = row
+    if not (_is_text(access_token) and _is_time(expires_at) and _or_none(_is_text)(api_domain)):
+        raise ValueError("the kept token is not a token, a time and an API domain")
     issued_for = _meta(connection, "token_issued_for") or ""
     asked = json.loads(_meta(connection, "token_asked") or "[]")
     if not (isinstance(asked, list) and all(isinstance(at, int | float) for at in asked)):
