@@ -201,7 +201,7 @@ async def test_a_token_answer_too_large_or_with_a_huge_error_is_a_failure_to_ret
     watcher = await watch(tmp_path, sim, [JOB])
     assert await watcher.finish() == 0
     errors = [e["error"] for e in watcher.named("auth.refresh_failed")]
-    assert errors == ["response_too_large", "oversized_code"]
+    assert errors == ["response_too_large", "unrecognised_code"]
     assert refreshes(watcher) == ["startup"]
 
 

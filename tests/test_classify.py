@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -16,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.auth import Refusal, read_token_answer
-from watcher.classify import classify, failure_kind, parse_retry_after
+from watcher.classify import TOO_LARGE, UNRECOGNISED, classify, failure_kind, parse_retry_after
 from watcher.zoho_api import MASS_UPDATE, Effect
 
 NOW = 1_700_000_000.0
@@ -276,13 +277,42 @@ def test_a_retry_after_of_zero_or_in_the_past_means_at_once(value: str) -> None:
     assert parse_retry_after(value, NOW) == 0.0
 
 
-@pytest.mark.parametrize("echoed", ["BAD_Zoho-oauthtoken ", "rejected refresh_token="])
-def test_a_long_code_echoing_a_secret_shows_no_part_of_it(echoed: str) -> None:
-    """Every line is scrubbed of whole secrets; a cut would leave part of one to print."""
-    secret = "1000." + "a" * 32 + "." + "b" * 32
-    body = json.dumps({"code": echoed + secret, "status": "error"}).encode()
-    answer = classify(MASS_UPDATE, 400, {}, body, 0.0)
-    assert answer.code == "oversized_code"
-    assert read_token_answer(200, json.dumps({"error": echoed + secret}).encode()) == Refusal(
-        "oversized_code", False
+SECRET = "1000.2fbe376f6414ff670bf35baedec07214.692c88260d42da9f485b567980a1b2c3d4"
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        f"BAD_Zoho-oauthtoken {SECRET}",  # the header it was sent
+        SECRET[:64],  # a part: the scrubbing of every line finds whole secrets only
+        SECRET.upper()[:40],
+        base64.b64encode(SECRET[5:37].encode()).decode(),
+        f"rejected refresh_token={SECRET}",
+    ],
+)
+def test_a_code_echoing_a_secret_shows_none_of_it(echoed: str) -> None:
+    """A proxy or gateway that echoes what it was sent: only codes written as Zoho writes them
+    are shown, and every credential of Zoho's holds digits."""
+    body = json.dumps({"code": echoed, "status": "error"}).encode()
+    assert classify(MASS_UPDATE, 500, {}, body, 0.0).code == UNRECOGNISED
+    token_answer = json.dumps({"error": echoed}).encode()
+    assert read_token_answer(200, token_answer) == Refusal(UNRECOGNISED, False)
+
+
+@pytest.mark.parametrize("code", ["INVALID_TOKEN", "invalid_client", "Access Denied", "X" * 64])
+def test_codes_written_as_zoho_writes_them_are_shown(code: str) -> None:
+    body = json.dumps({"code": code, "status": "error"}).encode()
+    assert classify(MASS_UPDATE, 500, {}, body, 0.0).code == code
+
+
+def test_an_answer_too_large_to_read_still_means_what_its_status_says() -> None:
+    """Its body unread, a 429 still pauses every job for as long as it asks, and a 200 is a
+    failure to retry; a token answer too large is one too."""
+    limited = classify(MASS_UPDATE, 429, {"Retry-After": "30"}, None, NOW)
+    assert (limited.effect, limited.code, limited.retry_after) == (
+        Effect.RATE_LIMITED,
+        TOO_LARGE,
+        30.0,
     )
+    assert classify(MASS_UPDATE, 200, {}, None, NOW)[:4] == (Effect.TRANSIENT, 200, None, TOO_LARGE)
+    assert read_token_answer(200, None) == Refusal(TOO_LARGE, False)

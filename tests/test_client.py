@@ -32,7 +32,7 @@ class SlowToRefresh:
     async def rejected(self, token: str) -> bool:
         return False
 
-    async def refused(self, token: str) -> None:
+    async def refused_for_good(self, token: str) -> None:
         return None
 
     async def close(self) -> None:

@@ -216,7 +216,7 @@ async def test_a_refused_fixed_token_is_said_once_and_not_sent_again(
         # 16 KiB that unpack to 16 MiB: not unpacked whole, not parsed (nor held in memory).
         ("bomb", "response_too_large"),
         ("huge", "response_too_large"),  # 2 MiB as they are
-        ("hugecode", "oversized_code"),  # a server's 10,000-character code: not shown
+        ("hugecode", "unrecognised_code"),  # a server's 10,000-character code: not shown
     ],
 )
 async def test_transient_faults_back_off_and_recover(

@@ -698,7 +698,7 @@ async def test_a_save_whose_caller_was_cancelled_holds_back_no_other_in_its_comm
     await store.close()
 
 
-async def test_commits_are_synced_to_disk(path: Path) -> None:
+async def test_the_state_file_runs_with_synchronous_normal(path: Path) -> None:
     """NORMAL in WAL mode: a crash of the process loses nothing, and a power cut at most the
     last commits, never the file."""
     store = await StateStore.open(path)

@@ -15,14 +15,14 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
 
 from watcher.backoff import backoff_delay
-from watcher.bodies import TOO_LARGE, read_capped
-from watcher.classify import code_of, failure_kind
+from watcher.bodies import read_capped
+from watcher.classify import TOO_LARGE, code_of, failure_kind
 from watcher.clock import to_monotonic, to_wall
 from watcher.config import AuthSettings, Secret, url_problem
 from watcher.events import Event
@@ -70,7 +70,7 @@ class TokenSource(Protocol):
         """Zoho refused `token`; True if a different token is now worth one retry."""
         ...
 
-    async def refused(self, token: str) -> None:
+    async def refused_for_good(self, token: str) -> None:
         """Zoho refused `token`, and the run ends for it: it must not be sent again, not even
         by the next run."""
         ...
@@ -96,7 +96,7 @@ class FixedToken:
     async def rejected(self, token: str) -> bool:
         return False
 
-    async def refused(self, token: str) -> None:
+    async def refused_for_good(self, token: str) -> None:
         return None  # the config's: the next run sends it again unless the config changes
 
     async def close(self) -> None:
@@ -107,7 +107,7 @@ class FixedToken:
 class Grant:
     """A token answer: the token, seconds it lives, and the API domain Zoho named (if any)."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     expires_in: float
     api_domain: str | None
 
@@ -127,12 +127,15 @@ def _issued_for(*credentials: str) -> str:
     return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
 
 
-def read_token_answer(http_status: int, body: bytes) -> Grant | Refusal:
-    """Pure reading of Zoho's token answer, in all the shapes its servers send.
+def read_token_answer(http_status: int, body: bytes | None) -> Grant | Refusal:
+    """Pure reading of Zoho's token answer, in all the shapes its servers send (a `body` of None
+    was too large to read: a failure to retry).
 
     Errors usually come with HTTP 200 and an `error` key; older servers send `expires_in_sec` and
     give `expires_in` in milliseconds.
     """
+    if body is None:
+        return Refusal(TOO_LARGE, False)
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -286,11 +289,11 @@ class RefreshingToken:
 
     async def rejected(self, token: str) -> bool:
         if token == self._token:
-            await self.refused(token)
+            await self.refused_for_good(token)
             await self._refresh("rejected")
         return self._token != token
 
-    async def refused(self, token: str) -> None:
+    async def refused_for_good(self, token: str) -> None:
         if token == self._token and token != self._refused:  # the first of its 401s
             self._refused = token
             await self._keep(token, 0.0)  # kept as dead: a restart must not take it back
@@ -369,10 +372,7 @@ class RefreshingToken:
             async with self._session.post(
                 self._url, data=self._form, allow_redirects=False, proxy=self._proxy
             ) as response:
-                body = await read_capped(response)
-                if body is None:
-                    return Refusal(TOO_LARGE, False)
-                return read_token_answer(response.status, body)
+                return read_token_answer(response.status, await read_capped(response))
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Refusal(failure_kind(exc), False)
 

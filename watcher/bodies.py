@@ -10,15 +10,12 @@ from __future__ import annotations
 import aiohttp
 
 MAX_BODY_BYTES = 1 << 20  # a thousand times the largest answer Zoho sends
-TOO_LARGE = "response_too_large"  # the error code of an answer past the cap
 
 
-async def read_capped(
-    response: aiohttp.ClientResponse, limit: int = MAX_BODY_BYTES
-) -> bytes | None:
-    """The body as sent (unpacked), or None past `limit` bytes: the connection is then closed
+async def read_capped(response: aiohttp.ClientResponse) -> bytes | None:
+    """The body as sent (unpacked), or None past MAX_BODY_BYTES: the connection is then closed
     rather than read to its end."""
-    length = response.content_length
+    limit, length = MAX_BODY_BYTES, response.content_length
     if length is not None and length > limit:
         response.close()
         return None

@@ -8,6 +8,7 @@ module folds all of them into one `Effect` so the rest of the watcher never look
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -28,8 +29,9 @@ from watcher.zoho_api import (
 
 Counts = Mapping[str, int | None]
 _MAX_COUNT = 2**63  # what the event stream's JSON encoder can write as a number
-CODE_MAX = 64  # characters of a server's error code shown (see `code_of`)
-OVERSIZED = "oversized_code"
+_CODE = re.compile(r"[A-Za-z][A-Za-z_ ]{0,63}")  # see `code_of`
+UNRECOGNISED = "unrecognised_code"
+TOO_LARGE = "response_too_large"  # the code of an answer whose body was too large to read
 
 
 class Observation(NamedTuple):
@@ -60,13 +62,16 @@ def classify(
     kind: JobKind,
     http_status: int,
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | None,
     now: float,
     elapsed: float | None = None,
 ) -> Answer:
     """Classify a complete HTTP answer; `now` (epoch seconds) only serves date-form Retry-After,
-    `elapsed` (seconds on the wire) is passed through."""
-    effect, code, observation = _read(kind, http_status, body)
+    `elapsed` (seconds on the wire) is passed through. A `body` of None was too large to read:
+    the answer still means what its status and headers say (a 429 still pauses every job)."""
+    effect, code, observation = _read(kind, http_status, body or b"")
+    if body is None:
+        code = TOO_LARGE
     retry_after, credits = headers.get(RETRY_AFTER), headers.get(CREDITS_REMAINING)
     return Answer(
         effect,
@@ -152,13 +157,14 @@ def _error_effect(
 
 
 def code_of(value: object, fallback: str) -> str:
-    """A server's error code as our events give it; `fallback` if it is no text, OVERSIZED if it
-    is longer than CODE_MAX. Zoho's are short words: a server's megabyte "code" must not make
-    every poll's line a megabyte, and none of it is shown, because a part of a secret it echoes
-    would pass the scrubbing of every line, which looks for whole secrets."""
+    """A server's error code as our events give it: `fallback` if it is no text, UNRECOGNISED
+    unless it is a code as Zoho writes them (words: INVALID_TOKEN, invalid_client, Access
+    Denied). A server that echoes what it was sent (a proxy, a gateway) must not get a token or
+    secret, or a part, a re-encoding or the upper case of one, into every poll's line: the
+    scrubbing of every line finds only whole secrets, and Zoho's all hold digits."""
     if not isinstance(value, str) or not value:
         return fallback
-    return value if len(value) <= CODE_MAX else OVERSIZED
+    return value if _CODE.fullmatch(value) else UNRECOGNISED
 
 
 def _code_effect(kind: JobKind, http_status: int, code: str, details: object) -> Effect:

@@ -14,7 +14,7 @@ import aiohttp
 from yarl import URL
 
 from watcher.auth import TokenSource
-from watcher.bodies import TOO_LARGE, read_capped
+from watcher.bodies import read_capped
 from watcher.classify import Answer, classify, failure_kind
 from watcher.config import JobSpec
 from watcher.proxy import proxy_for
@@ -82,7 +82,7 @@ class ZohoClient:
         ):
             sent = await self._request(spec, wanted)
             if sent is not None and sent[0].effect is Effect.AUTH:  # the fresh one too: the end
-                await self._tokens.refused(sent[1])
+                await self._tokens.refused_for_good(sent[1])
         return None if sent is None else sent[0]
 
     async def _request(
@@ -125,10 +125,7 @@ class ZohoClient:
             return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed), token
         elapsed = time.monotonic() - sent
         now = self._wall_clock()
-        answer = classify(self._kind, status, response_headers, body or b"", now, elapsed)
-        if body is None:  # what its status and headers say (a 429 still pauses every job)
-            answer = answer._replace(code=TOO_LARGE)
-        return answer, token
+        return classify(self._kind, status, response_headers, body, now, elapsed), token
 
 
 def _segment(text: str) -> str:

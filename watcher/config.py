@@ -838,9 +838,12 @@ class _Reader:
     def host(self, node: Node, path: str) -> str | None:
         rule = "is not a host name or address"
         text = self.matching(node, path, _HOST, rule)
-        if text is None or (_bare_host(text) and _encodable_host(text)):
+        if text is None:
+            return None
+        bare = _bare_host(text)
+        if bare and _encodable_host(text):
             return text
-        if not _bare_host(text):
+        if not bare:
             rule += " (written bare, as ::1 or 0.0.0.0; the port is http.port)"
         self.report(node, path, f"{_shown(text)} {rule}")
         return None

@@ -478,7 +478,8 @@ class Simulator:
     def script_tokens(self, steps: Sequence[str]) -> None:
         """Answer the next token requests with `steps`; "ok" and "slow:S" still check the form.
         "redirect" answers 307 to this endpoint again, as a hijacked accounts server might: a
-        client that followed would send the secrets once more, wherever it was sent."""
+        client that followed would send the secrets once more, wherever it was sent. "bomb"
+        answers with the status steps' compressed bomb."""
         for step in steps:
             known = step in ("ok", "redirect", "bomb") or step in _TOKEN_ERRORS
             if not known and not _is_slow_token_step(step):
