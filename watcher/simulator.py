@@ -179,16 +179,13 @@ _FIXED: dict[str, _Step] = {
 }
 
 
-@functools.cache
-def _bomb() -> bytes:
-    """16 KiB of deflate that unpacks to 16 MiB of spaces: a body no client should unpack whole."""
-    return zlib.compress(b" " * (16 << 20), 9)
-
-
-# Bodies no client should read whole, made when first asked for: 16 MiB unpacked from 16 KiB, and
-# 2 MiB as they are (with a 200, or with a 429 that asks for a second's pause).
+# Bodies no client should read whole, made when first asked for (and once): 16 KiB of deflate
+# that unpacks to 16 MiB of spaces, and 2 MiB as they are (with a 200, or with a 429 that asks for
+# a second's pause).
 _LARGE: dict[str, Callable[[], _Step]] = {
-    "bomb": lambda: _Step("bomb", 200, _bomb(), encoding="deflate"),
+    "bomb": functools.cache(
+        lambda: _Step("bomb", 200, zlib.compress(b" " * (16 << 20), 9), encoding="deflate")
+    ),
     "huge": functools.cache(lambda: _Step("huge", 200, b" " * (2 << 20))),
     "huge429": functools.cache(lambda: _Step("huge429", 429, b" " * (2 << 20), retry_after="1")),
 }
@@ -478,10 +475,10 @@ class Simulator:
     def script_tokens(self, steps: Sequence[str]) -> None:
         """Answer the next token requests with `steps`; "ok" and "slow:S" still check the form.
         "redirect" answers 307 to this endpoint again, as a hijacked accounts server might: a
-        client that followed would send the secrets once more, wherever it was sent. "bomb"
-        answers with the status steps' compressed bomb."""
+        client that followed would send the secrets once more, wherever it was sent. "bomb",
+        "huge" and "huge429" answer as the status steps of those names do."""
         for step in steps:
-            known = step in ("ok", "redirect", "bomb") or step in _TOKEN_ERRORS
+            known = step in ("ok", "redirect") or step in _LARGE or step in _TOKEN_ERRORS
             if not known and not _is_slow_token_step(step):
                 raise ValueError(f"unparseable token step: {step!r}")
         self._token_script.extend(steps)
@@ -628,12 +625,12 @@ class Simulator:
                 step = "ok"
             if step == "ok":
                 step = self._credential_error(await request.post()) or "ok"
+            response: web.StreamResponse
             if step == "redirect":
                 moved = web.Response(status=307, headers={"Location": f"{request.url}?moved=1"})
                 response = await _send(request, moved)
-            elif step == "bomb":
-                bomb = web.Response(body=_bomb(), headers={"Content-Encoding": "deflate"})
-                response = await _send(request, bomb)
+            elif step in _LARGE:
+                response = await _perform(request, _LARGE[step](), None)
             else:
                 body = self._issue_token() if step == "ok" else _TOKEN_ERRORS[step]
                 response = await _send(request, web.json_response(body))

@@ -752,11 +752,7 @@ def _is_sample(item: object) -> bool:
     if not (isinstance(item, list) and len(item) == 4):
         return False
     at, status, done, total = item
-    return (
-        _is_time(at)
-        and isinstance(status, str)
-        and all(n is None or _is_count(n) for n in (done, total))
-    )
+    return _is_time(at) and isinstance(status, str) and all(map(_or_none(_is_count), (done, total)))
 
 
 def _is_time(value: object) -> bool:
