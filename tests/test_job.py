@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.classify import Answer, Observation
+from tests.kinds import MASS_CONVERT
+from watcher.classify import Answer, Observation, classify
 from watcher.config import JobSpec, PollingSettings
 from watcher.job import Decision, JobState, apply_answer
 from watcher.schedule import SAMPLES_KEPT, Sample
@@ -305,3 +307,57 @@ def test_this_runs_samples_survive_the_first_change_after_the_restored_ones_aged
     apply(job, running(200), now=100.0)
     assert [s.at for s in job.samples] == [*unchanged[1:], 100.0]
     assert job.restored == 0
+
+
+def converting(status: str, converted: int, lost: int) -> Answer:
+    row = {
+        "Status": status,
+        "Converted_Count": converted,
+        "Not_Converted_Count": 100 - converted - lost,
+        "Failed_Count": lost,
+        "Total_Count": 100,
+    }
+    return classify(MASS_CONVERT, 200, {}, json.dumps({"data": [row]}).encode(), 0.0)
+
+
+def test_another_kind_of_job_is_a_row_its_counts_read_by_their_roles() -> None:
+    job = new_job()
+
+    def step(answer: Answer, now: float) -> Decision:
+        return apply_answer(job, answer, MASS_CONVERT, SETTINGS, now, random.Random(0))
+
+    running = step(converting("IN PROGRESS", 25, 5), 110.0)
+    assert names(running) == ["job.status_changed", "job.progress"]
+    assert running.events[0].fields["progress"] == 0.3  # (converted + lost) / all
+    assert running.events[0].fields["converted_count"] == 25
+    assert [e.fields["progress"] for e in step(converting("IN PROGRESS", 45, 5), 120.0).events] == [
+        0.5
+    ]
+    finished = step(converting("COMPLETED", 95, 5), 130.0).events[-1]
+    assert (finished.name, finished.fields["outcome"]) == ("job.finished", "completed")
+    assert finished.level == "warning"  # lost_count is its failed count
+
+
+def test_a_clean_completion_of_another_kind_is_no_warning() -> None:
+    job = new_job()
+    done = apply_answer(
+        job, converting("COMPLETED", 100, 0), MASS_CONVERT, SETTINGS, 0.0, random.Random(0)
+    )
+    assert done.events[-1].level == "info"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"terminal": {"DONE": "completed"}},  # a final status the row does not list
+        {"processed": ("converted_count", "failed_count")},  # a count it does not define
+        {"processed": ()},  # progress measured in nothing
+        {"total": "total_count"},
+        {"failed": "failed_count"},
+    ],
+)
+def test_a_row_naming_what_it_does_not_define_is_refused_when_written(
+    change: dict[str, object],
+) -> None:
+    with pytest.raises(ValueError, match="not all in"):
+        replace(MASS_CONVERT, **change)

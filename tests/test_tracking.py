@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kinds import MASS_CONVERT
 from watcher import output
 from watcher.config import JobSpec
 from watcher.events import EventLog
@@ -21,13 +22,16 @@ from watcher.job import JobState, finished_event, status_changed
 from watcher.schedule import Estimate, Sample
 from watcher.state import JobRecord, StateStore
 from watcher.tracking import Tracker
+from watcher.zoho_api import MASS_UPDATE, JobKind
 
 
 async def one_tracked_job(tmp_path: Path) -> tuple[StateStore, io.StringIO, Tracker, JobState]:
     """A tracker with a state file and one job, tracked: its `job.added` is out."""
     store = await StateStore.open(tmp_path / "state.db")
     stream = io.StringIO()
-    tracker = Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic)
+    tracker = Tracker(
+        EventLog(stream, "json", "info"), store, time.time, time.monotonic, MASS_UPDATE
+    )
     spec = JobSpec("Leads", "554023000000506003")
     await tracker.track([spec])
     return store, stream, tracker, tracker.jobs[spec]
@@ -56,7 +60,7 @@ async def stored(
     return (
         store,
         stream,
-        Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic),
+        Tracker(EventLog(stream, "json", "info"), store, time.time, time.monotonic, MASS_UPDATE),
     )
 
 
@@ -127,7 +131,9 @@ async def test_a_restart_keeps_the_samples_since_the_last_change_and_no_pace_acr
     await tracker.record(job, [])
     await store.close()
     again = await StateStore.open(tmp_path / "state.db")
-    resumed = Tracker(EventLog(io.StringIO(), "json", "info"), again, time.time, time.monotonic)
+    resumed = Tracker(
+        EventLog(io.StringIO(), "json", "info"), again, time.time, time.monotonic, MASS_UPDATE
+    )
     await resumed.track([job.spec])
     kept = resumed.jobs[job.spec].samples
     assert [(s.status, s.done) for s in kept] == [("RUNNING", 20)] * 3
@@ -151,16 +157,25 @@ async def test_an_answer_for_a_removed_job_is_neither_said_nor_saved(tmp_path: P
     await again.close()
 
 
+@pytest.mark.parametrize(
+    ("kind", "counts"),
+    [
+        (MASS_UPDATE, {"updated_count": 68, "failed_count": 2, "total_count": 100}),
+        (MASS_CONVERT, {"converted_count": 68, "lost_count": 2, "all_count": 100}),
+    ],
+)
 async def test_a_resumed_job_does_not_announce_again_the_tenths_it_had_reached(
-    tmp_path: Path,
+    tmp_path: Path, kind: JobKind, counts: dict[str, int]
 ) -> None:
     store, _, tracker, job = await one_tracked_job(tmp_path)
     job.status = "RUNNING"
-    job.counts = {"updated_count": 68, "failed_count": 2, "total_count": 100}
+    job.counts = dict(counts)
     await tracker.record(job, [])
     await store.close()
     again = await StateStore.open(tmp_path / "state.db")
-    resumed = Tracker(EventLog(io.StringIO(), "json", "info"), again, time.time, time.monotonic)
+    resumed = Tracker(
+        EventLog(io.StringIO(), "json", "info"), again, time.time, time.monotonic, kind
+    )
     await resumed.track([job.spec])
     assert resumed.jobs[job.spec].tenths_reported == 7  # job.progress comes again at 80 %
     await again.close()
@@ -174,7 +189,9 @@ async def test_a_replayed_job_finished_says_why_the_job_ended(tmp_path: Path) ->
     await store.close()
     again = await StateStore.open(tmp_path / "state.db")
     stream = io.StringIO()
-    resumed = Tracker(EventLog(stream, "json", "info"), again, time.time, time.monotonic)
+    resumed = Tracker(
+        EventLog(stream, "json", "info"), again, time.time, time.monotonic, MASS_UPDATE
+    )
     await resumed.track([job.spec])
     await again.close()
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -231,7 +248,7 @@ async def tracked_behind_a_stalled_reader(
     (holding back `lines` lines)."""
     store = await StateStore.open(tmp_path / "state.db")
     stalled = Stalled(lines)
-    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic, MASS_UPDATE)
     spec = JobSpec("Leads", "1")
     await tracker.track([spec])
     return store, stalled, tracker, tracker.jobs[spec]
@@ -254,7 +271,7 @@ async def test_a_stalled_reader_costs_one_held_save_per_job_not_one_per_poll(
     store = await StateStore.open(tmp_path / "state.db")
     specs = [JobSpec("Leads", str(n)) for n in range(1, 4)]
     stalled = Stalled()
-    tracker = Tracker(stalled.log, store, time.time, time.monotonic)
+    tracker = Tracker(stalled.log, store, time.time, time.monotonic, MASS_UPDATE)
     await tracker.track(specs)
     tracemalloc.start()
     try:
@@ -318,7 +335,7 @@ async def test_an_owed_end_held_back_by_a_stalled_reader_is_not_recorded_as_said
     seen = time.time() - 60.0
     store, _, _ = await stored(tmp_path, "FAILED", "failed", 1, seen, seen)
     stalled = Stalled()
-    Tracker(stalled.log, store, time.time, time.monotonic).forget_missing([])
+    Tracker(stalled.log, store, time.time, time.monotonic, MASS_UPDATE).forget_missing([])
     await store.close()
     stalled.close()
     record = await kept(tmp_path)
@@ -346,12 +363,14 @@ async def test_a_transition_whose_line_a_stalled_reader_cost_is_said_again_by_th
 async def test_a_finished_job_removed_from_the_config_no_longer_counts_as_ended() -> None:
     """Else `--exit-when-done` ends before a job added in its place is polled, and a removed
     failed job still makes the run exit 1."""
-    tracker = Tracker(EventLog(io.StringIO(), "json", "info"), None, time.time, time.monotonic)
+    tracker = Tracker(
+        EventLog(io.StringIO(), "json", "info"), None, time.time, time.monotonic, MASS_UPDATE
+    )
     old, new = JobSpec("Leads", "1"), JobSpec("Leads", "2")
     await tracker.track([old])
     job = tracker.jobs[old]
     job.status, job.outcome = "FAILED", "failed"
-    await tracker.record(job, [finished_event(job, 0.0)])
+    await tracker.record(job, [finished_event(job, 0.0, MASS_UPDATE)])
     tracker.untrack([old])
     await tracker.track([new])
     assert tracker.unfinished == 1
@@ -383,13 +402,13 @@ async def test_jobs_removed_in_this_run_are_forgotten_after_retention() -> None:
     not for the months the watcher runs."""
     clock = [1000.0]
     tracker = Tracker(
-        EventLog(io.StringIO(), "json", "info"), None, lambda: clock[0], time.monotonic
+        EventLog(io.StringIO(), "json", "info"), None, lambda: clock[0], time.monotonic, MASS_UPDATE
     )
     spec = JobSpec("Leads", "1")
     await tracker.track([spec])
     job = tracker.jobs[spec]
     job.status, job.outcome = "COMPLETED", "completed"
-    await tracker.record(job, [finished_event(job, time.monotonic())])
+    await tracker.record(job, [finished_event(job, time.monotonic(), MASS_UPDATE)])
     tracker.untrack([spec])
     clock[0] = 2000.0
     tracker.untrack([], forget_before=1000.0)  # finished at 1000: within retention
@@ -423,10 +442,10 @@ async def test_a_wall_clock_set_back_across_a_restart_gives_no_negative_duration
     await store.close()
     again = await StateStore.open(tmp_path / "state.db")
     log = EventLog(io.StringIO(), "json", "info")
-    resumed = Tracker(log, again, lambda: time.time() - 3600.0, time.monotonic)
+    resumed = Tracker(log, again, lambda: time.time() - 3600.0, time.monotonic, MASS_UPDATE)
     await resumed.track([job.spec])
     await again.close()
-    finished = finished_event(resumed.jobs[job.spec], time.monotonic())
+    finished = finished_event(resumed.jobs[job.spec], time.monotonic(), MASS_UPDATE)
     assert finished.fields["duration_s"] >= 0
 
 

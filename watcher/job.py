@@ -79,9 +79,9 @@ def apply_answer(
     if answer.effect is Effect.NOT_FOUND:
         job.not_found += 1
         if job.not_found >= settings.not_found_attempts:
-            return _finish(job, "not_found", now, error=answer.code)
+            return _finish(job, "not_found", now, kind, error=answer.code)
     if answer.effect is Effect.REJECTED:
-        return _finish(job, "rejected", now, error=answer.code)
+        return _finish(job, "rejected", now, kind, error=answer.code)
     if answer.effect is Effect.AUTH:
         event = Event("auth.failed", "error", {**job.fields(), "error": answer.code})
         return Decision((event,), next_poll_in=None, fatal=True)
@@ -98,16 +98,16 @@ def _observed(
 ) -> Decision:
     job.failures = 0
     job.not_found = 0
-    sample = sample_of(observation.status, observation.counts, now)
+    sample = sample_of(observation.status, observation.counts, now, kind)
     _remember(job, sample)
     seen = estimate(job.samples)
     previous, job.status, job.counts = job.status, observation.status, observation.counts
     events = [status_changed(job, previous, seen)] if job.status != previous else []
     outcome = kind.terminal.get(observation.status)
     if outcome is not None:
-        return _finish(job, outcome, now, events)
+        return _finish(job, outcome, now, kind, events)
     if progress_events:
-        events.extend(_progress(job, seen))
+        events.extend(_progress(job, seen, kind))
     delay = next_delay(job.samples, settings.interval, settings.max_interval, settings.schedule)
     return Decision(tuple(events), next_poll_in=delay)
 
@@ -125,16 +125,20 @@ def _remember(job: JobState, sample: Sample) -> None:
     job.samples = samples
 
 
-def sample_of(status: str, counts: Counts, at: float) -> Sample:
+def sample_of(status: str, counts: Counts, at: float, kind: JobKind) -> Sample:
     """What the schedule and the estimates read of a status row seen `at`."""
-    return Sample(at, status, done_of(counts), counts.get("total_count"))
+    return Sample(at, status, done_of(counts, kind), counts.get(kind.total))
 
 
-def done_of(counts: Counts) -> int | None:
+def done_of(counts: Counts, kind: JobKind) -> int | None:
     """The records a job has processed so far, well or not: what its progress and its pace are
     measured in. None while the counts cannot say."""
-    updated, failed = counts.get("updated_count"), counts.get("failed_count")
-    return None if updated is None or failed is None else updated + failed
+    done = 0
+    for name in kind.processed:
+        if (count := counts.get(name)) is None:
+            return None
+        done += count
+    return done
 
 
 def status_changed(job: JobState, previous: str | None, seen: Estimate) -> Event:
@@ -149,10 +153,10 @@ def status_changed(job: JobState, previous: str | None, seen: Estimate) -> Event
     return Event("job.status_changed", "info", fields)
 
 
-def _progress(job: JobState, seen: Estimate) -> list[Event]:
+def _progress(job: JobState, seen: Estimate, kind: JobKind) -> list[Event]:
     """One job.progress event when the job has crossed another tenth of its total since the last
     one, announcing only the highest when a poll jumps several: a heartbeat, not a flood."""
-    tenths = tenths_done(job.counts)
+    tenths = tenths_done(job.counts, kind)
     if tenths <= job.tenths_reported:
         return []
     job.tenths_reported = tenths
@@ -160,10 +164,10 @@ def _progress(job: JobState, seen: Estimate) -> list[Event]:
     return [Event("job.progress", "info", fields)]
 
 
-def tenths_done(counts: Counts) -> int:
+def tenths_done(counts: Counts, kind: JobKind) -> int:
     """How many whole tenths of its total a job's counts say are done (0 when they cannot say).
     Whole numbers: 3 of 10 must count as 3 tenths, which 0.3 * 10 does not."""
-    done, total = done_of(counts), counts.get("total_count")
+    done, total = done_of(counts, kind), counts.get(kind.total)
     if done is None or not total:
         return 0
     return min(10, done * 10 // total)
@@ -179,15 +183,16 @@ def _finish(
     job: JobState,
     outcome: str,
     now: float,
+    kind: JobKind,
     events: list[Event] | None = None,
     error: str | None = None,
 ) -> Decision:
     job.outcome = outcome
     job.error = error
-    return Decision((*(events or ()), finished_event(job, now)), next_poll_in=None)
+    return Decision((*(events or ()), finished_event(job, now, kind)), next_poll_in=None)
 
 
-def finished_event(job: JobState, now: float) -> Event:
+def finished_event(job: JobState, now: float, kind: JobKind) -> Event:
     """The `job.finished` event of a job whose outcome is set; `now` on the monotonic clock."""
     fields: dict[str, object] = {
         **job.fields(),
@@ -199,15 +204,14 @@ def finished_event(job: JobState, now: float) -> Event:
     }
     if job.error is not None:
         fields["error"] = job.error
-    return Event("job.finished", _finished_level(job), fields)
+    return Event("job.finished", _finished_level(job, kind), fields)
 
 
-def _finished_level(job: JobState) -> str:
+def _finished_level(job: JobState, kind: JobKind) -> str:
     """Anything but a clean completion is worth a human's attention."""
     if job.outcome != "completed":
         return "error"
-    failed = job.counts.get("failed_count")
-    return "warning" if failed else "info"
+    return "warning" if job.counts.get(kind.failed) else "info"
 
 
 def _retry_later(

@@ -121,7 +121,7 @@ class Watcher:
         """Raises StartupError before anything is watched if the state file or port is unusable."""
         store = await self._open_store()
         loop = asyncio.get_running_loop()
-        self._tracker = Tracker(self._log, store, time.time, loop.time)
+        self._tracker = Tracker(self._log, store, time.time, loop.time, self._kind)
         try:
             started, server = await self._until_stopped(self._start_http())
             try:

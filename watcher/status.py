@@ -8,6 +8,7 @@ from pathlib import Path
 
 from watcher.job import done_of
 from watcher.state import JobRecord, StateError, StateStore, look_at, record_view
+from watcher.zoho_api import MASS_UPDATE
 
 COLUMNS = ("MODULE", "JOB_ID", "STATUS", "OUTCOME", "DONE", "TOTAL", "POLLS", "LAST_SEEN", "ERROR")
 
@@ -45,8 +46,8 @@ def _row(record: JobRecord) -> tuple[str, ...]:
         record.job_id,
         record.status or "-",
         record.outcome or ("removed" if record.removed_at is not None else "-"),
-        _count(done_of(record.counts)),
-        _count(record.counts.get("total_count")),
+        _count(done_of(record.counts, MASS_UPDATE)),  # the one kind a state file holds so far
+        _count(record.counts.get(MASS_UPDATE.total)),
         str(record.polls),
         last_seen,
         record.error or "-",

@@ -20,6 +20,7 @@ from watcher.events import Event, EventLog
 from watcher.job import JobState, finished_event, sample_of, status_changed, tenths_done
 from watcher.schedule import Sample, estimate, unchanged_since
 from watcher.state import JobRecord, KeptSample, StateError, StateStore, prunable
+from watcher.zoho_api import JobKind
 
 # Events whose loss would matter: their state is committed before they go out.
 DURABLE_EVENTS = frozenset({"job.status_changed", "job.finished"})
@@ -39,8 +40,10 @@ class Tracker:
         store: StateStore | None,
         wall: Callable[[], float],
         monotonic: Callable[[], float],
+        kind: JobKind,
     ) -> None:
         self._log = log
+        self._kind = kind
         self.store = store
         self._wall = wall
         self._monotonic = monotonic
@@ -228,7 +231,7 @@ class Tracker:
             not_found=record.not_found,
             samples=self._on_monotonic(record.samples),
             restored=len(record.samples),
-            tenths_reported=tenths_done(record.counts),  # announced before the restart
+            tenths_reported=tenths_done(record.counts, self._kind),  # announced before the restart
         )
 
     def _owed(self, job: JobState) -> list[Event]:
@@ -240,10 +243,10 @@ class Tracker:
         owed = []
         seen_at = self._seen_at(job)
         if job.status != job.emitted_status and job.status is not None:
-            seen = estimate((sample_of(job.status, job.counts, seen_at),))
+            seen = estimate((sample_of(job.status, job.counts, seen_at, self._kind),))
             owed.append(status_changed(job, job.emitted_status, seen))
         if job.outcome is not None and job.finished_at is None:
-            owed.append(finished_event(job, seen_at))
+            owed.append(finished_event(job, seen_at, self._kind))
         return [Event(e.name, e.level, {**e.fields, "replayed": True}) for e in owed]
 
     def _seen_at(self, job: JobState) -> float:

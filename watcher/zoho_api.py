@@ -1,7 +1,9 @@
 """Everything Zoho-specific, as data: endpoints, answer shapes, status names, error codes.
 
 The rest of the watcher speaks in `Effect`s and outcomes. Supporting another Zoho asynchronous job
-(mass delete, mass convert, ...) means adding a `JobKind` row here, not a new code path.
+(mass delete, mass convert, ...) means adding a `JobKind` row here, not a new code path: its URL,
+its status names, and which of its counts measure progress (tests/kinds.py holds one). The config
+can name only MASS_UPDATE so far; the first other row to ship brings a `kind` key for jobs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ class JobKind:
     """One kind of Zoho asynchronous job and how its status answer reads.
 
     `terminal` maps a final status to the outcome the watcher reports; `counts` maps the names the
-    watcher uses in its events to Zoho's field names.
+    watcher uses in its events to Zoho's field names. Of those names, `processed` add up to the
+    records the job has dealt with so far, well or not (what its progress and pace are measured
+    in), `total` is all of its records, and `failed` the ones that failed: a job that completes
+    with any is reported as a warning.
     """
 
     path: str  # formatted with version and module, each already quoted as a path segment
@@ -41,6 +46,18 @@ class JobKind:
     statuses: frozenset[str]
     terminal: Mapping[str, str]
     counts: Mapping[str, str]
+    processed: tuple[str, ...]
+    total: str
+    failed: str
+
+    def __post_init__(self) -> None:
+        """A row that names a status or count it does not define would quietly never end a job
+        or never show progress: refused when the row is written, not found in production."""
+        if not self.terminal.keys() <= self.statuses:
+            raise ValueError(f"terminal statuses {sorted(self.terminal)} not all in statuses")
+        roles = {*self.processed, self.total, self.failed}
+        if not self.processed or not roles <= self.counts.keys():
+            raise ValueError(f"counts {sorted(roles)} not all in counts {sorted(self.counts)}")
 
 
 MASS_UPDATE = JobKind(
@@ -57,6 +74,9 @@ MASS_UPDATE = JobKind(
         "not_updated_count": "Not_Updated_Count",
         "total_count": "Total_Count",
     },
+    processed=("updated_count", "failed_count"),
+    total="total_count",
+    failed="failed_count",
 )
 
 # Zoho's data centres: (accounts server, API domain). Tokens are issued per data centre.
