@@ -352,6 +352,34 @@ async def test_an_edit_made_while_the_watcher_starts_is_picked_up(
     assert await watcher.finish() == 0
 
 
+async def test_edits_are_taken_while_the_first_token_is_awaited_and_polled_once_it_comes(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """The accounts server can hold the first token for minutes (its backoff, Zoho's limit on
+    tokens): a SIGHUP meanwhile is answered, a bad edit reported, a removed job never polled."""
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["COMPLETED"])
+    sim.hold_tokens()
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    auth = refresh_auth(sim.url)
+    write_config(daemon.config, sim.url, [A], auth=auth, top=daemon.top)
+    watcher = await daemon.start()
+    await sim.wait_for(lambda s: s.token_arrivals == 1)
+    daemon.config.write_text("polling: [\n")  # cut off mid-edit
+    watcher.process.send_signal(signal.SIGHUP)
+    await watcher.wait_event("config.invalid")
+    write_config(daemon.config, sim.url, [B], auth=auth, top=daemon.top)
+    watcher.process.send_signal(signal.SIGHUP)
+    await watcher.wait_event("config.reloaded", added=1, removed=1)
+    assert [e["job_id"] for e in watcher.named("job.removed")] == [A[1]]
+    assert watcher.named("auth.token_refreshed") == []
+    sim.release_tokens()
+    await watcher.wait_event("job.finished", job_id=B[1], outcome="completed")
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    assert sim.requests_for(*A) == []
+
+
 async def test_sighup_reloads_at_once(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["RUNNING"])
     sim.add_job(*B, ["COMPLETED"])

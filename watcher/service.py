@@ -107,7 +107,8 @@ class Watcher:
         self._exit_code = EXIT_OK
         self._reason = "signal"
         self._tracker: Tracker
-        self._runtime: _Runtime | None = None
+        self._runtime: _Runtime | None = None  # built once there is a first token
+        self._unpolled: list[JobSpec] = []  # tracked before then, to poll first then
 
     def stop(self) -> None:
         """Stop taking new work; `run` cancels what is in flight, flushes state, returns 0."""
@@ -223,10 +224,11 @@ class Watcher:
     async def _watch_with(self, session: aiohttp.ClientSession, tokens: TokenSource) -> None:
         """The jobs first, as configured and as the state file remembers them: a run with none
         left to poll (`--exit-when-done`, every job ended before a restart) ends on what it
-        remembers, with no token to ask for. Then a token, then the polls."""
+        remembers, with no token to ask for. Then the config followed, a token, and the polls.
+        """
         try:
             with collector.paused():
-                to_poll = await self._tracker.track(self._config.jobs)
+                self._unpolled = await self._tracker.track(self._config.jobs)
                 self._tracker.forget_missing(self._config.jobs)
         except StateError as exc:
             self._state_failed(exc)
@@ -235,6 +237,17 @@ class Watcher:
         self._check_done()
         if self._finished.is_set():
             return
+        async with asyncio.TaskGroup() as group:
+            # Followed from now, not from the first token: that can take minutes of backoff
+            # (the accounts server down, or Zoho's limit on tokens), and an edit or SIGHUP
+            # meanwhile must still be answered, a removed job removed, a bad edit reported.
+            group.create_task(self._follow_config())
+            group.create_task(self._poll_when_authorised(session, tokens))
+
+    async def _poll_when_authorised(
+        self, session: aiohttp.ClientSession, tokens: TokenSource
+    ) -> None:
+        """A token, then the polls: of the jobs tracked by then, with any edit meanwhile."""
         try:
             await tokens.token()
         except AuthFailed as exc:
@@ -244,10 +257,10 @@ class Watcher:
             self._state_failed(exc)
             return
         self._runtime = self._build(session, tokens)
-        self._poll_first(to_poll)
+        unpolled, self._unpolled = self._unpolled, []
+        self._poll_first([spec for spec in dict.fromkeys(unpolled) if spec in self._tracker.jobs])
         async with asyncio.TaskGroup() as group:
             group.create_task(self._runtime.scheduler.run())
-            group.create_task(self._follow_config())
             group.create_task(self._prune())
             group.create_task(self._keep_pace())
 
@@ -310,7 +323,9 @@ class Watcher:
         until its first answer sets one. Otherwise the first jobs polled after a start would
         find the demand small and take short gaps: the budget would not stretch them alike.
         """
-        assert self._runtime is not None
+        if self._runtime is None:  # no token yet: polled first once there is one
+            self._unpolled.extend(specs)
+            return
         runtime, interval = self._runtime, self._config.polling.interval
         wall, now = time.time(), runtime.clock()
         for spec in specs:
@@ -498,18 +513,18 @@ class Watcher:
 
     async def _apply(self, config: Config) -> None:
         """Take a reloaded config: new jobs start, dropped ones stop, the rest keep their place."""
-        assert self._runtime is not None
         wanted = set(config.jobs)
         removed = [spec for spec in self._tracker.jobs if spec not in wanted]
         added = [spec for spec in config.jobs if spec not in self._tracker.jobs]
-        for spec in removed:
-            self._runtime.scheduler.cancel(spec)
-            self._runtime.unplan(spec)
         restart = _needs_restart(self._started_with, config)
         self._config = config
-        polling = config.polling
-        self._runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
-        self._runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
+        if (runtime := self._runtime) is not None:  # else built from this config, when it is
+            for spec in removed:
+                runtime.scheduler.cancel(spec)
+                runtime.unplan(spec)
+            polling = config.polling
+            runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
+            runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
         try:
             self._tracker.untrack(removed, forget_before=time.time() - self._config.retention)
             await self._track(tuple(added))
@@ -525,7 +540,8 @@ class Watcher:
             removed=len(removed),
             restart_required=restart,
         )
-        self._repace()  # the budget may just have been raised or lifted
+        if runtime is not None:
+            self._repace()  # the budget may just have been raised or lifted
         self._check_done()
 
     async def _prune(self) -> None:

@@ -435,6 +435,8 @@ class Simulator:
         self._jobs: dict[tuple[str, str], _ScriptedJob | _TimedJob] = {}
         self._injected: deque[_Step] = deque()
         self._token_script: deque[str] = deque()
+        self._tokens_let_go = asyncio.Event()  # token requests are answered once it is set
+        self._tokens_let_go.set()
         self._chaos = _ChaosState(chaos) if chaos is not None else None
         self._in_flight = 0
         self._changed = asyncio.Event()
@@ -482,6 +484,14 @@ class Simulator:
             if not known and not _is_slow_token_step(step):
                 raise ValueError(f"unparseable token step: {step!r}")
         self._token_script.extend(steps)
+
+    def hold_tokens(self) -> None:
+        """Hold every token request that arrives from now on until `release_tokens`: a watcher
+        waiting for its first token for as long as a test needs."""
+        self._tokens_let_go.clear()
+
+    def release_tokens(self) -> None:
+        self._tokens_let_go.set()
 
     def revoke_tokens(self) -> None:
         self._grants.clear()
@@ -619,6 +629,7 @@ class Simulator:
         self.token_arrivals += 1
         self._notify()
         try:
+            await self._tokens_let_go.wait()
             step = self._token_script.popleft() if self._token_script else self._token_step()
             if _is_slow_token_step(step):
                 await asyncio.sleep(float(step.removeprefix("slow:")))
