@@ -380,6 +380,26 @@ async def test_edits_are_taken_while_the_first_token_is_awaited_and_polled_once_
     assert sim.requests_for(*A) == []
 
 
+async def test_a_changed_secret_file_is_seen_on_sighup_as_needing_a_restart(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """As the README says: secret files are read at start, and not among what checks compare."""
+    sim.add_job(*A, ["RUNNING"])
+    token_file = tmp_path / "token"
+    token_file.write_text(ACCESS_TOKEN)
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    auth = {"access_token_file": str(token_file)}
+    write_config(daemon.config, sim.url, [A], auth=auth, top=daemon.top)
+    watcher = await daemon.start()
+    await watcher.wait_event("job.status_changed")
+    token_file.write_text(ACCESS_TOKEN + "2")
+    watcher.process.send_signal(signal.SIGHUP)
+    reloaded = await watcher.wait_event("config.reloaded")
+    assert reloaded["restart_required"] == ["zoho"]
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+
+
 async def test_sighup_reloads_at_once(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["RUNNING"])
     sim.add_job(*B, ["COMPLETED"])
