@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ACCESS_TOKEN, PRINTED, SECRETS, leaked_secrets
+from tests.harness import ACCESS_TOKEN, PRINTED, SECRETS, STARTED, leaked_secrets
 from watcher.simulator import Simulator
 
 
@@ -44,3 +44,16 @@ def no_secret_in_output() -> Iterator[None]:
         pytest.fail(
             f"SECRET LEAK: {len(leaked)} secret(s) appeared in watcher output", pytrace=False
         )
+
+
+@pytest.fixture(autouse=True)
+async def no_watcher_left(no_secret_in_output: None) -> AsyncIterator[None]:
+    """A watcher a test started and did not see to its end (it failed first) is killed with the
+    test, its output checked too: left running, it would load the machine for later tests."""
+    start = len(STARTED)
+    yield
+    for watcher in STARTED[start:]:
+        if not watcher.finished:
+            watcher.kill()
+            await watcher.finish()
+    del STARTED[start:]

@@ -30,6 +30,9 @@ CREDENTIALS_ENV = {
 # are made); none may appear in anything printed.
 SECRETS: set[str] = {ACCESS_TOKEN, REFRESH_TOKEN, CLIENT_SECRET}
 PRINTED: list[str] = []
+# Every watcher process started, so that one a failed test left running is stopped at its end
+# (and what it printed checked for secrets) rather than polling on through the next tests.
+STARTED: list[WatcherProcess] = []
 
 Event = dict[str, Any]
 
@@ -95,9 +98,11 @@ class WatcherProcess:
         self.lines: list[str] = []
         self.not_json: list[str] = []
         self.ended = False
+        self.finished = False  # `finish` has seen it to its end
         self.stderr = ""
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
+        STARTED.append(self)
 
     @classmethod
     async def start(cls, *args: str, env: Mapping[str, str] | None = None) -> WatcherProcess:
@@ -161,7 +166,9 @@ class WatcherProcess:
             assert self.process.stderr is not None
             self.stderr = (await self.process.stderr.read()).decode()
             PRINTED.append(self.stderr)
-            return await self.process.wait()
+            code = await self.process.wait()
+            self.finished = True
+            return code
 
     def kill(self) -> None:
         if self.process.returncode is None:

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.harness import (
     ACCESS_TOKEN,
     CREDENTIALS_ENV,
+    PRINTED,
     Event,
     WatcherProcess,
     refresh_auth,
@@ -575,7 +576,9 @@ async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_ev
         assert (process.returncode, stderr) == (0, None if stderr_too else b"")
         assert os.get_blocking(write_end)  # left as found, for whoever writes to it next
         os.close(write_end)
-        said = [json.loads(line) for line in _read_to_the_end(read_end).splitlines()]
+        printed = _read_to_the_end(read_end).decode()
+        PRINTED.append(printed)
+        said = [json.loads(line) for line in printed.splitlines()]
     finally:
         os.close(read_end)
     finished = {e["job_id"] for e in said if e["event"] == "job.finished"}
@@ -609,6 +612,32 @@ async def test_a_stalled_reader_that_goes_away_ends_the_watcher_quietly(
     assert (process.returncode, stderr) == (0, b"")
 
 
+async def test_a_pipe_reader_that_goes_away_ends_the_watcher_at_once(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """`run | head`: head leaves once it has its lines. A job that stays as it is brings no next
+    line to fail for hours, and its polls would spend credits meanwhile for nobody."""
+    sim.add_job(*A, ["RUNNING:10,0,0,100"])
+    daemon = Daemon(tmp_path, sim)
+    daemon.write([A])
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "watcher", "run", "--config", str(daemon.config)),
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+    os.close(write_end)
+    await sim.wait_for(lambda s: len(s.requests_for(*A)) >= 3)  # it has said all it will
+    os.close(read_end)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=10)
+    assert (process.returncode, stderr) == (0, b"")
+    store = await StateStore.open(tmp_path / "state.db")  # closed as after any stop
+    assert store.jobs[A].status == "RUNNING"
+    await store.close()
+
+
 SMALL_BACKLOG = """
 import sys
 import watcher.__main__ as entry
@@ -632,11 +661,14 @@ async def test_lines_a_stalled_reader_had_no_room_for_are_counted_once_it_reads_
     await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
     said: list[Event] = []
     while not said or said[-1]["event"] != "events.dropped":  # reading again drains the backlog
-        said.append(json.loads(await asyncio.wait_for(process.stdout.readline(), timeout=10)))
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=10)
+        PRINTED.append(line.decode())
+        said.append(json.loads(line))
     assert said[-1]["level"] == "warning"
     process.terminate()
     rest, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
     assert (process.returncode, stderr) == (0, b"")
+    PRINTED.append(rest.decode())
     said += [json.loads(line) for line in rest.splitlines()]  # answers still on their way
     # watcher.started and three lines a job: each either said or counted as dropped.
     counts = [e["count"] for e in said if e["event"] == "events.dropped"]

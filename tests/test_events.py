@@ -306,7 +306,7 @@ async def stalled(monkeypatch: pytest.MonkeyPatch) -> tuple[_StalledReader, list
 
 def _pipe(reader: _StalledReader, reported: list[int]) -> output._Pipe:
     outlet = output._Outlet(-1, reader.write, lambda: None)
-    return output._Pipe(outlet, asyncio.get_running_loop(), reported.append)
+    return output._Pipe(outlet, asyncio.get_running_loop(), reported.append, None)
 
 
 async def test_a_wait_for_lines_ends_once_exactly_those_lines_are_out(

@@ -162,7 +162,8 @@ class EventLog:
 
     def __init__(self, stream: TextIO, fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
         self._scrub = _Scrub(secrets)
-        self._lines = Lines(stream, self._dropped)
+        self._lines = Lines(stream, self._dropped, self._reader_left)
+        self._when_reader_gone: Callable[[], None] | None = None
         chain: list[Processor]
         if fmt == "json":
             chain = [_Stamp(), _json_line, self._scrub]
@@ -174,6 +175,15 @@ class EventLog:
 
     def _dropped(self, count: int) -> None:
         self.log("warning", "events.dropped", count=count)
+
+    def when_reader_gone(self, callback: Callable[[], None]) -> None:
+        """Have `callback` hear that the reader of a pipe went away (`run | head`, done), at
+        once; the next event then fails with BrokenPipeError, as a write to it would."""
+        self._when_reader_gone = callback
+
+    def _reader_left(self) -> None:
+        if self._when_reader_gone is not None:
+            self._when_reader_gone()
 
     def add_token(self, token: str) -> None:
         """Scrub a token obtained at run time too (while it is among the latest few)."""

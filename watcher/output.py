@@ -7,6 +7,7 @@ A reader that stalls (`run | less`, paused; a log shipper fallen behind) must no
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import select
@@ -23,14 +24,23 @@ class _Pipe:
     """A pipe or socket written without ever blocking the event loop. What the reader has no
     room for yet waits in a bounded backlog and goes out as room comes (`loop.add_writer`): a
     stalled reader (`run | less` paused, a slow log shipper) no longer stops polling, `/healthz`
-    or SIGTERM. Past `BACKLOG_MAX` bytes, lines are dropped and counted."""
+    or SIGTERM. Past `BACKLOG_MAX` bytes, lines are dropped and counted.
+
+    A pipe's reader that goes away (`run | head`, done) is noticed at once, not at the next
+    line, which a job that stays as it is may not bring for hours of polls: `gone` hears it.
+    """
 
     def __init__(
-        self, outlet: _Outlet, loop: asyncio.AbstractEventLoop, dropped: Callable[[int], None]
+        self,
+        outlet: _Outlet,
+        loop: asyncio.AbstractEventLoop,
+        dropped: Callable[[int], None],
+        gone: Callable[[], None] | None,
     ) -> None:
         self._outlet = outlet
         self._loop = loop
         self._report_dropped = dropped  # hears how many, once the backlog has gone
+        self._gone = gone
         self._backlog = bytearray()
         self._accepted = 0  # bytes taken so far; `_sent` of them have reached the kernel
         self._sent = 0
@@ -39,6 +49,8 @@ class _Pipe:
         self._dropped = 0  # lines dropped since the backlog last went, to report then
         self.lost = 0  # bytes of lines dropped in all
         self.broken: OSError | None = None
+        if gone is not None:  # a pipe's write end is readable only in error: its reader left
+            loop.add_reader(outlet.fd, self._reader_left)
 
     def write(self, data: bytes) -> None:
         if len(self._backlog) + len(data) > BACKLOG_MAX:
@@ -84,7 +96,20 @@ class _Pipe:
     def close(self) -> None:
         """Write blocking again, now that nothing is held back."""
         self._loop.remove_writer(self._outlet.fd)
+        self._loop.remove_reader(self._outlet.fd)
         self._outlet.close()
+
+    def _reader_left(self) -> None:
+        poll = select.poll()
+        poll.register(self._outlet.fd, 0)  # errors are always reported
+        if not any(events & select.POLLERR for _, events in poll.poll(0)):
+            return
+        self._loop.remove_reader(self._outlet.fd)
+        if self.broken is None:
+            self.broken = BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        self._drain()  # nothing held back goes anywhere now: whoever waits for it, hears so
+        assert self._gone is not None
+        self._gone()
 
     def _send(self, data: bytes | bytearray) -> int:
         """Write what the reader has room for, in whole lines of at most PIPE_BUF bytes where
@@ -128,9 +153,12 @@ class Lines:
     """structlog's output (`_Logger` hands it each line through `msg`): rendered lines, written
     once per turn of the event loop; to a pipe or socket without blocking it (`_Pipe`)."""
 
-    def __init__(self, stream: TextIO, dropped: Callable[[int], None]) -> None:
+    def __init__(
+        self, stream: TextIO, dropped: Callable[[int], None], gone: Callable[[], None]
+    ) -> None:
         self._stream = stream
         self._dropped = dropped
+        self._gone = gone  # hears that a pipe's reader left, before any line fails for it
         self._pending: list[str] = []
         self._scheduled = False  # a flush is due at the end of this turn of the loop
         self._broken: OSError | ValueError | None = None  # a batch could not be written
@@ -151,7 +179,7 @@ class Lines:
             return
         if not self._looked:  # once: a file or terminal stays as it is
             self._looked = True
-            self._pipe = _pipe_for(self._stream, loop, self._dropped)
+            self._pipe = _pipe_for(self._stream, loop, self._dropped, self._reader_left)
         loop.call_soon(self._flush_later)
         self._scheduled = True
 
@@ -201,6 +229,11 @@ class Lines:
                 self._pipe.close()
                 self._pipe = None
 
+    def _reader_left(self) -> None:
+        assert self._pipe is not None
+        self._broken = self._pipe.broken  # as if a line had been written: the next one fails
+        self._gone()
+
     def _flush_later(self) -> None:
         """A scheduled flush has no caller to tell: a dead stream (stdout closed) is reported to
         the next event instead, as if that one had been written directly."""
@@ -245,10 +278,14 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 def _pipe_for(
-    stream: TextIO, loop: asyncio.AbstractEventLoop, dropped: Callable[[int], None]
+    stream: TextIO,
+    loop: asyncio.AbstractEventLoop,
+    dropped: Callable[[int], None],
+    gone: Callable[[], None],
 ) -> _Pipe | None:
     """A `_Pipe` for `stream` if it is a pipe or socket; a file never blocks for long, and a
-    terminal is left as it is (its mode is shared with the shell)."""
+    terminal is left as it is (its mode is shared with the shell). `gone` hears a pipe's reader
+    leave; a socket's leaving is seen at the next line (its read side may hold data for us)."""
     try:
         fd = stream.fileno()
     except (OSError, ValueError):  # not a file at all (tests' StringIO)
@@ -260,7 +297,7 @@ def _pipe_for(
     if outlet is None:
         return None
     stream.flush()  # what the stream holds goes first
-    return _Pipe(outlet, loop, dropped)
+    return _Pipe(outlet, loop, dropped, gone if stat.S_ISFIFO(info.st_mode) else None)
 
 
 class _Outlet(NamedTuple):

@@ -121,6 +121,7 @@ class Watcher:
     async def run(self) -> int:
         """Raises StartupError before anything is watched if the state file or port is unusable."""
         store = await self._open_store()
+        self._log.when_reader_gone(lambda: self._end("output_closed", EXIT_OK))
         loop = asyncio.get_running_loop()
         self._tracker = Tracker(self._log, store, time.time, loop.time, self._kind)
         try:
