@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from tests.harness import ACCESS_TOKEN, PRINTED, SECRETS, STARTED, leaked_secrets
 from watcher.simulator import Simulator
@@ -46,7 +47,7 @@ def no_secret_in_output() -> Iterator[None]:
         )
 
 
-@pytest.fixture(autouse=True)
+@pytest_asyncio.fixture(autouse=True)
 async def no_watcher_left(no_secret_in_output: None) -> AsyncIterator[None]:
     """A watcher a test started and did not see to its end (it failed first) is killed with the
     test, its output checked too: left running, it would load the machine for later tests."""
