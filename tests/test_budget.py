@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import ACCESS_TOKEN, WatcherProcess, run_cli, write_config
+from tests.harness import ACCESS_TOKEN, WatcherProcess, refresh_auth, run_cli, write_config
 from watcher import credits, service
 from watcher.config import load_all
 from watcher.credits import RELAXED, Demand, Pace
@@ -254,6 +254,34 @@ async def test_the_credits_gauge_shows_a_kept_reading_after_a_restart(
     again.process.terminate()
     assert await again.finish(timeout=5) == 0
     assert len(sim.requests) == 1  # parked: no answer has said it again
+    assert "zoho_watcher_api_credits_remaining 0.0" in text
+
+
+async def test_the_kept_reading_shows_while_the_first_token_is_awaited(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """The accounts server can hold the first token for minutes: the gauge shows what the state
+    file holds from the start, not once a token has come."""
+    sim = await sim_factory(tokens=(), org_credits=1)
+    sim.add_job("Leads", "1", ["RUNNING"])
+    top = {"state_path": str(tmp_path / "state.db"), "http": {"port": 0}}
+    auth = refresh_auth(sim.url)
+    path = write_config(tmp_path / "w.yaml", sim.url, [("Leads", "1")], auth=auth, top=top)
+    first = await WatcherProcess.start("run", "--config", str(path))
+    await first.wait_event("credits.low")
+    first.process.terminate()
+    assert await first.finish(timeout=5) == 0
+    with sqlite3.connect(tmp_path / "state.db") as db:  # no kept token: the next run asks
+        db.execute("DELETE FROM token")
+    sim.hold_tokens()
+    again = await WatcherProcess.start("run", "--config", str(path))
+    started = await again.wait_event("watcher.started")
+    await sim.wait_for(lambda s: s.token_arrivals == 1)
+    url = f"http://{started['http']}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    again.process.terminate()
+    assert await again.finish(timeout=5) == 0
     assert "zoho_watcher_api_credits_remaining 0.0" in text
 
 

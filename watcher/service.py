@@ -183,6 +183,8 @@ class Watcher:
         from watcher.metrics import Metrics
 
         self._metrics = Metrics(self._job_counts)
+        if (kept := self._kept_reading()) is not None:  # shown from the start, not the token
+            self._metrics.credits_remaining(kept[1], at=kept[0])
         server = HttpServer(
             settings.host, settings.port, self._metrics, self._health, self._jobs_view
         )
@@ -277,12 +279,8 @@ class Watcher:
             spent_before=() if store is None else to_monotonic(store.spent, wall, now, DAY_S),
             on_spend=None if store is None else lambda: store.save_spent(time.time()),
         )
-        if store is not None and store.reading is not None:  # what Zoho last said, if recent
-            at, remaining = store.reading
-            for seen in to_monotonic((at,), wall, now, REMAINING_TTL_S):
-                budget.remaining(seen, remaining)  # the drop it may start was said already
-                if self._metrics is not None:
-                    self._metrics.credits_remaining(remaining, at=seen)
+        if (kept := self._kept_reading()) is not None:
+            budget.remaining(*kept)  # the drop it may start was said already
         gate = RequestGate(
             polling.rate_limit,
             polling.rate_period,
@@ -292,6 +290,17 @@ class Watcher:
         client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
         scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
         return _Runtime(gate, client, scheduler, budget, Demand(), Pace(), loop.time)
+
+    def _kept_reading(self) -> tuple[float, int] | None:
+        """What Zoho last said of the org's credits before a restart, if it still holds: when
+        (on the loop's clock) and how many remained."""
+        store = self._tracker.store
+        if store is None or store.reading is None:
+            return None
+        at, remaining = store.reading
+        now = asyncio.get_running_loop().time()
+        seen = to_monotonic((at,), time.time(), now, REMAINING_TTL_S)
+        return (seen[0], remaining) if seen else None
 
     def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
         auth = self._config.zoho.auth
