@@ -1071,7 +1071,7 @@ async def test_refreshes_before_a_restart_count_in_zohos_window(
     ask for a token per restart, past Zoho's ten per ten minutes: Zoho then blocks the client,
     and every other integration on it."""
     sim.add_job(*A, ["RUNNING"])
-    daemon = Daemon(tmp_path, sim)
+    daemon = Daemon(tmp_path, sim, http={"port": 0})
     write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
     first = await daemon.start()
     await first.wait_event("job.status_changed")
@@ -1091,6 +1091,9 @@ async def test_refreshes_before_a_restart_count_in_zohos_window(
     held = await second.wait_event("auth.refresh_failed")
     assert held["error"] == "refresh_limit"
     assert 500 < held["retry_in_s"] <= 540  # until the first of the ten is ten minutes old
+    url = f"http://{second.named('watcher.started')[0]['http']}/metrics"
+    _, metrics = await http_get(url)
+    assert 'zoho_watcher_token_refreshes_total{result="failed"} 0.0' in metrics  # none was sent
     second.process.terminate()
     assert await second.finish() == 0
     assert len(sim.token_requests) == granted

@@ -44,6 +44,10 @@ DEFAULT_LIFETIME_S = 3600.0
 MAX_LIFETIME_S = 24 * 3600.0
 
 
+# The error of an `auth.refresh_failed` that sent no request: Zoho's limit on tokens was reached.
+REFRESH_LIMIT = "refresh_limit"
+
+
 class AuthFailed(Exception):
     """Zoho refused the credentials in a way waiting cannot heal. Carries only Zoho's code."""
 
@@ -332,7 +336,7 @@ class RefreshingToken:
         while True:
             if (held := self._over_limit_for()) > 0:  # tokens refused as fast as they come
                 attempt += 1
-                await self._retry_later("refresh_limit", attempt, held)
+                await self._retry_later(REFRESH_LIMIT, attempt, held)
                 continue
             self._asked.append(self._clock())
             # Kept before it is sent: a request Zoho counts does not have to bring a token

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from watcher import collector
-from watcher.auth import AuthFailed, FixedToken, RefreshingToken, TokenSource
+from watcher.auth import REFRESH_LIMIT, AuthFailed, FixedToken, RefreshingToken, TokenSource
 from watcher.backoff import backoff_delay
 from watcher.classify import Answer
 from watcher.client import ZohoClient
@@ -319,7 +319,7 @@ class Watcher:
 
     def _auth_event(self, event: Event) -> None:
         self._log.emit(event)
-        if self._metrics is not None:
+        if self._metrics is not None and event.fields.get("error") != REFRESH_LIMIT:  # a request
             ok = event.name == "auth.token_refreshed"
             self._metrics.token_refreshed("ok" if ok else "failed")
 
