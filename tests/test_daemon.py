@@ -32,7 +32,7 @@ from tests.harness import (
     run_cli,
     write_config,
 )
-from watcher import service
+from watcher import client, service
 from watcher.config import load_all
 from watcher.events import EventLog
 from watcher.simulator import Simulator
@@ -712,6 +712,59 @@ async def test_healthz_metrics_and_jobs(tmp_path: Path, sim: Simulator) -> None:
     assert "sim-token" not in text
     watcher.process.terminate()
     assert await watcher.finish() == 0
+
+
+async def test_every_request_is_counted_one_refused_for_its_token_and_sent_again_included(
+    tmp_path: Path, sim_factory: Callable[..., Awaitable[Simulator]]
+) -> None:
+    """A token refused (401), refreshed, and the poll sent again: two requests Zoho was sent."""
+    sim = await sim_factory(tokens=(), token_max_uses=3)
+    sim.add_job(*A, ["RUNNING:10,0,0,100"] * 8 + ["COMPLETED"])
+    daemon = Daemon(tmp_path, sim, http={"port": 0})
+    write_config(daemon.config, sim.url, [A], auth=refresh_auth(sim.url), top=daemon.top)
+    watcher = await daemon.start()
+    await watcher.wait_event("job.finished", job_id=A[1])
+    _, text = await http_get(f"http://{watcher.named('watcher.started')[0]['http']}/metrics")
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    samples = {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    refused = sum(not request.token_ok for request in sim.requests)
+    assert refused >= 2
+    assert samples["zoho_watcher_polls_total", ("auth",)] == refused
+    assert samples["zoho_watcher_polls_total", ("observed",)] == len(sim.requests) - refused
+    assert samples["zoho_watcher_request_duration_seconds_count", ()] == len(sim.requests)
+
+
+async def test_a_bug_of_ours_met_by_one_poll_is_retried_said_and_counted(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other jobs, and this one, go on: the poll is a transient failure like any other."""
+    sim.add_job(*A, ["RUNNING"])
+    real_classify, calls = client.classify, []
+
+    def classify_failing_once(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_classify(*args)
+
+    monkeypatch.setattr(client, "classify", classify_failing_once)
+    path = write_config(tmp_path / "w.yaml", sim.url, [A], top={"http": {"port": 0}})
+    stream = io.StringIO()
+    watcher = service.Watcher(load_all(path, CREDENTIALS_ENV), EventLog(stream, "json", "info"))
+    running = asyncio.create_task(watcher.run())
+    await sim.wait_for(lambda s: len(s.served(*A)) == 2)  # asked again, and answered
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    _, text = await http_get(f"http://{events[0]['http']}/metrics")
+    watcher.stop()
+    assert await running == 0
+    failed = [e for e in events if e["event"] == "job.poll_failed"]
+    assert [e["error"] for e in failed] == ["internal_error:RuntimeError"]
+    assert 'zoho_watcher_polls_total{result="transient"} 1.0' in text
 
 
 async def test_jobs_are_listed_in_config_order_after_a_reload_too(

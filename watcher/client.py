@@ -23,7 +23,11 @@ from watcher.zoho_api import AUTH_HEADER, AUTH_SCHEME, Effect, JobKind
 
 
 class ZohoClient:
-    """Polls the status of Zoho jobs of one kind through the shared `RequestGate`."""
+    """Polls the status of Zoho jobs of one kind through the shared `RequestGate`.
+
+    `heard` hears every answer, one a poll asks again for included (refused for its token,
+    then sent with a fresh one): what the metrics count is what Zoho was sent.
+    """
 
     def __init__(
         self,
@@ -34,8 +38,10 @@ class ZohoClient:
         api_version: str,
         kind: JobKind,
         wall_clock: Callable[[], float] = time.time,
+        heard: Callable[[Answer], None] | None = None,
     ) -> None:
         self._proxy = proxy_for(api_domain)
+        self._heard = heard
         self._session = session
         self._gate = gate
         self._tokens = tokens
@@ -99,7 +105,7 @@ class ZohoClient:
         try:
             url = self.url(spec)
         except ValueError:
-            return Answer(Effect.REJECTED, None, code="invalid_module"), ""
+            return self._answer(Answer(Effect.REJECTED, None, code="invalid_module")), ""
         tokens = self._tokens
         while True:
             await tokens.token()
@@ -122,10 +128,17 @@ class ZohoClient:
                 status, response_headers = response.status, response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
             elapsed = time.monotonic() - sent
-            return Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed), token
+            failed = Answer(Effect.TRANSIENT, None, code=failure_kind(exc), elapsed=elapsed)
+            return self._answer(failed), token
         elapsed = time.monotonic() - sent
         now = self._wall_clock()
-        return classify(self._kind, status, response_headers, body, now, elapsed), token
+        answer = classify(self._kind, status, response_headers, body, now, elapsed)
+        return self._answer(answer), token
+
+    def _answer(self, answer: Answer) -> Answer:
+        if self._heard is not None:
+            self._heard(answer)
+        return answer
 
 
 def _segment(text: str) -> str:

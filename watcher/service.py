@@ -287,7 +287,9 @@ class Watcher:
             budget,
             self._metrics.rate_limit_waited if self._metrics is not None else None,
         )
-        client = ZohoClient(session, gate, tokens, api_domain, zoho.api_version, self._kind)
+        client = ZohoClient(
+            session, gate, tokens, api_domain, zoho.api_version, self._kind, heard=self._heard
+        )
         scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
         return _Runtime(gate, client, scheduler, budget, Demand(), Pace(), loop.time)
 
@@ -377,14 +379,18 @@ class Watcher:
         except StateError as exc:  # the refreshed token could not be kept
             self._state_failed(exc)
         except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
-            return Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
+            failed = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
+            self._heard(failed)
+            return failed
         return None
+
+    def _heard(self, answer: Answer) -> None:
+        if self._metrics is not None:
+            self._metrics.poll_done(answer.effect.value, answer.elapsed)
 
     async def _take(self, job: JobState, answer: Answer, runtime: _Runtime) -> None:
         """What an answer means for the job, the org's pause and the budget; its events, kept
         and said; its next poll, or its end."""
-        if self._metrics is not None:
-            self._metrics.poll_done(answer.effect.value, answer.elapsed)
         job.last_seen = seen = time.time()
         now = runtime.clock()
         if answer.credits_remaining is not None:
