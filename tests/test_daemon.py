@@ -401,6 +401,30 @@ async def test_a_changed_secret_file_is_seen_on_sighup_as_needing_a_restart(
     assert await watcher.finish() == 0
 
 
+async def test_a_job_meeting_a_429_storm_says_when_it_will_really_be_polled(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A job added in the storm asks its own first backoff; the org's pause, doubled at each
+    429 in a row, holds it longer, and its `retry_in_s` must say so, not the shorter figure."""
+    sim.add_job(*A, ["RUNNING"])
+    sim.add_job(*B, ["RUNNING"])
+    daemon = Daemon(tmp_path, sim, reload_interval="1h")
+    polling = {"interval": "5s", "max_interval": "10s", "backoff_initial": "250ms"}
+    sim.inject(["429"] * 4)
+    daemon.write([A], **polling, backoff_max="4s")
+    watcher = await daemon.start()
+    await watcher.wait_for(lambda events: len(watcher.named("job.poll_failed")) == 3)
+    daemon.write([A, B], **polling, backoff_max="4s")
+    watcher.process.send_signal(signal.SIGHUP)
+    failed = await watcher.wait_event("job.poll_failed", job_id=B[1])
+    await sim.wait_for(lambda s: len(s.requests_for(*B)) == 2)
+    watcher.process.terminate()
+    assert await watcher.finish() == 0
+    first, second = sim.requests_for(*B)
+    assert failed["retry_in_s"] >= 0.25 * 2**3 * 0.5  # the fourth pause in a row, jittered
+    assert second.at - first.done == pytest.approx(failed["retry_in_s"], abs=0.3)
+
+
 async def test_sighup_reloads_at_once(tmp_path: Path, sim: Simulator) -> None:
     sim.add_job(*A, ["RUNNING"])
     sim.add_job(*B, ["COMPLETED"])

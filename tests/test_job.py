@@ -361,3 +361,20 @@ def test_a_row_naming_what_it_does_not_define_is_refused_when_written(
 ) -> None:
     with pytest.raises(ValueError, match="not all in"):
         replace(MASS_CONVERT, **change)
+
+
+def test_a_429_holds_the_job_for_the_orgs_pause_and_says_so() -> None:
+    """Met in a storm, a job waits out the org's longer pause: its next poll is said as it is."""
+    job = new_job()
+    limited = Answer(Effect.RATE_LIMITED, 429, None)
+    decision = apply_answer(
+        job, limited, MASS_UPDATE, SETTINGS, 110.0, random.Random(0), org_pause=7.5
+    )
+    assert decision.next_poll_in == decision.pause_all_for == 7.5
+    assert decision.events[0].fields["retry_in_s"] == 7.5
+    failed = Answer(Effect.TRANSIENT, 500, None)  # no 429: the org is not paused for it
+    decision = apply_answer(
+        job, failed, MASS_UPDATE, SETTINGS, 110.0, random.Random(0), org_pause=7.5
+    )
+    assert decision.next_poll_in is not None
+    assert decision.next_poll_in < 7.5

@@ -90,7 +90,7 @@ async def test_a_lowered_rate_applies_to_the_next_request() -> None:
 async def test_a_pause_holds_requests_and_counts_as_waiting() -> None:
     waited: list[float] = []
     gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET, on_wait=waited.append)
-    assert gate.refused(0.1, lambda _: 0.0) == 0.1
+    gate.refused(0.1)
     sent: list[float] = []
     started = asyncio.get_running_loop().time()
     await pass_through(gate, sent)
@@ -106,15 +106,21 @@ async def test_each_pause_that_ends_in_another_429_is_longer_and_one_burst_count
         counted.append(refusals)
         return 0.01 * 2**refusals
 
-    assert gate.refused(0.0, backoff) == 0.02
-    assert gate.refused(0.0, backoff) == 0.02  # the same burst's 429, while its pause is on
+    def refused() -> float:
+        pause = gate.refusal_pause(backoff)
+        gate.refused(pause)
+        return pause
+
+    assert refused() == 0.02
+    assert refused() == 0.02  # the same burst's 429, while its pause is on
     gate.answered()  # the same burst's 200, sent before the pause: says nothing of the storm
     await gate.admit()
-    assert gate.refused(0.0, backoff) == 0.04  # the next burst: the org is still over its limit
+    assert refused() == 0.04  # the next burst: the org is still over its limit
     await gate.admit()
     gate.answered()
-    assert gate.refused(0.0, backoff) == 0.02  # a storm after a good answer starts afresh
-    assert gate.refused(0.5, backoff) == 0.5  # a longer Retry-After wins
+    assert refused() == 0.02  # a storm after a good answer starts afresh
+    gate.refused(0.5)  # a longer Retry-After
+    assert 0.45 < gate.refusal_pause(backoff) <= 0.5  # what is left of it, now the longer
     assert counted == [1, 1, 2, 1, 1]
 
 
@@ -180,8 +186,8 @@ async def test_a_shorter_retry_after_of_the_same_burst_does_not_cut_the_pause_sh
     for: requests would then hit an org still over its limit."""
     waited: list[float] = []
     gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET, on_wait=waited.append)
-    gate.refused(0.2, lambda _: 0.0)
-    gate.refused(0.01, lambda _: 0.0)  # answered while the first pause is on
+    gate.refused(0.2)
+    gate.refused(0.01)  # answered while the first pause is on
     await gate.admit()
     assert waited[0] >= 0.2 - 1e-3
 

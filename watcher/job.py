@@ -70,8 +70,10 @@ def apply_answer(
     rng: random.Random,
     *,
     progress_events: bool = True,
+    org_pause: float = 0.0,
 ) -> Decision:
-    """Update `job` with the answer to one poll and decide what happens next."""
+    """Update `job` with the answer to one poll and decide what happens next. `org_pause`: how
+    long a 429 answered now holds every request at least (`RequestGate.refusal_pause`)."""
     job.polls += 1
     if answer.effect is Effect.OBSERVED:
         assert answer.observation is not None
@@ -85,7 +87,7 @@ def apply_answer(
     if answer.effect is Effect.AUTH:
         event = Event("auth.failed", "error", {**job.fields(), "error": answer.code})
         return Decision((event,), next_poll_in=None, fatal=True)
-    return _retry_later(job, answer, settings, rng)
+    return _retry_later(job, answer, settings, rng, org_pause)
 
 
 def _observed(
@@ -215,18 +217,24 @@ def _finished_level(job: JobState, kind: JobKind) -> str:
 
 
 def _retry_later(
-    job: JobState, answer: Answer, settings: PollingSettings, rng: random.Random
+    job: JobState,
+    answer: Answer,
+    settings: PollingSettings,
+    rng: random.Random,
+    org_pause: float,
 ) -> Decision:
     """Transient trouble, rate limiting or a not-yet-conclusive not-found: back off and retry.
 
     A Retry-After is honoured within `backoff_initial`…`backoff_max`: one odd header can neither
     park the watcher for days nor, saying 0, have it hammer a server that has just said it is
-    too busy.
+    too busy. A 429 holds the job, and every other, for at least the org's pause.
     """
     job.failures += 1
     delay = backoff_delay(job.failures, settings.backoff_initial, settings.backoff_max, rng)
     if answer.retry_after is not None:
         delay = min(max(answer.retry_after, settings.backoff_initial), settings.backoff_max)
+    if answer.effect is Effect.RATE_LIMITED:
+        delay = max(delay, org_pause)
     fields: dict[str, object] = {
         **job.fields(),
         "error": answer.code,

@@ -59,20 +59,25 @@ class RequestGate:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def refused(self, seconds: float, backoff: Callable[[int], float]) -> float:
+    def refusal_pause(self, backoff: Callable[[int], float]) -> float:
+        """How long a 429 answered now holds every request, at least: `backoff(n)`, where n
+        counts the pauses in a row that ended in another 429, or what is left of the pause still
+        on, if longer. Without that count, every fresh job that meets the storm would ask for
+        only its own first backoff, and the more jobs the watcher tracks the harder it would
+        hammer an org that is already over its limit. The job that met the 429 waits as long (its
+        next poll is said as it will be), and asks `refused` for it."""
+        now = self._clock()
+        refusals = self._refusals + (now >= self._resume_at)
+        return max(backoff(refusals), self._resume_at - now)
+
+    def refused(self, seconds: float) -> None:
         """Zoho answered 429, so the whole org is over its limit: hold every request not yet sent
-        for `seconds` (what that answer asked for), or for `backoff(n)` if longer, where n counts
-        the pauses in a row that ended in another 429. Without that count, every fresh job that
-        meets the storm would ask for only its own first backoff, and the more jobs the watcher
-        tracks the harder it would hammer an org that is already over its limit. The 429s of one
-        burst, answered while the pause they caused is still on, count once. Returns the pause.
-        """
+        for `seconds` (see `refusal_pause`). The 429s of one burst, answered while the pause
+        they caused is still on, count once; a shorter one does not cut the pause short."""
         now = self._clock()
         if now >= self._resume_at:
             self._refusals += 1
-        pause = max(seconds, backoff(self._refusals))
-        self._resume_at = max(self._resume_at, now + pause)
-        return pause
+        self._resume_at = max(self._resume_at, now + seconds)
 
     def answered(self) -> None:
         """Zoho served a request: the org is within its limit again, if that request went out

@@ -395,6 +395,7 @@ class Watcher:
         now = runtime.clock()
         if answer.credits_remaining is not None:
             self._credits_reported(answer.credits_remaining, now)
+        limited = answer.effect is Effect.RATE_LIMITED
         decision = apply_answer(
             job,
             answer,
@@ -403,9 +404,10 @@ class Watcher:
             now,
             self._rng,
             progress_events=self._config.progress_events,
+            org_pause=runtime.gate.refusal_pause(self._org_backoff) if limited else 0.0,
         )
         if decision.pause_all_for is not None:
-            runtime.gate.refused(decision.pause_all_for, self._org_backoff)
+            runtime.gate.refused(decision.pause_all_for)
         elif answer.effect in SERVED:
             runtime.gate.answered()
         if decision.fatal and self._finished.is_set():
