@@ -29,7 +29,7 @@ from watcher.clock import to_monotonic
 from watcher.config import Config, ConfigError, JobSpec
 from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Demand, Pace
 from watcher.events import Event, EventLog
-from watcher.job import JobState, apply_answer
+from watcher.job import Decision, JobState, apply_answer
 from watcher.ratelimit import RequestGate
 from watcher.reload import ConfigWatcher, check_gap
 from watcher.schedule import resume_delay
@@ -389,27 +389,10 @@ class Watcher:
             self._metrics.poll_done(answer.effect.value, answer.elapsed)
 
     async def _take(self, job: JobState, answer: Answer, runtime: _Runtime) -> None:
-        """What an answer means for the job, the org's pause and the budget; its events, kept
-        and said; its next poll, or its end."""
+        """An answer's events, kept and said; the job's next poll, or its end."""
         job.last_seen = seen = time.time()
         now = runtime.clock()
-        if answer.credits_remaining is not None:
-            self._credits_reported(answer.credits_remaining, now)
-        limited = answer.effect is Effect.RATE_LIMITED
-        decision = apply_answer(
-            job,
-            answer,
-            self._kind,
-            self._config.polling,
-            now,
-            self._rng,
-            progress_events=self._config.progress_events,
-            org_pause=runtime.gate.refusal_pause(self._org_backoff) if limited else 0.0,
-        )
-        if decision.pause_all_for is not None:
-            runtime.gate.refused(decision.pause_all_for)
-        elif answer.effect in SERVED:
-            runtime.gate.answered()
+        decision = self._decide(job, answer, runtime, now)
         if decision.fatal and self._finished.is_set():
             return  # a refused token, said once: the other polls it failed add nothing
         if not self._tracker.tracks(job):  # removed while its request was out: its plan too
@@ -434,6 +417,27 @@ class Watcher:
         else:
             runtime.unplan(job.spec)
             self._check_done()
+
+    def _decide(self, job: JobState, answer: Answer, runtime: _Runtime, now: float) -> Decision:
+        """What an answer means for the job, and for the whole org: its credits, its pause."""
+        if answer.credits_remaining is not None:
+            self._credits_reported(answer.credits_remaining, now)
+        limited = answer.effect is Effect.RATE_LIMITED
+        decision = apply_answer(
+            job,
+            answer,
+            self._kind,
+            self._config.polling,
+            now,
+            self._rng,
+            progress_events=self._config.progress_events,
+            org_pause=runtime.gate.refusal_pause(self._org_backoff) if limited else 0.0,
+        )
+        if decision.pause_all_for is not None:
+            runtime.gate.refused(decision.pause_all_for)
+        elif answer.effect in SERVED:
+            runtime.gate.answered()
+        return decision
 
     def _polled(self, spec: JobSpec, answer: Answer, delay: float | None) -> None:
         """At debug level, what each credit went on and when the next one will: the answer, and
