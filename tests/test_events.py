@@ -338,3 +338,27 @@ async def test_lines_dropped_are_counted_one_by_one_and_no_wait_on_them_ends(
     reader.room = True
     pipe._drain()
     assert (reported, ran, bytes(reader.got)) == ([9], [], b"held back\n")
+
+
+async def test_a_fifo_our_own_end_also_reads_is_not_watched_for_ever(tmp_path: Path) -> None:
+    """`1<>fifo`: the end is readable while lines sit in the pipe, and never in error (it is a
+    reader itself). Watched for its reader leaving, it would wake the loop at every turn."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    wakeups: list[None] = []
+
+    class Counted(output._Pipe):
+        def _reader_left(self) -> None:
+            wakeups.append(None)
+            super()._reader_left()
+
+    outlet = output._Outlet(fd, lambda data: os.write(fd, data), lambda: None)
+    gone: list[None] = []
+    pipe = Counted(outlet, asyncio.get_running_loop(), lambda _: None, lambda: gone.append(None))
+    pipe.write(b"a line nobody reads yet\n")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    pipe.close()
+    os.close(fd)
+    assert (len(wakeups), gone) == (1, [])

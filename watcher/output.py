@@ -100,11 +100,13 @@ class _Pipe:
         self._outlet.close()
 
     def _reader_left(self) -> None:
+        self._loop.remove_reader(self._outlet.fd)
         poll = select.poll()
         poll.register(self._outlet.fd, 0)  # errors are always reported
         if not any(events & select.POLLERR for _, events in poll.poll(0)):
+            # Readable, not in error: our own end reads too (`1<>fifo`). Watched, it would wake
+            # the loop for as long as lines sit in the pipe; the next line's failure will tell.
             return
-        self._loop.remove_reader(self._outlet.fd)
         if self.broken is None:
             self.broken = BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         self._drain()  # nothing held back goes anywhere now: whoever waits for it, hears so
