@@ -369,9 +369,12 @@ async def test_edits_are_taken_while_the_first_token_is_awaited_and_polled_once_
     daemon.config.write_text("polling: [\n")  # cut off mid-edit
     watcher.process.send_signal(signal.SIGHUP)
     await watcher.wait_event("config.invalid")
-    write_config(daemon.config, sim.url, [B], auth=auth, top=daemon.top)
+    # What only a restart applies stays as the run started, though nothing was built yet.
+    dead = "http://127.0.0.1:9"
+    write_config(daemon.config, sim.url, [B], auth=auth, top=daemon.top, api_domain=dead)
     watcher.process.send_signal(signal.SIGHUP)
-    await watcher.wait_event("config.reloaded", added=1, removed=1)
+    reloaded = await watcher.wait_event("config.reloaded", added=1, removed=1)
+    assert reloaded["restart_required"] == ["zoho"]
     assert [e["job_id"] for e in watcher.named("job.removed")] == [A[1]]
     assert watcher.named("auth.token_refreshed") == []
     sim.release_tokens()

@@ -268,7 +268,9 @@ class Watcher:
             group.create_task(self._keep_pace())
 
     def _build(self, session: aiohttp.ClientSession, tokens: TokenSource) -> _Runtime:
-        zoho, polling = self._config.zoho, self._config.polling
+        """The runtime, once there is a first token: from what the run started with for what
+        only a restart applies (`_needs_restart`), even if an edit came while it waited."""
+        zoho, polling = self._started_with.zoho, self._config.polling
         api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
         loop = asyncio.get_running_loop()
         store = self._tracker.store
@@ -290,7 +292,8 @@ class Watcher:
         client = ZohoClient(
             session, gate, tokens, api_domain, zoho.api_version, self._kind, heard=self._heard
         )
-        scheduler = Scheduler(self._poll, polling.max_concurrency, loop.time)
+        concurrency = self._started_with.polling.max_concurrency
+        scheduler = Scheduler(self._poll, concurrency, loop.time)
         return _Runtime(gate, client, scheduler, budget, Demand(), Pace(), loop.time)
 
     def _kept_reading(self) -> tuple[float, int] | None:
