@@ -118,11 +118,17 @@ def test_rate_limit_pauses_everybody_for_retry_after() -> None:
     assert decision.pause_all_for == decision.next_poll_in == 7.0
 
 
-def test_rate_limit_without_retry_after_uses_the_job_backoff() -> None:
-    decision = apply(new_job(), Answer(Effect.RATE_LIMITED, 429, code="X"))
-    assert decision.pause_all_for == decision.next_poll_in
+def test_a_429_pauses_every_job_for_the_orgs_pause_not_this_jobs_own_backoff() -> None:
+    """A job whose earlier failures made its backoff long must not hold the whole org for it."""
+    job = new_job()
+    job.failures = 5  # timeouts, say: its own next backoff is 32 s (jittered)
+    limited = Answer(Effect.RATE_LIMITED, 429, code="X")
+    decision = apply_answer(
+        job, limited, MASS_UPDATE, SETTINGS, 110.0, random.Random(0), org_pause=1.5
+    )
+    assert decision.pause_all_for == 1.5
     assert decision.next_poll_in is not None
-    assert 0.8 <= decision.next_poll_in <= 1.0
+    assert 25.6 <= decision.next_poll_in <= 32.0  # the job itself waits the longer
 
 
 @pytest.mark.parametrize(

@@ -227,14 +227,20 @@ def _retry_later(
 
     A Retry-After is honoured within `backoff_initial`…`backoff_max`: one odd header can neither
     park the watcher for days nor, saying 0, have it hammer a server that has just said it is
-    too busy. A 429 holds the job, and every other, for at least the org's pause.
+    too busy. A 429 pauses every job for what it asked, or the org's pause if longer; never for
+    this job's own backoff, which its earlier failures may have made long. The job waits for
+    the longer of the two.
     """
     job.failures += 1
     delay = backoff_delay(job.failures, settings.backoff_initial, settings.backoff_max, rng)
+    told = None
     if answer.retry_after is not None:
-        delay = min(max(answer.retry_after, settings.backoff_initial), settings.backoff_max)
+        told = min(max(answer.retry_after, settings.backoff_initial), settings.backoff_max)
+        delay = told
+    pause = None
     if answer.effect is Effect.RATE_LIMITED:
-        delay = max(delay, org_pause)
+        pause = org_pause if told is None else max(told, org_pause)
+        delay = max(delay, pause)
     fields: dict[str, object] = {
         **job.fields(),
         "error": answer.code,
@@ -243,5 +249,4 @@ def _retry_later(
         "retry_in_s": round(delay, 3),
     }
     event = Event("job.poll_failed", "warning", fields)
-    pause = delay if answer.effect is Effect.RATE_LIMITED else None
     return Decision((event,), next_poll_in=delay, pause_all_for=pause)
