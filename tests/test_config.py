@@ -738,6 +738,10 @@ def test_secret_file_path_may_come_from_the_environment(tmp_path: Path) -> None:
         (TOKEN.encode() + b"\n\n", "the secret contains a line break or other control character"),
         (b"one\ntwo", "the secret contains a line break or other control character"),
         (b"  1000.CLIENTID  \n", "the secret starts or ends with a space"),
+        (
+            b"Zoho-oauthtoken 1000.abc.def\n",  # the whole header, pasted
+            "give the token alone, without 'Zoho-oauthtoken' before it",
+        ),
         (b"\xff\xfe", "cannot read '{path}': not UTF-8 text (bad byte at offset 0)"),
     ],
 )
@@ -774,6 +778,10 @@ def test_secret_and_secret_file_together_are_refused(tmp_path: Path) -> None:
         ("[a, b]", "expected a single value, got a list"),
         ('"a\\tb"', "the secret contains a line break or other control character"),
         ('" 1000.abc.def"', "the secret starts or ends with a space"),
+        (
+            '"zoho-oauthtoken 1000.abc.def"',
+            "give the token alone, without 'Zoho-oauthtoken' before it",
+        ),
     ],
 )
 def test_bad_inline_secrets(value: str, message: str) -> None:
@@ -935,6 +943,26 @@ def test_progress_events_takes_only_true_or_false(value: str, message: str) -> N
 @pytest.mark.parametrize("key", ["jobs_dir", "state_path"])
 def test_paths_must_be_usable(key: str, value: str, message: str) -> None:
     assert problem(AUTH + f"{key}: {value}\n") == f"cfg.yaml:4: {key}: {message}"
+
+
+@pytest.mark.parametrize("key", ["jobs_dir", "state_path"])
+def test_a_path_starting_with_a_tilde_is_refused_not_made_in_the_working_directory(
+    key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`state_path: ~/state.db` would make a directory named `~` here, whose obvious clean-up
+    (`rm -rf ~`) deletes the home directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()  # even where a directory of that name exists
+    message = "'~/w': '~' is not expanded; write ${HOME} instead"
+    assert problem(AUTH + f"{key}: ~/w\n") == f"cfg.yaml:4: {key}: {message}"
+
+
+def test_a_secret_file_starting_with_a_tilde_is_refused() -> None:
+    text = "zoho:\n  auth:\n    access_token_file: ~/token\n"
+    assert problem(text) == (
+        "cfg.yaml:3: zoho.auth.access_token_file: '~/token': '~' is not expanded; write ${HOME}"
+        " instead"
+    )
 
 
 @pytest.mark.parametrize(

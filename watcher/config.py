@@ -27,6 +27,7 @@ from watcher import collector
 from watcher.durations import format_duration, parse_duration
 from watcher.schedule import SCHEDULES
 from watcher.zoho_api import (
+    AUTH_SCHEME,
     CENTRE_OF_ACCOUNTS,
     CENTRE_OF_API,
     DATA_CENTERS,
@@ -852,7 +853,18 @@ class _Reader:
         """A filesystem path; relative ones start from the working directory, as for NAME_file."""
         rule = "is not a path (empty, or with a line break or other control character)"
         text = self.matching(node, path, _PATH, rule)
-        return None if text is None else Path(text)
+        if text is None or self._tilde(node, path, text):
+            return None
+        return Path(text)
+
+    def _tilde(self, node: Node, path: str, text: str) -> bool:
+        """Whether `text` starts with a `~`, reported. Taken as written it is a directory named
+        `~` in the working directory (`state_path: ~/state.db` would be created there, where
+        `rm -rf ~` is the obvious and ruinous clean-up), which nobody who writes it means."""
+        if not text.startswith("~"):
+            return False
+        self.report(node, path, f"{_shown(text)}: '~' is not expanded; write ${{HOME}} instead")
+        return True
 
     def directory(self, node: Node, path: str) -> Path | None:
         """An existing directory: checked here so that the problem can point at its line."""
@@ -951,6 +963,8 @@ class _Reader:
             self.report(node, key, "the secret contains a line break or other control character")
         elif text != text.strip():  # pasted along with it: Zoho would refuse it, far from here
             self.report(node, key, "the secret starts or ends with a space")
+        elif text.lower().startswith(f"{AUTH_SCHEME.lower()} "):  # the header pasted whole
+            self.report(node, key, f"give the token alone, without {AUTH_SCHEME!r} before it")
         elif not _is_utf8(text):  # a byte the environment held that no header or form can carry
             self.report(node, key, "the secret is not valid UTF-8 text")
         else:
@@ -972,6 +986,8 @@ class _Reader:
             return None
         if not location:  # Path("") would be the working directory
             self.report(node, path, "no file named")
+            return None
+        if self._tilde(node, path, location):
             return None
         try:
             text = _read_text(Path(location))
