@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from importlib.metadata import version
 from pathlib import Path
 
 from watcher.config import Config, ConfigError, load_all, load_state_path, redact
@@ -163,6 +162,8 @@ class _Version(argparse.Action):
         )
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import version  # milliseconds at every start: only when asked
+
         with _printing():
             print(f"{PROG} {version(PROG)}")
         parser.exit()

@@ -246,12 +246,19 @@ def load_config(
 
 def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:
     """Validates YAML `text`, naming it `source` in messages and expanding ${VAR} from `env`."""
-    reader = _Reader(source, env)
+    # Resumed only once the node tree is gone with its reader: alive then, all of it would be
+    # walked by a collection that finds nothing to free.
     with collector.paused():
-        config = _config(reader, _compose(text, source))
+        config = _read_config(text, source, env)
+    _refuse_secrets_in(config.jobs, config.zoho.auth.secrets(), source)
+    return config
+
+
+def _read_config(text: str, source: str, env: Mapping[str, str]) -> Config:
+    reader = _Reader(source, env)
+    config = _config(reader, _compose(text, source))
     if config is None or reader.problems:
         raise reader.error()
-    _refuse_secrets_in(config.jobs, config.zoho.auth.secrets(), source)
     return config
 
 
@@ -319,10 +326,14 @@ def parse_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
     Values are read literally: a jobs file is written by a tool, not templated from the
     environment, and a module or job id can never contain a `$` anyway.
     """
+    with collector.paused():  # resumed with the node tree gone, as in `parse_config`
+        return _read_jobs_file(text, source)
+
+
+def _read_jobs_file(text: str, source: str) -> tuple[JobSpec, ...]:
     reader = _Reader(source, None)
-    with collector.paused():
-        sections = reader.mapping(_compose(text, source), "", ("jobs",)) or {}
-        jobs = _jobs(reader, sections.get("jobs", SequenceNode(_SEQ_TAG, [])))
+    sections = reader.mapping(_compose(text, source), "", ("jobs",)) or {}
+    jobs = _jobs(reader, sections.get("jobs", SequenceNode(_SEQ_TAG, [])))
     if reader.problems:
         raise reader.error()
     return jobs

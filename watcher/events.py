@@ -67,8 +67,9 @@ class _Stamp:
         second, micros = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        # zfill rather than a format spec, which takes longer than the rest of the stamp
+        event_dict["timestamp"] = self._prefix + str(micros).zfill(6) + "Z"
         return event_dict
 
 
