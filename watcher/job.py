@@ -227,20 +227,18 @@ def _retry_later(
 
     A Retry-After is honoured within `backoff_initial`…`backoff_max`: one odd header can neither
     park the watcher for days nor, saying 0, have it hammer a server that has just said it is
-    too busy. A 429 pauses every job for what it asked, or the org's pause if longer; never for
-    this job's own backoff, which its earlier failures may have made long. The job waits for
-    the longer of the two.
+    too busy. A 429 pauses every job, this one too, for what it asked or the org's pause if
+    longer: the limit is the org's. Never for this job's own backoff, which its earlier
+    failures may have made long, and which would hold every other job as long.
     """
     job.failures += 1
     delay = backoff_delay(job.failures, settings.backoff_initial, settings.backoff_max, rng)
-    told = None
     if answer.retry_after is not None:
-        told = min(max(answer.retry_after, settings.backoff_initial), settings.backoff_max)
-        delay = told
+        delay = min(max(answer.retry_after, settings.backoff_initial), settings.backoff_max)
     pause = None
     if answer.effect is Effect.RATE_LIMITED:
-        pause = org_pause if told is None else max(told, org_pause)
-        delay = max(delay, pause)
+        told = 0.0 if answer.retry_after is None else delay
+        delay = pause = max(told, org_pause)
     fields: dict[str, object] = {
         **job.fields(),
         "error": answer.code,
