@@ -549,6 +549,19 @@ async def http_get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+async def run_into(
+    daemon: Daemon, stdout: int, stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`run` on the daemon's config, its event lines written to the descriptor `stdout`."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "watcher", "run", "--config", str(daemon.config)),
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, **CREDENTIALS_ENV},
+    )
+
+
 def more_lines_than_a_pipe_holds(
     tmp_path: Path, sim: Simulator
 ) -> tuple[Daemon, list[tuple[str, str]]]:
@@ -590,12 +603,8 @@ async def test_a_stalled_reader_stops_neither_polling_nor_a_stop_and_loses_no_ev
     daemon, jobs = more_lines_than_a_pipe_holds(tmp_path, sim)
     read_end, write_end = _channel(channel)
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "watcher", "run", "--config", str(daemon.config)),
-            stdout=write_end,
-            stderr=write_end if stderr_too else asyncio.subprocess.PIPE,
-            env={**os.environ, **CREDENTIALS_ENV},
+        process = await run_into(
+            daemon, write_end, write_end if stderr_too else asyncio.subprocess.PIPE
         )
         await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
         process.terminate()
@@ -624,13 +633,7 @@ async def test_a_stalled_reader_that_goes_away_ends_the_watcher_quietly(
     at its next event, as with any closed stdout, without a word on stderr meanwhile."""
     daemon, jobs = more_lines_than_a_pipe_holds(tmp_path, sim)
     read_end, write_end = os.pipe()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "watcher", "run", "--config", str(daemon.config)),
-        stdout=write_end,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **CREDENTIALS_ENV},
-    )
+    process = await run_into(daemon, write_end)
     os.close(write_end)
     await sim.wait_for(lambda s: len(s.requests) == len(jobs), timeout=60)
     os.close(read_end)  # the reader goes away with lines still held back
@@ -648,13 +651,7 @@ async def test_a_pipe_reader_that_goes_away_ends_the_watcher_at_once(
     daemon = Daemon(tmp_path, sim)
     daemon.write([A])
     read_end, write_end = os.pipe()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "watcher", "run", "--config", str(daemon.config)),
-        stdout=write_end,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **CREDENTIALS_ENV},
-    )
+    process = await run_into(daemon, write_end)
     os.close(write_end)
     await sim.wait_for(lambda s: len(s.requests_for(*A)) >= 3)  # it has said all it will
     os.close(read_end)
