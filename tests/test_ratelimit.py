@@ -112,7 +112,9 @@ async def test_each_pause_that_ends_in_another_429_is_longer_and_one_burst_count
         return pause
 
     assert refused() == 0.02
-    assert refused() == 0.02  # the same burst's 429, while its pause is on
+    # The same burst's 429, while its pause is on: what is left of it, which the jobs that met
+    # the first were told; no new backoff that could end later.
+    assert 0.0 < refused() <= 0.02
     gate.answered()  # the same burst's 200, sent before the pause: says nothing of the storm
     await gate.admit()
     assert refused() == 0.04  # the next burst: the org is still over its limit
@@ -121,7 +123,7 @@ async def test_each_pause_that_ends_in_another_429_is_longer_and_one_burst_count
     assert refused() == 0.02  # a storm after a good answer starts afresh
     gate.refused(0.5)  # a longer Retry-After
     assert 0.45 < gate.refusal_pause(backoff) <= 0.5  # what is left of it, now the longer
-    assert counted == [1, 1, 2, 1, 1]
+    assert counted == [1, 2, 1]
 
 
 async def test_a_request_no_longer_wanted_is_turned_away_and_takes_nothing() -> None:
@@ -179,6 +181,18 @@ async def test_a_reload_to_a_longer_period_still_counts_sends_let_go_of() -> Non
     await asyncio.sleep(0)
     assert not waiting.done()  # limit + 1 sent within the new period: no more for now
     waiting.cancel()
+
+
+async def test_a_429_of_the_same_burst_keeps_the_pause_the_first_ones_were_told() -> None:
+    """Backoffs are jittered: a second draw for the same burst could end later than the pause
+    the jobs that met its first 429 were told, and they would be polled later than they said."""
+    gate = RequestGate(rate_limit=1000, rate_period=1.0, budget=NO_BUDGET)
+    draws = iter([0.2, 0.3])
+    first = gate.refusal_pause(lambda _: next(draws))
+    gate.refused(first)
+    second = gate.refusal_pause(lambda _: next(draws))
+    gate.refused(second)
+    assert 0.0 < second <= first == 0.2
 
 
 async def test_a_shorter_retry_after_of_the_same_burst_does_not_cut_the_pause_short() -> None:

@@ -61,14 +61,16 @@ class RequestGate:
 
     def refusal_pause(self, backoff: Callable[[int], float]) -> float:
         """How long a 429 answered now holds every request, at least: `backoff(n)`, where n
-        counts the pauses in a row that ended in another 429, or what is left of the pause still
-        on, if longer. Without that count, every fresh job that meets the storm would ask for
-        only its own first backoff, and the more jobs the watcher tracks the harder it would
-        hammer an org that is already over its limit. The job that met the 429 waits as long (its
-        next poll is said as it will be), and asks `refused` for it."""
+        counts the pauses in a row that ended in another 429. Without that count, every fresh job
+        that meets the storm would ask for only its own first backoff, and the more jobs the
+        watcher tracks the harder it would hammer an org that is already over its limit. A 429 of
+        the burst whose pause is still on adds nothing: what is left of that pause, which the jobs
+        that met it were told. The job that met the 429 waits as long (its next poll is said as
+        it will be), and asks `refused` for it."""
         now = self._clock()
-        refusals = self._refusals + (now >= self._resume_at)
-        return max(backoff(refusals), self._resume_at - now)
+        if now < self._resume_at:
+            return self._resume_at - now
+        return backoff(self._refusals + 1)
 
     def refused(self, seconds: float) -> None:
         """Zoho answered 429, so the whole org is over its limit: hold every request not yet sent
