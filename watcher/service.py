@@ -108,7 +108,6 @@ class Watcher:
         self._reason = "signal"
         self._tracker: Tracker
         self._runtime: _Runtime | None = None  # built once there is a first token
-        self._unpolled: list[JobSpec] = []  # tracked before then, to poll first then
 
     def stop(self) -> None:
         """Stop taking new work; `run` cancels what is in flight, flushes state, returns 0."""
@@ -231,7 +230,7 @@ class Watcher:
         """
         try:
             with collector.paused():
-                self._unpolled = await self._tracker.track(self._config.jobs)
+                await self._tracker.track(self._config.jobs)
                 self._tracker.forget_missing(self._config.jobs)
         except StateError as exc:
             self._state_failed(exc)
@@ -260,8 +259,10 @@ class Watcher:
             self._state_failed(exc)
             return
         self._runtime = self._build(session, tokens)
-        unpolled, self._unpolled = self._unpolled, []
-        self._poll_first([spec for spec in dict.fromkeys(unpolled) if spec in self._tracker.jobs])
+        # Every job tracked by now that has not ended, edits made meanwhile included: none of
+        # them has been polled yet.
+        jobs = self._tracker.jobs
+        self._poll_first([spec for spec, job in jobs.items() if job.outcome is None])
         async with asyncio.TaskGroup() as group:
             group.create_task(self._runtime.scheduler.run())
             group.create_task(self._prune())
@@ -339,7 +340,6 @@ class Watcher:
         find the demand small and take short gaps: the budget would not stretch them alike.
         """
         if self._runtime is None:  # no token yet: polled first once there is one
-            self._unpolled.extend(specs)
             return
         runtime, interval = self._runtime, self._config.polling.interval
         wall, now = time.time(), runtime.clock()
