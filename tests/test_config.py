@@ -16,7 +16,6 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher import config as config_module
 from watcher.config import (
     PROBLEMS_SHOWN,
     Config,
@@ -25,6 +24,7 @@ from watcher.config import (
     JobSpec,
     PollingSettings,
     Secret,
+    files,
     load_all,
     load_config,
     load_jobs_file,
@@ -33,6 +33,7 @@ from watcher.config import (
     parse_jobs_file,
     read_file_bytes,
     redact,
+    yaml_tree,
 )
 from watcher.zoho_api import DATA_CENTERS
 
@@ -1169,7 +1170,7 @@ def test_jobs_need_module_and_job_id(item: str, missing: str) -> None:
 def test_ten_thousand_jobs_load_quickly() -> None:
     lines = "".join(f"  - module: Leads\n    job_id: {i % 5000:018d}\n" for i in range(10_000))
     if yaml.__with_libyaml__:
-        assert config_module._LOADER is yaml.CSafeLoader
+        assert yaml_tree.LOADER is yaml.CSafeLoader
     started = time.perf_counter()
     config = parse(AUTH + "jobs:\n" + lines)
     elapsed = time.perf_counter() - started
@@ -1221,7 +1222,7 @@ def test_environment_defaults_to_os_environ(
     assert load_config(path).zoho.auth.access_token == Secret(TOKEN)
 
 
-@pytest.mark.parametrize("loader", [yaml.SafeLoader, config_module._LOADER])
+@pytest.mark.parametrize("loader", [yaml.SafeLoader, yaml_tree.LOADER])
 @pytest.mark.parametrize(
     ("text", "where"),
     [
@@ -1237,21 +1238,21 @@ def test_environment_defaults_to_os_environ(
 def test_invalid_yaml_is_one_line_with_its_position(
     monkeypatch: pytest.MonkeyPatch, loader: type[yaml.SafeLoader], text: str, where: str
 ) -> None:
-    monkeypatch.setattr(config_module, "_LOADER", loader)
+    monkeypatch.setattr(yaml_tree, "LOADER", loader)
     found = problem(text)
     assert found.startswith(f"{where}: invalid YAML: ")
     assert len(found.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
-    ("loader", "where"), [(yaml.SafeLoader, "cfg.yaml:1:4"), (config_module._LOADER, "cfg.yaml")]
+    ("loader", "where"), [(yaml.SafeLoader, "cfg.yaml:1:4"), (yaml_tree.LOADER, "cfg.yaml")]
 )
 def test_text_that_is_no_unicode_is_invalid_yaml_in_one_line(
     monkeypatch: pytest.MonkeyPatch, loader: type[yaml.SafeLoader], where: str
 ) -> None:
     """A lone surrogate (a byte no UTF-8 decodes, from the environment): libyaml cannot take
     the text at all, so it has no position to tell."""
-    monkeypatch.setattr(config_module, "_LOADER", loader)
+    monkeypatch.setattr(yaml_tree, "LOADER", loader)
     found = problem("a: \ud800\n")
     assert found.startswith(f"{where}: invalid YAML: ")
     assert len(found.splitlines()) == 1
@@ -1260,7 +1261,7 @@ def test_text_that_is_no_unicode_is_invalid_yaml_in_one_line(
 def test_deep_nesting_is_invalid_yaml_with_either_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     deep = "[" * 5000
     assert "invalid YAML" in problem(deep)
-    monkeypatch.setattr(config_module, "_LOADER", yaml.SafeLoader)
+    monkeypatch.setattr(yaml_tree, "LOADER", yaml.SafeLoader)
     assert problem(deep) == "cfg.yaml: invalid YAML: nested too deeply"
 
 
@@ -1642,7 +1643,7 @@ def test_a_config_that_is_no_regular_file_is_refused_not_read(
     assert load_problems(path) == (f"{path}: cannot read config file: not a regular file",)
 
 
-@pytest.mark.parametrize("grown", [10, config_module.MAX_FILE_BYTES + 1])
+@pytest.mark.parametrize("grown", [10, files.MAX_FILE_BYTES + 1])
 def test_a_file_that_grew_after_its_size_was_taken_is_read_whole_up_to_the_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grown: int
 ) -> None:
@@ -1654,8 +1655,8 @@ def test_a_file_that_grew_after_its_size_was_taken_is_read_whole_up_to_the_limit
         found = real_fstat(descriptor)
         return type("Found", (), {"st_mode": found.st_mode, "st_size": 4})
 
-    monkeypatch.setattr(config_module.os, "fstat", smaller)
-    if grown > config_module.MAX_FILE_BYTES:
+    monkeypatch.setattr(files.os, "fstat", smaller)
+    if grown > files.MAX_FILE_BYTES:
         with pytest.raises(OSError, match="larger than 64 MiB"):
             read_file_bytes(path)
     else:

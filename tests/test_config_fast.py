@@ -1,6 +1,6 @@
 """The loader's shortcuts for big files change its speed and nothing else.
 
-Two shortcuts in watcher/config.py: usual job items skip the general walk (`_usual_job`), and the
+Two shortcuts in watcher/config/: usual job items skip the general walk (`_usual_job`), and the
 composer tags scalars only null or not (`_NullResolver`). Each property compares what the loader
 gives with the shortcut against what it gives without, on input that lands on both sides of the
 shortcut's conditions: YAML 1.1 traps, ${VAR}s, odd keys, tags, anchors, collections.
@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from watcher import config as config_module
-from watcher.config import ConfigError, JobSpec, parse_config, parse_jobs_file
+from watcher.config import ConfigError, JobSpec, parse_config, parse_jobs_file, sections, yaml_tree
+from watcher.config.reader import Reader
 
 ENV = {"TOKEN": "1000.fast-path-token", "MODULE": "Leads", "ID": "12", "ODD": "1 2"}
 AUTH = "zoho:\n  auth:\n    access_token: ${TOKEN}\n"
@@ -57,7 +57,7 @@ def both_ways(load: Callable[[], object]) -> tuple[object, object]:
     """What `load` gives with the usual-item shortcut and without it."""
     with_shortcut = outcome(load)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(config_module, "_usual_job", lambda node: None)
+        patch.setattr(sections, "_usual_job", lambda node: None)
         return with_shortcut, outcome(load)
 
 
@@ -105,13 +105,11 @@ def test_jobs_read_with_the_shortcut_as_without(jobs: str) -> None:
 )
 def test_usual_items_take_the_shortcut(item: str) -> None:
     """Keeps the property above from passing only because the shortcut never fires."""
-    root = yaml.compose(f"- {item}\n", Loader=config_module._LOADER)
+    root = yaml.compose(f"- {item}\n", Loader=yaml_tree.LOADER)
     assert isinstance(root, SequenceNode)
     (job,) = root.value
-    assert config_module._usual_job(job) == config_module._job(
-        config_module._Reader("cfg.yaml", None), job, "jobs[0]"
-    )
-    assert isinstance(config_module._usual_job(job), JobSpec)
+    assert sections._usual_job(job) == sections._job(Reader("cfg.yaml", None), job, "jobs[0]")
+    assert isinstance(sections._usual_job(job), JobSpec)
 
 
 # Plain scalars that YAML 1.1 reads as null or as something else, in the places a scalar can go.
@@ -132,7 +130,7 @@ def shape(node: Node) -> object:
     """All of a node that the walk reads: kind, text, null or not, position, children."""
     where = (node.start_mark.line, node.start_mark.column, node.end_mark.line)
     if isinstance(node, ScalarNode):
-        return ("scalar", node.value, node.tag == config_module._NULL_TAG, where)
+        return ("scalar", node.value, node.tag == yaml_tree.NULL_TAG, where)
     if isinstance(node, MappingNode):
         return ("mapping", [(shape(key), shape(value)) for key, value in node.value], where)
     return ("list", [shape(item) for item in node.value], where)
@@ -146,9 +144,9 @@ def composed(text: str, loader: type[yaml.SafeLoader | yaml.CSafeLoader]) -> obj
     return None if root is None else shape(root)
 
 
-@pytest.mark.parametrize("loader", [yaml.SafeLoader, config_module._LOADER])
+@pytest.mark.parametrize("loader", [yaml.SafeLoader, yaml_tree.LOADER])
 @given(text=st.builds(str.format, TEMPLATES, SCALARS))
 def test_the_composer_sees_null_where_pyyaml_does(
     loader: type[yaml.SafeLoader | yaml.CSafeLoader], text: str
 ) -> None:
-    assert composed(text, config_module._null_resolving(loader)) == composed(text, loader)
+    assert composed(text, yaml_tree._null_resolving(loader)) == composed(text, loader)
