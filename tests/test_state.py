@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from watcher import state
 from watcher.schedule import Sample
 from watcher.state import (
     SCHEMA_VERSION,
@@ -26,8 +25,8 @@ from watcher.state import (
     StateError,
     StateStore,
     StoredToken,
-    _set_up,
 )
+from watcher.state.schema import set_up
 from watcher.status import show_status, state_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,7 +400,7 @@ async def test_a_set_up_another_opener_finished_first_is_not_done_again(
     late = sqlite3.connect(path, isolation_level=None)  # has seen the file as it was
     await (await StateStore.open(path)).close()  # the other opener, first to the lock
     with contextlib.closing(late):
-        _set_up(late, path)
+        set_up(late, path)
     again = await StateStore.open(path)
     assert again.jobs.keys() <= {("Leads", "7")}
     await again.close()
@@ -678,7 +677,7 @@ async def test_our_file_found_read_only_is_made_private_before_sqlite_opens_it(
         modes.append(path.stat().st_mode & 0o777)
         return connect(*args, **kwargs)
 
-    monkeypatch.setattr(state.sqlite3, "connect", recording_connect)
+    monkeypatch.setattr(sqlite3, "connect", recording_connect)
     store = await StateStore.open(path)
     await store.save_durably(job())
     await store.close()
