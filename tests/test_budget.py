@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.harness import ACCESS_TOKEN, WatcherProcess, refresh_auth, run_cli, write_config
-from watcher import credits, service
+from watcher import credits, polling, service
 from watcher.config import load_all
 from watcher.credits import RELAXED, Demand, Pace
 from watcher.events import EventLog
@@ -215,7 +215,7 @@ async def test_a_low_credit_reading_outlives_a_restart(
 ) -> None:
     """Forgotten at a restart, the org would look flush again: the next pace check would bring
     every job parked under the floor forward, into an org out of credits."""
-    monkeypatch.setattr(service, "PACE_CHECK_S", 0.05)
+    monkeypatch.setattr(polling, "PACE_CHECK_S", 0.05)
     sim = await sim_factory(org_credits=1)  # every answer says 0 credits are left
     sim.add_job("Leads", "1", ["RUNNING"])
     top = {"state_path": str(tmp_path / "state.db")}
@@ -292,7 +292,7 @@ async def test_an_aged_out_credit_reading_brings_a_parked_job_forward(
 ) -> None:
     """No answer tells the watcher that a low reading has gone stale: the periodic pace check
     does. Without it the job would sit out the gap stretched by floor / remaining (100 s here)."""
-    monkeypatch.setattr(service, "PACE_CHECK_S", 0.05)
+    monkeypatch.setattr(polling, "PACE_CHECK_S", 0.05)
     monkeypatch.setattr(credits, "REMAINING_TTL_S", 0.3)
     sim = await sim_factory(org_credits=1)  # every answer says 0 credits are left
     sim.add_job("Leads", "1", ["RUNNING"])
@@ -353,8 +353,8 @@ async def test_a_job_removed_while_its_request_is_out_leaves_no_demand(
     await sim.wait_for(lambda s: len(s.requests_for(*kept)) >= polled + 2, timeout=5)
     watcher.stop()
     assert await running == 0
-    assert watcher._runtime is not None
-    assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1)  # the kept job's alone
+    assert watcher._poller is not None
+    assert watcher._poller.demand.per_s == pytest.approx(1 / 0.1)  # the kept job's alone
 
 
 async def test_jobs_never_seen_with_a_status_leave_no_demand(
@@ -387,8 +387,8 @@ async def test_jobs_never_seen_with_a_status_leave_no_demand(
         await sim.wait_for(lambda s, n=polled: len(s.requests_for(*healthy)) >= n + 2)
         watcher.stop()
         assert await running == 0
-        assert watcher._runtime is not None
-        assert watcher._runtime.demand.per_s == pytest.approx(1 / 0.1), run  # the healthy one's
+        assert watcher._poller is not None
+        assert watcher._poller.demand.per_s == pytest.approx(1 / 0.1), run  # the healthy one's
 
 
 async def test_a_failed_save_met_while_keeping_a_credit_reading_stops_the_watcher_cleanly(

@@ -13,9 +13,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from watcher.config import Config, ConfigError, load_all, load_state_path, redact
+from watcher.ending import EXIT_CONFIG, EXIT_OK
 from watcher.events import FORMATS, LEVELS, EventLog
 from watcher.output import OutputFailed
-from watcher.service import EXIT_CONFIG, EXIT_OK, StartupError, Watcher, serve
+from watcher.service import StartupError, Watcher, serve
 from watcher.state import StateError, check_path
 from watcher.status import show_status, state_file
 

@@ -1,8 +1,8 @@
 """The watcher's lifecycle: start, poll every job until it ends, follow config edits, stop cleanly.
 
 Data flows one way: config → scheduler → client → job state → events. This module wires those
-together, decides when the run is over, and owns the order of shutdown: stop polling, flush the
-state, then say `watcher.stopped`.
+together (the polls themselves are `polling.Poller`'s), follows the config, and owns the order of
+shutdown: stop polling, flush the state, then say `watcher.stopped`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,60 +21,29 @@ import aiohttp
 
 from watcher import collector
 from watcher.auth import REFRESH_LIMIT, AuthFailed, FixedToken, RefreshingToken, TokenSource
-from watcher.backoff import backoff_delay
-from watcher.classify import Answer
-from watcher.client import ZohoClient
-from watcher.clock import to_monotonic
-from watcher.config import Config, ConfigError, JobSpec
-from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Demand, Pace
+from watcher.config import Config, ConfigError
+from watcher.credits import DAY_S
+from watcher.ending import EXIT_OK, Ending
 from watcher.events import Event, EventLog
-from watcher.job import Decision, JobState, apply_answer
-from watcher.ratelimit import RequestGate
+from watcher.polling import Poller, kept_reading
 from watcher.reload import ConfigWatcher, check_gap
-from watcher.schedule import resume_delay
-from watcher.scheduler import Scheduler
 from watcher.state import StateError, StateStore, record_view
 from watcher.tracking import Tracker
-from watcher.zoho_api import DEFAULT_API_DOMAIN, MASS_UPDATE, SERVED, Effect
+from watcher.zoho_api import MASS_UPDATE
 
 if TYPE_CHECKING:  # imported when a listener is configured: most runs never pay for aiohttp.web
     from watcher.http import Health, HttpServer
     from watcher.metrics import Metrics
 
-EXIT_OK = 0
-EXIT_JOB_NOT_COMPLETED = 1
-EXIT_CONFIG = 2
-EXIT_AUTH = 3
-
 PRUNE_EVERY_S = 3600.0
 # A due job this overdue with no worker busy means the scheduler itself has stopped serving.
 STUCK_AFTER_S = 60.0
-PACE_CHECK_S = 60.0  # how often a fallen stretch is looked for (see `Pace`)
 # How long a stop waits for event lines a stalled reader holds back (stops end within 5 s).
 LINES_OUT_S = 2.0
 
 
 class StartupError(Exception):
     """Something the watcher needs at start is unusable (state file, HTTP port): one line."""
-
-
-@dataclass
-class _Runtime:
-    """What exists once a token is in hand: the gate, the client and the scheduler, and the
-    credit bookkeeping that stretches every job's gap alike when the budget is tight."""
-
-    gate: RequestGate
-    client: ZohoClient
-    scheduler: Scheduler[JobSpec]
-    budget: CreditBudget
-    demand: Demand
-    pace: Pace[JobSpec]
-    clock: Callable[[], float]  # the loop's monotonic clock, the scheduler's too
-
-    def unplan(self, spec: JobSpec) -> None:
-        """`spec` will not be polled again: neither its pace nor its plan counts any more."""
-        self.demand.drop(spec)
-        self.pace.drop(spec)
 
 
 class Watcher:
@@ -95,23 +63,20 @@ class Watcher:
         self._started_with = config  # what the settings only a restart applies still come from
         self._log = log
         self._exit_when_done = exit_when_done
-        # Off where failures are expected (the demo): the exit code, in `watcher.stopped` too,
-        # then says only whether the watcher itself ran well.
-        self._outcomes_decide_exit = outcomes_decide_exit
+        self._ending = Ending(
+            log, exit_when_done=exit_when_done, outcomes_decide_exit=outcomes_decide_exit
+        )
         self._kind = MASS_UPDATE  # the one kind of job the config can name so far
         self._rng = rng or random.Random()
         # Counted only where they can be read: with no HTTP listener nobody can scrape them.
         self._metrics: Metrics | None = None
-        self._finished = asyncio.Event()
         self._reload_requested = asyncio.Event()
-        self._exit_code = EXIT_OK
-        self._reason = "signal"
         self._tracker: Tracker
-        self._runtime: _Runtime | None = None  # built once there is a first token
+        self._poller: Poller | None = None  # made once there is a first token
 
     def stop(self) -> None:
         """Stop taking new work; `run` cancels what is in flight, flushes state, returns 0."""
-        self._end("signal", EXIT_OK)
+        self._ending.end("signal", EXIT_OK)
 
     def reload(self) -> None:
         """Re-read the config files now (SIGHUP), and report a bad edit at once."""
@@ -120,7 +85,7 @@ class Watcher:
     async def run(self) -> int:
         """Raises StartupError before anything is watched if the state file or port is unusable."""
         store = await self._open_store()
-        self._log.when_reader_gone(lambda: self._end("output_closed", EXIT_OK))
+        self._log.when_reader_gone(lambda: self._ending.end("output_closed", EXIT_OK))
         loop = asyncio.get_running_loop()
         self._tracker = Tracker(self._log, store, time.time, loop.time, self._kind)
         try:
@@ -137,9 +102,9 @@ class Watcher:
                 try:
                     await store.close()
                 except StateError as exc:
-                    self._last_writes_failed(exc)
+                    self._ending.last_writes_failed(exc)
         self._stopped()
-        return self._exit_code
+        return self._ending.exit_code
 
     async def _until_stopped(
         self, starting: Awaitable[HttpServer | None]
@@ -147,7 +112,7 @@ class Watcher:
         """(True, what `starting` gives), unless a stop comes first: then it is cancelled (a
         name lookup that hangs, say) and the run ends as stopped, (False, None)."""
         started = asyncio.ensure_future(starting)
-        stopping = asyncio.ensure_future(self._finished.wait())
+        stopping = asyncio.ensure_future(self._ending.finished.wait())
         await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if started.done():
@@ -182,7 +147,7 @@ class Watcher:
         from watcher.metrics import Metrics
 
         self._metrics = Metrics(self._job_counts)
-        if (kept := self._kept_reading()) is not None:  # shown from the start, not the token
+        if (kept := kept_reading(self._tracker.store)) is not None:  # shown from the start
             self._metrics.credits_remaining(kept[1], at=kept[0])
         server = HttpServer(
             settings.host, settings.port, self._metrics, self._health, self._jobs_view
@@ -208,7 +173,7 @@ class Watcher:
         ) as session:
             self._started(server)
             watching = asyncio.create_task(self._watch(session))
-            ending = asyncio.create_task(self._finished.wait())
+            ending = asyncio.create_task(self._ending.finished.wait())
             await asyncio.wait({watching, ending}, return_when=asyncio.FIRST_COMPLETED)
             for task in (watching, ending):
                 task.cancel()
@@ -233,11 +198,11 @@ class Watcher:
                 await self._tracker.track(self._config.jobs)
                 self._tracker.forget_missing(self._config.jobs)
         except StateError as exc:
-            self._state_failed(exc)
+            self._ending.state_failed(exc)
             return
         collector.settle()
-        self._check_done()
-        if self._finished.is_set():
+        self._ending.check_done(self._tracker)
+        if self._ending.finished.is_set():
             return
         async with asyncio.TaskGroup() as group:
             # Followed from now, not from the first token: that can take minutes of backoff
@@ -253,60 +218,30 @@ class Watcher:
         try:
             await tokens.token()
         except AuthFailed as exc:
-            self._auth_failed(exc.code)
+            self._ending.auth_failed(exc.code)
             return
         except StateError as exc:
-            self._state_failed(exc)
+            self._ending.state_failed(exc)
             return
-        self._runtime = self._build(session, tokens)
+        self._poller = poller = Poller(
+            session,
+            tokens,
+            config=self._config,
+            started_with=self._started_with,
+            tracker=self._tracker,
+            log=self._log,
+            ending=self._ending,
+            kind=self._kind,
+            rng=self._rng,
+            metrics=self._metrics,
+        )
         # Every job tracked by now that has not ended, edits made meanwhile included: none of
         # them has been polled yet.
         jobs = self._tracker.jobs
-        self._poll_first([spec for spec, job in jobs.items() if job.outcome is None])
+        poller.poll_first([spec for spec, job in jobs.items() if job.outcome is None])
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._runtime.scheduler.run())
+            group.create_task(poller.run())
             group.create_task(self._prune())
-            group.create_task(self._keep_pace())
-
-    def _build(self, session: aiohttp.ClientSession, tokens: TokenSource) -> _Runtime:
-        """The runtime, once there is a first token: from what the run started with for what
-        only a restart applies (`_needs_restart`), even if an edit came while it waited."""
-        zoho, polling = self._started_with.zoho, self._config.polling
-        api_domain = zoho.api_domain or tokens.api_domain or DEFAULT_API_DOMAIN
-        loop = asyncio.get_running_loop()
-        store = self._tracker.store
-        wall, now = time.time(), loop.time()
-        budget = CreditBudget(
-            polling.credits_per_day,
-            polling.credits_floor,
-            spent_before=() if store is None else to_monotonic(store.spent, wall, now, DAY_S),
-            on_spend=None if store is None else lambda: store.save_spent(time.time()),
-        )
-        if (kept := self._kept_reading()) is not None:
-            budget.remaining(*kept)  # the drop it may start was said already
-        gate = RequestGate(
-            polling.rate_limit,
-            polling.rate_period,
-            budget,
-            self._metrics.rate_limit_waited if self._metrics is not None else None,
-        )
-        client = ZohoClient(
-            session, gate, tokens, api_domain, zoho.api_version, self._kind, heard=self._heard
-        )
-        concurrency = self._started_with.polling.max_concurrency
-        scheduler = Scheduler(self._poll, concurrency, loop.time)
-        return _Runtime(gate, client, scheduler, budget, Demand(), Pace(), loop.time)
-
-    def _kept_reading(self) -> tuple[float, int] | None:
-        """What Zoho last said of the org's credits before a restart, if it still holds: when
-        (on the loop's clock) and how many remained."""
-        store = self._tracker.store
-        if store is None or store.reading is None:
-            return None
-        at, remaining = store.reading
-        now = asyncio.get_running_loop().time()
-        seen = to_monotonic((at,), time.time(), now, REMAINING_TTL_S)
-        return (seen[0], remaining) if seen else None
 
     def _token_source(self, session: aiohttp.ClientSession) -> TokenSource:
         auth = self._config.zoho.auth
@@ -328,190 +263,6 @@ class Watcher:
         if self._metrics is not None and event.fields.get("error") != REFRESH_LIMIT:  # a request
             ok = event.name == "auth.token_refreshed"
             self._metrics.token_refreshed("ok" if ok else "failed")
-
-    async def _track(self, specs: tuple[JobSpec, ...]) -> None:
-        self._poll_first(await self._tracker.track(specs))
-
-    def _poll_first(self, specs: list[JobSpec]) -> None:
-        """A new job at once; one the state file remembers, when its last run planned it.
-
-        Each counts in the credit demand from now on: with its plan's gap, or with `interval`
-        until its first answer sets one. Otherwise the first jobs polled after a start would
-        find the demand small and take short gaps: the budget would not stretch them alike.
-        """
-        if self._runtime is None:  # no token yet: polled first once there is one
-            return
-        runtime, interval = self._runtime, self._config.polling.interval
-        wall, now = time.time(), runtime.clock()
-        for spec in specs:
-            job = self._tracker.jobs[spec]
-            delay = resume_delay(job.last_seen, job.next_poll_at, wall, interval)
-            gap, seen, due = job.planned_gap, job.last_seen, job.next_poll_at
-            if gap is not None and gap > 0:  # its pace when last seen with a status
-                runtime.demand.plan(spec, gap)
-                if job.failures == 0 and seen is not None and due is not None:
-                    # As planned before the restart, and brought forward if the stretch falls.
-                    stretched = max(gap, due - seen)
-                    runtime.pace.plan(spec, now + delay - stretched, gap, stretched / gap)
-            elif job.status is None and job.failures == 0:  # new: its first plan, most likely
-                runtime.demand.plan(spec, interval)
-            runtime.scheduler.schedule(spec, delay)
-
-    async def _poll(self, spec: JobSpec) -> None:
-        job = self._tracker.jobs.get(spec)
-        if job is None or job.outcome is not None or self._runtime is None:
-            return
-        answer = await self._ask(job, self._runtime)
-        if answer is not None:
-            await self._take(job, answer, self._runtime)
-
-    async def _ask(self, job: JobState, runtime: _Runtime) -> Answer | None:
-        """The job's status, asked once. None when there is nothing to take: the job was removed
-        while its request waited (never sent), or the run is ending (a refused token, a state
-        file that failed)."""
-
-        def wanted() -> bool:
-            """Not sent once the job is removed, nor once the run is ending: a refused fixed
-            token must not go out again with the polls that were waiting for their turn."""
-            return not self._finished.is_set() and self._tracker.tracks(job)
-
-        try:
-            return await runtime.client.poll(job.spec, wanted)
-        except AuthFailed as exc:
-            self._auth_failed(exc.code)
-        except StateError as exc:  # the refreshed token could not be kept
-            self._state_failed(exc)
-        except Exception as exc:  # a bug of ours must not stop the other jobs: retry this one
-            failed = Answer(Effect.TRANSIENT, None, code=f"internal_error:{type(exc).__name__}")
-            self._heard(failed)
-            return failed
-        return None
-
-    def _heard(self, answer: Answer) -> None:
-        if self._metrics is not None:
-            self._metrics.poll_done(answer.effect.value, answer.elapsed)
-
-    async def _take(self, job: JobState, answer: Answer, runtime: _Runtime) -> None:
-        """An answer's events, kept and said; the job's next poll, or its end."""
-        job.last_seen = seen = time.time()
-        now = runtime.clock()
-        decision = self._decide(job, answer, runtime, now)
-        if decision.fatal and self._finished.is_set():
-            return  # a refused token, said once: the other polls it failed add nothing
-        if not self._tracker.tracks(job):  # removed while its request was out: its plan too
-            return
-        # Planned before the save, which keeps the plan: a restart polls the job when planned.
-        delay = None if decision.fatal else self._plan(job, answer, decision.next_poll_in, now)
-        job.next_poll_at = None if delay is None else seen + delay
-        if delay is not None and answer.effect is Effect.OBSERVED:
-            job.planned_gap = decision.next_poll_in  # a retry keeps the pace it had
-        try:
-            await self._tracker.record(job, decision.events)
-        except StateError as exc:
-            self._state_failed(exc)
-            return
-        if not self._tracker.tracks(job):  # removed meanwhile: what it answered is not ours now
-            return
-        self._polled(job.spec, answer, delay)
-        if decision.fatal:
-            self._end("auth_failed", EXIT_AUTH)
-        elif delay is not None:
-            runtime.scheduler.schedule(job.spec, delay)
-        else:
-            runtime.unplan(job.spec)
-            self._check_done()
-
-    def _decide(self, job: JobState, answer: Answer, runtime: _Runtime, now: float) -> Decision:
-        """What an answer means for the job, and for the whole org: its credits, its pause."""
-        if answer.credits_remaining is not None:
-            self._credits_reported(answer.credits_remaining, now)
-        limited = answer.effect is Effect.RATE_LIMITED
-        decision = apply_answer(
-            job,
-            answer,
-            self._kind,
-            self._config.polling,
-            now,
-            self._rng,
-            progress_events=self._config.progress_events,
-            org_pause=runtime.gate.refusal_pause(self._org_backoff) if limited else 0.0,
-        )
-        if decision.pause_all_for is not None:
-            runtime.gate.refused(decision.pause_all_for)
-        elif answer.effect in SERVED:
-            runtime.gate.answered()
-        return decision
-
-    def _polled(self, spec: JobSpec, answer: Answer, delay: float | None) -> None:
-        """At debug level, what each credit went on and when the next one will: the answer, and
-        the gap the schedule, the backoff and the credit budget made of it. (Asked first: at
-        any other level, building the line for nothing would cost every poll.)"""
-        if not self._log.enabled("debug"):
-            return
-        next_poll_in_s = None if delay is None else round(delay, 3)
-        fields = {"result": answer.effect.value, "next_poll_in_s": next_poll_in_s}
-        self._log.log("debug", "job.polled", module=spec.module, job_id=spec.job_id, **fields)
-
-    def _plan(
-        self, job: JobState, answer: Answer, next_poll_in: float | None, now: float
-    ) -> float | None:
-        """Seconds until the job's next poll, its gap stretched to the credit budget; None once
-        it has ended. A retry's delay is no pace to budget for, nor to stretch: its backoff
-        already grows, and its event said when it comes. A job never seen with a status has no
-        pace yet: it leaves the demand until it has one, so that its errors slow no other."""
-        if next_poll_in is None:
-            return None
-        assert self._runtime is not None
-        runtime, spec = self._runtime, job.spec
-        stretch = 1.0
-        if answer.effect is Effect.OBSERVED:
-            runtime.demand.plan(spec, next_poll_in)
-            stretch = runtime.budget.stretch(now, runtime.demand.per_s)
-        elif job.status is None:
-            runtime.demand.drop(spec)
-        return runtime.pace.plan(spec, now, next_poll_in, stretch)
-
-    async def _keep_pace(self) -> None:
-        """Bring parked jobs forward when the stretch has fallen: checked every minute, as a
-        reading expires or demand falls with no event to tell."""
-        while True:
-            await asyncio.sleep(PACE_CHECK_S)
-            self._repace()
-
-    def _repace(self) -> None:
-        assert self._runtime is not None
-        runtime = self._runtime
-        now = runtime.clock()
-        stretch = runtime.budget.stretch(now, runtime.demand.per_s)
-        wall = time.time()
-        for spec, delay in runtime.pace.sooner(now, stretch):
-            runtime.scheduler.schedule(spec, delay)
-            if (job := self._tracker.jobs.get(spec)) is not None:
-                job.next_poll_at = wall + delay  # for `/jobs`, `status` and a restart
-                try:
-                    self._tracker.replanned(job)
-                except StateError as exc:
-                    self._state_failed(exc)
-                    return
-
-    def _org_backoff(self, refusals: int) -> float:
-        polling = self._config.polling
-        return backoff_delay(refusals, polling.backoff_initial, polling.backoff_max, self._rng)
-
-    def _credits_reported(self, remaining: int, now: float) -> None:
-        """Zoho said how many API credits the org has left: a gauge always, and `credits.low`
-        once each time it falls below the floor (not at every poll while it stays there)."""
-        assert self._runtime is not None
-        if self._metrics is not None:
-            self._metrics.credits_remaining(remaining)
-        if (store := self._tracker.store) is not None:  # a restart must slow down as much
-            try:
-                store.save_reading(time.time(), remaining)
-            except StateError as exc:
-                self._state_failed(exc)
-        if self._runtime.budget.remaining(now, remaining):
-            floor = self._config.polling.credits_floor
-            self._log.log("warning", "credits.low", remaining=remaining, floor=floor)
 
     async def _follow_config(self) -> None:
         """Re-read the config every `reload_interval` (content, not mtime) and on SIGHUP."""
@@ -543,19 +294,16 @@ class Watcher:
         added = [spec for spec in config.jobs if spec not in self._tracker.jobs]
         restart = _needs_restart(self._started_with, config)
         self._config = config
-        if (runtime := self._runtime) is not None:  # else built from this config, when it is
-            for spec in removed:
-                runtime.scheduler.cancel(spec)
-                runtime.unplan(spec)
-            polling = config.polling
-            runtime.budget.configure(polling.credits_per_day, polling.credits_floor)
-            runtime.gate.set_rate(polling.rate_limit, polling.rate_period)
+        if (poller := self._poller) is not None:  # else made from this config, when it is
+            poller.reconfigure(config, removed)
         try:
             self._tracker.untrack(removed, forget_before=time.time() - self._config.retention)
-            await self._track(tuple(added))
+            tracked = await self._tracker.track(tuple(added))
         except StateError as exc:
-            self._state_failed(exc)
+            self._ending.state_failed(exc)
             return
+        if self._poller is not None:  # else polled first once there is a token
+            self._poller.poll_first(tracked)
         if self._metrics is not None:
             self._metrics.config_reloaded("ok")
         self._log.log(
@@ -565,9 +313,9 @@ class Watcher:
             removed=len(removed),
             restart_required=restart,
         )
-        if runtime is not None:
-            self._repace()  # the budget may just have been raised or lifted
-        self._check_done()
+        if poller is not None:
+            poller.repace()  # the budget may just have been raised or lifted
+        self._ending.check_done(self._tracker)
 
     async def _prune(self) -> None:
         """Forget jobs that left the config, `retention` after they finished (or, if they never
@@ -581,53 +329,19 @@ class Watcher:
                 store.forget_spent(now - DAY_S, now)
                 pruned = await store.prune(now - self._config.retention)
             except StateError as exc:
-                self._state_failed(exc)
+                self._ending.state_failed(exc)
                 return
             if pruned:
                 self._log.log("info", "state.pruned", jobs=pruned)
             await asyncio.sleep(PRUNE_EVERY_S)
 
-    def _check_done(self) -> None:
-        if self._exit_when_done and self._tracker.unfinished == 0:
-            outcomes = self._tracker.outcomes
-            failed = self._outcomes_decide_exit and outcomes.total() != outcomes["completed"]
-            self._end("all_jobs_ended", EXIT_JOB_NOT_COMPLETED if failed else EXIT_OK)
-
-    def _auth_failed(self, code: str) -> None:
-        """Credentials Zoho will never accept: say so once and end the run with exit code 3."""
-        if not self._finished.is_set():
-            self._log.log("error", "auth.failed", error=code)
-        self._end("auth_failed", EXIT_AUTH)
-
-    def _state_failed(self, exc: StateError) -> None:
-        """The state file stopped taking writes: stop rather than run on without memory."""
-        if not self._finished.is_set():
-            self._log.log("error", "state.failed", error=str(exc))
-        self._end("state_failed", EXIT_CONFIG)
-
-    def _last_writes_failed(self, exc: StateError) -> None:
-        """Writes no save waited on failed, and nothing saved after them to hear of it: said at
-        the end, and a clean end is no longer one, since the state file does not hold what
-        happened."""
-        if self._reason == "state_failed":  # said already
-            return
-        self._log.log("error", "state.failed", error=str(exc))
-        if self._exit_code in (EXIT_OK, EXIT_JOB_NOT_COMPLETED):
-            self._reason, self._exit_code = "state_failed", EXIT_CONFIG
-
-    def _end(self, reason: str, exit_code: int) -> None:
-        if not self._finished.is_set():
-            self._reason, self._exit_code = reason, exit_code
-            self._finished.set()
-
     def _health(self) -> Health:
         from watcher.http import Health  # only ever asked by the listener, which imported it
 
-        if self._reason == "auth_failed":
+        if self._ending.reason == "auth_failed":
             return Health(False, "auth_failed")
-        runtime = self._runtime
-        if runtime is not None and runtime.scheduler.busy == 0:
-            due = runtime.scheduler.next_due()
+        if self._poller is not None and self._poller.scheduler.busy == 0:
+            due = self._poller.scheduler.next_due()
             if due is not None and asyncio.get_running_loop().time() - due > STUCK_AFTER_S:
                 return Health(False, "scheduler_stuck")
         return Health(True, "ok")
@@ -670,8 +384,8 @@ class Watcher:
         self._log.log(
             "info",
             "watcher.stopped",
-            reason=self._reason,
-            exit_code=self._exit_code,
+            reason=self._ending.reason,
+            exit_code=self._ending.exit_code,
             outcomes={k: v for k, v in self._tracker.outcomes.items() if v},
             unfinished=self._tracker.unfinished,
         )
