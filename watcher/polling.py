@@ -19,7 +19,7 @@ from watcher.backoff import backoff_delay
 from watcher.classify import Answer
 from watcher.client import ZohoClient
 from watcher.clock import to_monotonic
-from watcher.config import Config, JobSpec
+from watcher.config import Config, JobSpec, PollingSettings
 from watcher.credits import DAY_S, REMAINING_TTL_S, CreditBudget, Demand, Pace
 from watcher.ending import EXIT_AUTH, Ending
 from watcher.events import EventLog
@@ -67,11 +67,11 @@ class Poller:
         self._rng = rng
         self._metrics = metrics
         self._clock = asyncio.get_running_loop().time  # the scheduler's clock too
-        self.budget = self._budget(tracker.store)
+        self._budget = _credit_budget(config.polling, tracker.store)
         self._gate = RequestGate(
             config.polling.rate_limit,
             config.polling.rate_period,
-            self.budget,
+            self._budget,
             metrics.rate_limit_waited if metrics is not None else None,
         )
         zoho = started_with.zoho
@@ -83,21 +83,6 @@ class Poller:
         self.scheduler = Scheduler(self._poll, concurrency, self._clock)
         self.demand = Demand()
         self._pace: Pace[JobSpec] = Pace()
-
-    def _budget(self, store: StateStore | None) -> CreditBudget:
-        """The credit budget, with the credits spent and the reading of the org's credits kept
-        from before a restart."""
-        polling = self._config.polling
-        wall, now = time.time(), self._clock()
-        budget = CreditBudget(
-            polling.credits_per_day,
-            polling.credits_floor,
-            spent_before=() if store is None else to_monotonic(store.spent, wall, now, DAY_S),
-            on_spend=None if store is None else lambda: store.save_spent(time.time()),
-        )
-        if (kept := kept_reading(store)) is not None:
-            budget.remaining(*kept)  # the drop it may start was said already
-        return budget
 
     async def run(self) -> None:
         """Serve the polls until cancelled."""
@@ -142,13 +127,13 @@ class Poller:
             self.scheduler.cancel(spec)
             self._unplan(spec)
         polling = config.polling
-        self.budget.configure(polling.credits_per_day, polling.credits_floor)
+        self._budget.configure(polling.credits_per_day, polling.credits_floor)
         self._gate.set_rate(polling.rate_limit, polling.rate_period)
 
     def repace(self) -> None:
         """Bring forward the jobs whose plans the stretch, now fallen, had pushed back."""
         now = self._clock()
-        stretch = self.budget.stretch(now, self.demand.per_s)
+        stretch = self._budget.stretch(now, self.demand.per_s)
         wall = time.time()
         for spec, delay in self._pace.sooner(now, stretch):
             self.scheduler.schedule(spec, delay)
@@ -274,7 +259,7 @@ class Poller:
         stretch = 1.0
         if answer.effect is Effect.OBSERVED:
             self.demand.plan(spec, next_poll_in)
-            stretch = self.budget.stretch(now, self.demand.per_s)
+            stretch = self._budget.stretch(now, self.demand.per_s)
         elif job.status is None:
             self.demand.drop(spec)
         return self._pace.plan(spec, now, next_poll_in, stretch)
@@ -293,9 +278,24 @@ class Poller:
                 store.save_reading(time.time(), remaining)
             except StateError as exc:
                 self._ending.state_failed(exc)
-        if self.budget.remaining(now, remaining):
+        if self._budget.remaining(now, remaining):
             floor = self._config.polling.credits_floor
             self._log.log("warning", "credits.low", remaining=remaining, floor=floor)
+
+
+def _credit_budget(polling: PollingSettings, store: StateStore | None) -> CreditBudget:
+    """The credit budget, with the credits spent and the reading of the org's credits kept from
+    before a restart."""
+    wall, now = time.time(), asyncio.get_running_loop().time()
+    budget = CreditBudget(
+        polling.credits_per_day,
+        polling.credits_floor,
+        spent_before=() if store is None else to_monotonic(store.spent, wall, now, DAY_S),
+        on_spend=None if store is None else lambda: store.save_spent(time.time()),
+    )
+    if (kept := kept_reading(store)) is not None:
+        budget.remaining(*kept)  # the drop it may start was said already
+    return budget
 
 
 def kept_reading(store: StateStore | None) -> tuple[float, int] | None:

@@ -1,11 +1,11 @@
 """The watcher's YAML configuration: loaded once, validated completely, every problem with its line.
 
-`load` reads the files, `sections` knows the shape of the file, `reader` the rules of each value,
-`yaml_tree` the node tree they walk, and `model` what a valid configuration holds.
+`load` reads the files (through `files`: bounded reads, fingerprints for reloads), `sections` knows
+the shape of the file, `reader` the rules of each value, `yaml_tree` the node tree they walk, and
+`model` what a valid configuration holds.
 """
 
 from watcher.config.files import (
-    MAX_FILE_BYTES,
     Fingerprint,
     file_digest,
     jobs_file_names,
@@ -29,14 +29,12 @@ from watcher.config.model import (
     JobSpec,
     PollingSettings,
     Secret,
-    ZohoSettings,
     redact,
 )
 from watcher.config.reader import is_loopback, url_problem
 
 __all__ = [
     "MASKED_LENGTH",
-    "MAX_FILE_BYTES",
     "PROBLEMS_SHOWN",
     "AuthSettings",
     "Config",
@@ -46,7 +44,6 @@ __all__ = [
     "JobSpec",
     "PollingSettings",
     "Secret",
-    "ZohoSettings",
     "file_digest",
     "is_loopback",
     "jobs_file_names",
