@@ -104,6 +104,19 @@ async def test_jobs_and_token_survive_close_and_reopen(path: Path) -> None:
     await again.close()
 
 
+async def test_a_none_is_bound_as_null_by_an_adapter_found_at_once(path: Path) -> None:
+    """Without an adapter registered for None, Python 3.11's sqlite3 builds and drops an
+    AttributeError for every None a save binds (several a row): the store registers one, and a
+    None still reaches the file as NULL."""
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    store = await StateStore.open(path)
+    await store.save_durably(job(status=None, last_seen=None))
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        row = other.execute("SELECT typeof(status), typeof(last_seen), polls FROM jobs").fetchone()
+    assert row == ("null", "null", 3)
+
+
 async def test_counts_any_json_can_hold_survive_a_reopen(path: Path) -> None:
     store = await StateStore.open(path)
     big = job("big", counts={"updated_count": 2**70, "failed_count": None})
