@@ -183,10 +183,11 @@ def watcher_argv(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "watcher", "run", "--config", str(config), *extra]
 
 
-def flat_out(server: SimServer, config: Path, events: Path, jobs: int) -> Usage:
+def flat_out(server: SimServer, argv: Sequence[str], events: Path, jobs: int) -> Usage:
+    """A run of the watcher, or of the floor client, that writes each job's events to `events`."""
     before = server.served()
     with events.open("w") as sink:
-        usage = measure(watcher_argv(config, "--exit-when-done"), sink, expect=0)
+        usage = measure(argv, sink, expect=0)
     check_counts(server.served() - before, count_events(events, "job.finished"), jobs)
     return usage
 
@@ -199,15 +200,10 @@ def bare(server: SimServer, urls_file: Path, concurrency: int, jobs: int) -> Usa
     return usage
 
 
-def floor(server: SimServer, config: Path, urls_file: Path, concurrency: int, jobs: int) -> Usage:
-    """The floor client on the watcher's own config, its event lines counted like the watcher's."""
-    before = server.served()
-    argv = [sys.executable, str(ROOT / "bench" / "floor_client.py"), str(config), str(urls_file)]
-    events = config.with_suffix(".floor.jsonl")
-    with events.open("w") as sink:
-        usage = measure([*argv, str(concurrency)], sink, expect=0)
-    check_counts(server.served() - before, count_events(events, "job.finished"), jobs)
-    return usage
+def floor_argv(config: Path, urls_file: Path, concurrency: int) -> list[str]:
+    """The floor client on the watcher's own config and the bare client's URLs."""
+    client = ROOT / "bench" / "floor_client.py"
+    return [sys.executable, str(client), str(config), str(urls_file), str(concurrency)]
 
 
 def check_counts(requests: int, finished: int, jobs: int) -> None:
@@ -351,16 +347,17 @@ def flat_out_rounds(
     """Bare client and each watcher in turn, `args.rounds` times."""
     urls_file = tmp / "urls.txt"
     urls_file.write_text("\n".join(urls(server.url, FINISHING, args.jobs)) + "\n")
+    events = tmp / "events.jsonl"
     rounds: dict[str, list[Usage]] = {BARE: [], FLOOR: [], **{name: [] for name in configs}}
     for _ in range(args.rounds):
         rounds[BARE].append(bare(server, urls_file, args.concurrency, args.jobs))
-        flat = configs[WATCHER].flat
-        rounds[FLOOR].append(floor(server, flat, urls_file, args.concurrency, args.jobs))
+        lowest = floor_argv(configs[WATCHER].flat, urls_file, args.concurrency)
+        rounds[FLOOR].append(flat_out(server, lowest, events, args.jobs))
         for name, config in configs.items():
             for db in tmp.glob("*.db*"):
                 db.unlink()  # a first poll of every job: nothing remembered
-            events = tmp / "events.jsonl"
-            rounds[name].append(flat_out(server, config.flat, events, args.jobs))
+            argv = watcher_argv(config.flat, "--exit-when-done")
+            rounds[name].append(flat_out(server, argv, events, args.jobs))
     return rounds
 
 
